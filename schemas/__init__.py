@@ -1,0 +1,1 @@
+"""The wire contract of edgeml: topics, typed messages, codec, JSON Schema, golden payloads."""

@@ -1,0 +1,92 @@
+"""The model manifest: what a node needs to know to run, check and watch a model.
+
+Stored as ``manifest.json`` next to ``model.onnx`` and carried inside deploy commands.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+MANIFEST_SCHEMA = 1
+
+
+class InputSpec(msgspec.Struct, kw_only=True):
+    """The model's one input: float32 ``[batch, window, len(channels)]`` raw readings."""
+
+    name: str
+    channels: list[str]
+    window: Annotated[int, msgspec.Meta(ge=1)]
+    dtype: Literal["float32"] = "float32"
+    dynamic_batch: bool = True
+
+
+class OutputSpec(msgspec.Struct, kw_only=True):
+    """Output names: ``score`` ``[batch]``; ``contributions`` (optional) ``[batch, channels]``."""
+
+    score: str
+    contributions: str | None = None
+
+
+class Profile(msgspec.Struct, kw_only=True):
+    """A reference distribution: mean, std and histogram ``fractions`` between ``edges``.
+
+    ``edges`` has one more entry than ``fractions``; the outer bins are open-ended, so the
+    first and last edge only bound the bins for display.
+    """
+
+    mean: float
+    std: float
+    edges: list[float]
+    fractions: list[float]
+
+
+class ReferenceProfile(msgspec.Struct, kw_only=True):
+    """What healthy data looked like at training time, per channel and for the score."""
+
+    channels: dict[str, Profile]
+    score: Profile
+
+
+class Resources(msgspec.Struct, kw_only=True):
+    """Resource needs measured when the model was built."""
+
+    latency_ms_p50: float
+    latency_ms_p99: float
+    measured_batch: int
+    memory_mb: float
+    size_bytes: int
+    opset: int
+
+
+class Manifest(msgspec.Struct, kw_only=True):
+    """Everything about one model version except its weights."""
+
+    schema: int = MANIFEST_SCHEMA
+    name: str
+    version: str
+    created_at: float
+    trained_by: str
+    algorithm: str
+    input: InputSpec
+    output: OutputSpec
+    threshold: float
+    reference: ReferenceProfile
+    resources: Resources
+    sha256: str
+    training: dict[str, float | int | str] = {}
+    signature: bytes | None = None
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """Manifest as indented JSON (it is read by people as well as programs)."""
+    return msgspec.json.format(msgspec.json.encode(manifest), indent=2) + b"\n"
+
+
+def decode_manifest(data: bytes, source: str = "manifest") -> Manifest:
+    """Decode a manifest, raising ValueError that names ``source`` and the bad field."""
+    try:
+        return msgspec.json.decode(data, type=Manifest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValueError(f"{source}: invalid manifest: {exc}") from None

@@ -1,0 +1,247 @@
+"""Typed messages of protocol version 1.
+
+Evolution rules (msgspec's): a new field gets a default, a field's type never changes,
+unknown fields are ignored on decode; a breaking change is a new topic version (``edgeml/v2``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from schemas.manifest import Manifest
+
+SCHEMA_VERSION = 1
+
+NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Seq = Annotated[int, msgspec.Meta(ge=0)]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class Envelope(msgspec.Struct, kw_only=True):
+    """Fields every message carries.
+
+    ``seq`` increases by one for every message a node queues in one boot; the hub drops
+    redeliveries by ``(node, boot, seq)`` and counts the seqs it never saw as gaps. Status
+    messages are state, not stream: their ``seq`` is the number of messages queued so far.
+    """
+
+    v: int = SCHEMA_VERSION
+    node: NodeId
+    boot: str
+    seq: Seq
+    ts: float
+
+
+class ModelRef(msgspec.Struct, frozen=True):
+    name: str
+    version: str
+
+
+class Capabilities(msgspec.Struct, kw_only=True):
+    """What a node announces at birth; the hub checks deploys against it."""
+
+    channels: list[str]
+    sample_hz: float
+    memory_mb: float
+    cpu_count: int
+    onnx_opset: int
+    ort_version: str
+    platform: str
+    power_budget_w: float | None = None
+    offline_capable: bool = True
+
+
+class Status(Envelope, kw_only=True):
+    """Birth (online, retained) and last will (offline, retained) on the same topic."""
+
+    state: Literal["online", "offline"]
+    started_at: float
+    models: list[ModelRef] = []
+    capabilities: Capabilities | None = None
+
+
+class ResultBatch(Envelope, kw_only=True):
+    """Scores of ``n`` consecutive readings taken every ``period`` seconds from ``t0``.
+
+    ``first`` is the index of the first reading in this boot, so a receiver can see that the
+    readings of a boot are contiguous. ``scores`` is ``n`` little-endian float32; ``flags`` is
+    one bit per reading (1 = anomalous), least significant bit first, ``ceil(n / 8)`` bytes.
+    """
+
+    model: ModelRef
+    first: Count
+    t0: float
+    period: Annotated[float, msgspec.Meta(ge=0)]
+    n: Annotated[int, msgspec.Meta(ge=1)]
+    threshold: float
+    scores: bytes
+    flags: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.scores) != 4 * self.n:
+            raise ValueError(f"scores has {len(self.scores)} bytes, expected 4 * n = {4 * self.n}")
+        if len(self.flags) != (self.n + 7) // 8:
+            raise ValueError(f"flags has {len(self.flags)} bytes, expected {(self.n + 7) // 8}")
+
+
+class ChannelShare(msgspec.Struct, frozen=True):
+    """A channel and its share (0..1) of what drove an anomaly score."""
+
+    channel: str
+    share: float
+
+
+class Event(Envelope, kw_only=True):
+    """An anomaly episode opened or closed."""
+
+    model: ModelRef
+    episode: Count
+    state: Literal["open", "close"]
+    started: float
+    ended: float | None = None
+    severity: Literal["warning", "critical"]
+    peak_score: float
+    threshold: float
+    readings: Count
+    channels: list[ChannelShare] = []
+
+
+class Percentiles(msgspec.Struct, frozen=True):
+    p50: float
+    p95: float
+    p99: float
+    max: float
+
+
+class Telemetry(Envelope, kw_only=True):
+    """Health of the node over the last ``interval_s`` seconds; counters are since boot."""
+
+    interval_s: float
+    readings: Count
+    readings_per_s: float
+    latency_ms: Percentiles
+    rss_bytes: Count
+    cpu_percent: float
+    power_w: float
+    power_method: str
+    outbox_depth: Count
+    outbox_bytes: Count
+    dropped: Count
+    errors: dict[str, int] = {}
+    model: ModelRef | None = None
+    rollbacks: Count = 0
+
+
+class ChannelDrift(msgspec.Struct, kw_only=True):
+    """One channel against the model's reference profile."""
+
+    channel: str
+    psi: float
+    mean_shift_sd: float
+    mean: float
+    std: float
+
+
+class ScoreStats(msgspec.Struct, kw_only=True):
+    mean: float
+    p50: float
+    p95: float
+    p99: float
+    flagged_fraction: float
+    psi: float
+
+
+class Drift(Envelope, kw_only=True):
+    """Drift statistics of the readings scored between ``start`` and ``end``."""
+
+    model: ModelRef
+    start: float
+    end: float
+    n: Annotated[int, msgspec.Meta(ge=1)]
+    channels: list[ChannelDrift]
+    score: ScoreStats
+
+
+class Capture(Envelope, kw_only=True):
+    """One chunk of raw readings captured for training (``data``: ``n x len(channels)``
+    little-endian float32, row-major)."""
+
+    command: str
+    chunk: Count
+    chunks: Annotated[int, msgspec.Meta(ge=1)]
+    channels: list[str]
+    t0: float
+    period: float
+    n: Count
+    data: bytes
+
+    def __post_init__(self) -> None:
+        expected = 4 * self.n * len(self.channels)
+        if len(self.data) != expected:
+            raise ValueError(f"data has {len(self.data)} bytes, expected {expected}")
+        if self.chunk >= self.chunks:
+            raise ValueError(f"chunk {self.chunk} is not below chunks {self.chunks}")
+
+
+AckStatus = Literal["accepted", "applied", "rejected", "failed"]
+
+
+class Ack(Envelope, kw_only=True):
+    """What became of a command."""
+
+    command: str
+    command_type: str
+    status: AckStatus
+    reason: str = ""
+    model: ModelRef | None = None
+    detail: dict[str, str] = {}
+
+
+class CommandBase(Envelope, kw_only=True, tag_field="type"):
+    """Fields of every command. ``node`` is the target; ``boot``/``seq`` are the hub's.
+
+    ``signature`` is reserved for the hub's Ed25519 signature over the command.
+    """
+
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    issued_at: float
+    expires_at: float
+    signature: bytes | None = None
+
+
+class Deploy(CommandBase, kw_only=True, tag="deploy"):
+    """Fetch the artifact's chunks from the models topic, check, warm up, then switch."""
+
+    manifest: Manifest
+    size: Count
+    chunk_size: Annotated[int, msgspec.Meta(ge=1)]
+    chunks: Annotated[int, msgspec.Meta(ge=1)]
+
+
+class Rollback(CommandBase, kw_only=True, tag="rollback"):
+    """Go back to the previous model."""
+
+
+class Retrain(CommandBase, kw_only=True, tag="retrain"):
+    """Capture ``readings`` readings (the ``next`` or the ``last`` ones) and upload them."""
+
+    readings: Annotated[int, msgspec.Meta(ge=1)]
+    mode: Literal["next", "last"] = "next"
+
+
+class Ping(CommandBase, kw_only=True, tag="ping"):
+    """Answer with the active model and uptime."""
+
+
+Command = Deploy | Rollback | Retrain | Ping
+
+
+class ModelChunk(Envelope, kw_only=True):
+    """One chunk of a model artifact (``node`` names the publishing hub)."""
+
+    model: ModelRef
+    index: Count
+    chunks: Annotated[int, msgspec.Meta(ge=1)]
+    data: bytes
