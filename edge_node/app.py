@@ -1,0 +1,295 @@
+"""The edge node's main loop: source -> pipeline -> outbox -> MQTT, plus timers.
+
+Everything here runs on one thread; the MQTT client's network thread only feeds
+``transport.events``. A message counts as accepted once it is in the outbox, and leaves the
+outbox only on its PUBACK.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Protocol
+
+import msgspec
+
+from edge_node.batcher import PendingBatch
+from edge_node.outbox import Outbox, OutboxError, Priority
+from edge_node.outgoing import Sequencer, drift_message, event_message, result_message
+from edge_node.pipeline import Pipeline, Scored
+from edge_node.procstats import ProcessSampler
+from edge_node.sources.base import Source
+from edge_node.telemetry import LatencyWindow, PowerModel
+from edge_node.transport import Connected, Disconnected, Event, Incoming, PubAck, Published
+from schemas.codec import encode
+from schemas.messages import Capabilities, Status, Telemetry
+from schemas.topics import Kind, node_topic
+
+log = logging.getLogger(__name__)
+
+PRIORITY = {
+    Kind.TELEMETRY: Priority.STATS,
+    Kind.DRIFT: Priority.STATS,
+    Kind.RESULT: Priority.DATA,
+    Kind.CAPTURE: Priority.DATA,
+    Kind.EVENT: Priority.EVENTS,
+    Kind.ACK: Priority.EVENTS,
+}
+
+
+class Transport(Protocol):
+    """The MQTT port (edge_node.transport.NodeTransport in production)."""
+
+    events: queue.Queue[Event]
+    connected: threading.Event
+
+    def start(self) -> None: ...
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> Published: ...
+
+    def stop(
+        self, offline_topic: str = "", offline_payload: bytes = b"", timeout: float = 2.0
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class Timers:
+    telemetry_s: float
+    drift_s: float
+    max_handed: int
+    drain_s: float = 5.0
+
+
+class EdgeNode:
+    """One device's process: scores its sensor stream and ships the results."""
+
+    def __init__(
+        self,
+        *,
+        seq: Sequencer,
+        source: Source,
+        pipeline: Pipeline,
+        outbox: Outbox,
+        transport: Transport,
+        timers: Timers,
+        power: PowerModel,
+        capabilities: Capabilities,
+        started_at: float,
+    ) -> None:
+        self.seq = seq
+        self.source = source
+        self.pipeline = pipeline
+        self.outbox = outbox
+        self.transport = transport
+        self.timers = timers
+        self.errors: Counter[str] = Counter()
+        self.refused = 0
+        self._power = power
+        self._capabilities = capabilities
+        self._started_at = started_at
+        self._latency = LatencyWindow()
+        self._sampler = ProcessSampler()
+        self._inflight: dict[int, int] = {}  # MQTT message id -> outbox id
+        self._last_handed = 0
+        self._finished = False
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, exit_when_drained: bool = False) -> None:
+        """Run until ``stop`` is set (or, with ``exit_when_drained``, the source is done and
+        everything it produced has been acknowledged by the broker)."""
+        self.transport.start()
+        now = time.monotonic()
+        next_telemetry, next_drift = now + self.timers.telemetry_s, now + self.timers.drift_s
+        last_telemetry = now
+        while not stop.is_set():
+            now = time.monotonic()
+            block = self.source.poll(now)
+            if block is not None:
+                self._queue_scored(self.pipeline.process(block, now, time.perf_counter))
+            for batch in self.pipeline.flush(now):
+                self._queue_result(batch)
+            self._handle_events(timeout=0.0 if block is not None else 0.02)
+            self._pump()
+            if now >= next_telemetry:
+                self._queue_telemetry(now - last_telemetry)
+                last_telemetry, next_telemetry = now, now + self.timers.telemetry_s
+            if now >= next_drift:
+                self._queue_drift()
+                next_drift = now + self.timers.drift_s
+            if self.source.exhausted and not self._finished:
+                self._finish_stream(now - last_telemetry)
+                last_telemetry = now
+            if exit_when_drained and self._finished and self.outbox.depth == 0:
+                break
+        self._shutdown()
+
+    def _finish_stream(self, since_telemetry: float) -> None:
+        """The source has nothing more: send what is pending now rather than on a timer."""
+        for batch in self.pipeline.flush(time.monotonic(), force=True):
+            self._queue_result(batch)
+        self._queue_drift()
+        self._queue_telemetry(since_telemetry)
+        self._finished = True
+        log.info("source exhausted; %d messages waiting for the broker", self.outbox.depth)
+
+    def _shutdown(self) -> None:
+        for batch in self.pipeline.flush(time.monotonic(), force=True):
+            self._queue_result(batch)
+        deadline = time.monotonic() + self.timers.drain_s
+        while self.outbox.depth and self.transport.connected.is_set():
+            if time.monotonic() > deadline:
+                break
+            self._pump()
+            self._handle_events(timeout=0.05)
+        log.info("stopping; %d messages stay in the outbox for the next start", self.outbox.depth)
+        self.transport.stop(self.status_topic, self._status("offline"))
+        self.outbox.close()
+
+    # -- queueing ---------------------------------------------------------------------------
+
+    def _queue_scored(self, scored: Scored) -> None:
+        self._latency.add(scored.latency_ms, scored.readings)
+        if scored.error:
+            self.errors["inference" if "failed" in scored.error else "nonfinite_scores"] += 1
+            log.warning("model %s: %s", self.pipeline.scorer.ref, scored.error)
+        ref = self.pipeline.scorer.ref
+        threshold = self.pipeline.scorer.manifest.threshold
+        for change in scored.changes:
+            self._queue(
+                Kind.EVENT, event_message(self.seq.take(time.time()), change, ref, threshold)
+            )
+        for batch in scored.batches:
+            self._queue_result(batch)
+
+    def _queue_result(self, batch: PendingBatch) -> None:
+        self._queue(Kind.RESULT, result_message(self.seq.take(time.time()), batch))
+
+    def _queue_drift(self) -> None:
+        report = self.pipeline.drift_report()
+        if report is not None:
+            env = self.seq.take(time.time())
+            self._queue(Kind.DRIFT, drift_message(env, report, self.pipeline.scorer.ref))
+
+    def _queue_telemetry(self, interval: float) -> None:
+        latency, readings = self._latency.snapshot()
+        proc = self._sampler.sample()
+        if proc.rapl_watts is not None:
+            watts = proc.rapl_watts
+            method = "RAPL energy counter of the whole CPU package"
+        else:
+            watts, method = self._power.watts(proc.busy_cores), self._power.method
+        interval = max(interval, 1e-9)
+        self._queue(
+            Kind.TELEMETRY,
+            Telemetry(
+                **self.seq.take(time.time()),
+                interval_s=interval,
+                readings=readings,
+                readings_per_s=readings / interval,
+                latency_ms=latency,
+                rss_bytes=proc.rss_bytes,
+                cpu_percent=proc.cpu_percent,
+                power_w=watts,
+                power_method=method,
+                outbox_depth=self.outbox.depth,
+                outbox_bytes=self.outbox.size_bytes,
+                dropped=sum(self.outbox.dropped.values()) + self.refused,
+                errors=dict(self.errors),
+                model=self.pipeline.scorer.ref,
+            ),
+        )
+
+    def _queue(self, kind: Kind, message: msgspec.Struct) -> None:
+        """Put one message in the outbox (its seq is spent even if the policy drops it)."""
+        try:
+            self.outbox.put(
+                node_topic(self.seq.node, kind),
+                kind.value,
+                encode(message),
+                PRIORITY[kind],
+                protect=set(self._inflight.values()),
+            )
+        except OutboxError as exc:
+            self.errors["outbox_write"] += 1
+            log.error("%s", exc)
+
+    # -- MQTT -------------------------------------------------------------------------------
+
+    @property
+    def status_topic(self) -> str:
+        return node_topic(self.seq.node, Kind.STATUS)
+
+    def _status(self, state: str) -> bytes:
+        models = [self.pipeline.scorer.ref] if state == "online" else []
+        return encode(
+            Status(
+                **self.seq.peek(time.time()),
+                state="online" if state == "online" else "offline",
+                started_at=self._started_at,
+                models=models,
+                capabilities=self._capabilities,
+            )
+        )
+
+    def will(self) -> bytes:
+        """The last will: offline status, stamped now (the hub keeps the newest status)."""
+        return self._status("offline")
+
+    def _handle_events(self, timeout: float) -> None:
+        try:
+            event = (
+                self.transport.events.get(timeout=timeout)
+                if timeout
+                else self.transport.events.get_nowait()
+            )
+        except queue.Empty:
+            return
+        acked: list[int] = []
+        while True:
+            self._handle(event, acked)
+            try:
+                event = self.transport.events.get_nowait()
+            except queue.Empty:
+                break
+        self.outbox.remove(acked)
+
+    def _handle(self, event: Event, acked: list[int]) -> None:
+        match event:
+            case PubAck(mid=mid, ok=ok, reason=reason):
+                outbox_id = self._inflight.pop(mid, None)
+                if outbox_id is None:
+                    return
+                acked.append(outbox_id)
+                if not ok:
+                    self.refused += 1
+                    self.errors["broker_refused"] += 1
+                    log.warning("broker refused message %d: %s", outbox_id, reason)
+            case Connected():
+                log.info("connected; publishing birth, %d messages queued", self.outbox.depth)
+                self.transport.publish(self.status_topic, self._status("online"), retain=True)
+            case Disconnected(reason=reason):
+                log.warning(
+                    "disconnected (%s); scoring goes on, messages wait in the outbox", reason
+                )
+            case Incoming(topic=topic):
+                self.errors["unexpected_message"] += 1
+                log.warning("message on %s ignored: this node takes no commands yet", topic)
+
+    def _pump(self) -> None:
+        """Hand the next outbox messages to the MQTT client, at most ``max_handed`` at once."""
+        room = self.timers.max_handed - len(self._inflight)
+        if room <= 0 or not self.transport.connected.is_set():
+            return
+        for entry in self.outbox.pending(room, after_id=self._last_handed):
+            published = self.transport.publish(entry.topic, entry.payload)
+            if not published.queued:
+                self.errors["publish_refused"] += 1
+                log.warning("client refused message %d: %s", entry.id, published.reason)
+                return
+            self._inflight[published.mid] = entry.id
+            self._last_handed = entry.id

@@ -1,0 +1,79 @@
+"""Turns the node's results into protocol messages with their envelope (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TypedDict
+
+from edge_node.batcher import PendingBatch
+from edge_node.drift import DriftReport
+from edge_node.events import EpisodeChange
+from schemas.messages import ChannelShare, Drift, Event, ModelRef, ResultBatch
+from schemas.packing import pack_f32, pack_flags
+
+
+class Env(TypedDict):
+    node: str
+    boot: str
+    seq: int
+    ts: float
+
+
+@dataclass
+class Sequencer:
+    """Hands out the per-boot ``seq`` of every message the node queues."""
+
+    node: str
+    boot: str
+    next_seq: int = 0
+
+    def take(self, ts: float) -> Env:
+        env = Env(node=self.node, boot=self.boot, seq=self.next_seq, ts=ts)
+        self.next_seq += 1
+        return env
+
+    def peek(self, ts: float) -> Env:
+        """An envelope that does not use up a seq (for status messages)."""
+        return Env(node=self.node, boot=self.boot, seq=self.next_seq, ts=ts)
+
+
+def result_message(env: Env, batch: PendingBatch) -> ResultBatch:
+    return ResultBatch(
+        **env,
+        model=batch.model,
+        first=batch.first,
+        t0=batch.t0,
+        period=batch.period,
+        n=batch.n,
+        threshold=batch.threshold,
+        scores=pack_f32(batch.scores),
+        flags=pack_flags(batch.flags),
+    )
+
+
+def event_message(env: Env, change: EpisodeChange, model: ModelRef, threshold: float) -> Event:
+    return Event(
+        **env,
+        model=model,
+        episode=change.episode,
+        state=change.state,
+        started=change.started,
+        ended=change.ended,
+        severity=change.severity,
+        peak_score=change.peak_score,
+        threshold=threshold,
+        readings=change.readings,
+        channels=[ChannelShare(name, share) for name, share in change.channels],
+    )
+
+
+def drift_message(env: Env, report: DriftReport, model: ModelRef) -> Drift:
+    return Drift(
+        **env,
+        model=model,
+        start=report.start,
+        end=report.end,
+        n=report.n,
+        channels=report.channels,
+        score=report.score,
+    )

@@ -1,0 +1,148 @@
+"""Builds a node from its config: the one place that turns settings into objects."""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from edge_node.app import EdgeNode, Timers
+from edge_node.batcher import ResultBatcher
+from edge_node.config import NodeConfig, SourceSection, read_password
+from edge_node.events import EpisodeConfig
+from edge_node.model_store import ModelStore
+from edge_node.outbox import Outbox
+from edge_node.outgoing import Sequencer
+from edge_node.pipeline import Pipeline
+from edge_node.runtime import ModelRuntime, runtime_info
+from edge_node.sources.base import Source
+from edge_node.sources.csv_replay import CsvReplay
+from edge_node.sources.simulator import PumpSimulator, parse_fault
+from edge_node.telemetry import PowerModel
+from edge_node.transport import MqttSettings, NodeTransport
+from schemas.codec import encode
+from schemas.messages import Capabilities, ModelRef, Status
+from schemas.settings import SettingsError
+from schemas.topics import Kind, node_topic
+
+log = logging.getLogger(__name__)
+
+
+def _csv(section: SourceSection, wall_start: float) -> Source:
+    return CsvReplay(
+        [Path(p) for p in section.paths],
+        speed=section.speed,
+        loop=section.loop,
+        wall_start=wall_start,
+        max_block=section.max_block,
+    )
+
+
+def _sim(section: SourceSection, wall_start: float) -> Source:
+    return PumpSimulator(
+        seed=section.seed,
+        rate_hz=section.rate_hz,
+        speed=section.speed,
+        wall_start=wall_start,
+        faults=[parse_fault(f) for f in section.faults],
+        max_block=section.max_block,
+    )
+
+
+SOURCES: dict[str, Callable[[SourceSection, float], Source]] = {"csv": _csv, "sim": _sim}
+
+
+def active_model(config: NodeConfig) -> tuple[ModelStore, ModelRef]:
+    """The store and its active model, installing ``model.initial`` into a new store."""
+    store = ModelStore(config.store_dir)
+    active = store.state().active
+    if active is None:
+        if not config.model.initial:
+            raise SettingsError(
+                f"key model.initial: the model store {store.root} has no active model; "
+                "name a model folder (model.onnx + manifest.json) to start with"
+            )
+        active = store.install(Path(config.model.initial))
+        store.activate(active)
+        log.info("installed initial model %s@%s", active.name, active.version)
+    return store, active
+
+
+def build_node(config: NodeConfig) -> EdgeNode:
+    """Everything a node needs, wired; raises SettingsError / SourceError / ModelError."""
+    started = time.time()
+    source = SOURCES[config.source.kind](config.source, started)
+    store, active = active_model(config)
+    runtime = ModelRuntime.load(
+        store.path(active), sensors=source.channels, threads=config.model.threads
+    )
+    batcher = ResultBatcher(config.batch.max_readings, config.batch.max_age_s)
+    events = EpisodeConfig(
+        config.events.open_after, config.events.close_after, config.events.critical_ratio
+    )
+    pipeline = Pipeline(runtime, source.channels, batcher, events)
+    seq = Sequencer(config.node.id, secrets.token_hex(4))
+    capabilities = _capabilities(source)
+    will = encode(Status(**seq.peek(started), state="offline", started_at=started))
+    mqtt = config.mqtt
+    transport = NodeTransport(
+        MqttSettings(
+            host=mqtt.host,
+            port=mqtt.port,
+            client_id=config.node.id,
+            username=mqtt.username or config.node.id,
+            password=read_password(config),
+            keepalive_s=mqtt.keepalive_s,
+            tls_ca=mqtt.tls_ca,
+            tls_cert=mqtt.tls_cert,
+            tls_key=mqtt.tls_key,
+            max_inflight=mqtt.max_inflight,
+            reconnect_min_s=mqtt.reconnect_min_s,
+            reconnect_max_s=mqtt.reconnect_max_s,
+        ),
+        will_topic=node_topic(config.node.id, Kind.STATUS),
+        will_payload=will,
+        subscriptions=[],
+    )
+    outbox = Outbox(config.outbox_path, config.outbox.max_bytes)
+    log.info(
+        "node %s boot %s: model %s@%s, outbox %s (%d queued)",
+        config.node.id,
+        seq.boot,
+        active.name,
+        active.version,
+        outbox.path,
+        outbox.depth,
+    )
+    return EdgeNode(
+        seq=seq,
+        source=source,
+        pipeline=pipeline,
+        outbox=outbox,
+        transport=transport,
+        timers=Timers(
+            config.telemetry.interval_s, config.telemetry.drift_interval_s, config.outbox.max_handed
+        ),
+        power=PowerModel(config.power.idle_w, config.power.per_core_w),
+        capabilities=capabilities,
+        started_at=started,
+    )
+
+
+def _capabilities(source: Source) -> Capabilities:
+    ort_version, opset = runtime_info()
+    return Capabilities(
+        channels=source.channels,
+        sample_hz=1.0 / source.period,
+        memory_mb=psutil.virtual_memory().total / 1e6,
+        cpu_count=os.cpu_count() or 1,
+        onnx_opset=opset,
+        ort_version=ort_version,
+        platform=f"{platform.system()}-{platform.machine()}",
+    )

@@ -1,0 +1,75 @@
+"""Node settings: defaults, environment overrides, errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge_node.config import load_config, read_password
+from schemas.settings import SettingsError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "node.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_file_gets_defaults(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, '[node]\nid = "pump-1"\n'), {})
+    assert config.mqtt.username == "" and config.mqtt.port == 1883
+    assert config.outbox_path == Path("var/edge/pump-1/outbox.db")
+    assert config.store_dir == Path("var/edge/pump-1/models")
+
+
+def test_environment_overrides_file_with_type_conversion(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[node]\nid = "pump-1"\n[mqtt]\nport = 1883\n')
+    env = {
+        "EDGE_NODE__MQTT__PORT": "18830",
+        "EDGE_NODE__NODE__ID": "pump-9",
+        "EDGE_NODE__SOURCE__LOOP": "true",
+        "OTHER": "x",
+    }
+    config = load_config(path, env)
+    assert (config.mqtt.port, config.node.id, config.source.loop) == (18830, "pump-9", True)
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "message"),
+    [
+        ('[node]\nid = "p"\n[mqtt]\nport = 70000\n', {}, "key mqtt.port"),
+        ('[node]\nid = "p"\n[mqtt]\nprot = 1\n', {}, "key mqtt.prot"),
+        ("[mqtt]\nport = 1\n", {}, "key node"),
+        ('[node]\nid = "a/b"\n', {}, "key node.id"),
+        ('[node]\nid = "p"\n[source]\nkind = "csv"\n', {}, "key source.paths"),
+        (
+            '[node]\nid = "p"\n',
+            {"EDGE_NODE__BATCH__MAX_AGE_S": "soon"},
+            "EDGE_NODE__BATCH__MAX_AGE_S",
+        ),
+        ('[node]\nid = "p"\n[source]\nkind = "modbus"\n', {}, "key source.kind"),
+        ("[node\n", {}, "not valid TOML"),
+    ],
+)
+def test_bad_settings_name_the_key_and_source(
+    tmp_path: Path, text: str, env: dict[str, str], message: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(SettingsError, match=message) as info:
+        load_config(path, env)
+    assert str(path) in str(info.value) or "env " in str(info.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=r"nope\.toml"):
+        load_config(tmp_path / "nope.toml", {})
+
+
+def test_password_file_is_read_and_stripped(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    config = load_config(
+        _write(tmp_path, f'[node]\nid = "p"\n[mqtt]\npassword_file = "{secret}"\n'), {}
+    )
+    assert read_password(config) == "s3cret"
