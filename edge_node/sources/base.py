@@ -1,0 +1,95 @@
+"""The source protocol: what every sensor reader gives the node, plus shared pacing."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+DEFAULT_MAX_BLOCK = 256
+
+_NON_ALNUM = re.compile(r"[^a-z0-9]+")
+
+
+class SourceError(ValueError):
+    """A source cannot be built or read: bad file, column or parameter (named in the message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Consecutive readings taken every ``period`` seconds from unix time ``t0``.
+
+    ``values`` is float32 ``[n, len(channels)]``; NaN marks a missing reading (dropout).
+    """
+
+    t0: float
+    period: float
+    values: NDArray[np.float32]
+
+    @property
+    def n(self) -> int:
+        """Number of readings in the block."""
+        return int(self.values.shape[0])
+
+
+class Source(Protocol):
+    """A stream of uniformly spaced readings, paced by a monotonic clock the caller passes in."""
+
+    @property
+    def channels(self) -> list[str]: ...
+
+    @property
+    def period(self) -> float: ...
+
+    @property
+    def exhausted(self) -> bool: ...
+
+    def poll(self, now: float) -> Block | None: ...
+
+
+def normalise_channel(name: str) -> str:
+    """Lowercase, runs of non-alphanumerics to "_", no leading or trailing "_"."""
+    return _NON_ALNUM.sub("_", name.strip().lower()).strip("_")
+
+
+def check_pacing(*, speed: float, max_block: int, period: float) -> None:
+    """Raise SourceError naming the first bad pacing parameter."""
+    if not (math.isfinite(speed) and speed >= 0):
+        raise SourceError(f"speed must be a finite number >= 0, got {speed!r}")
+    if max_block < 1:
+        raise SourceError(f"max_block must be >= 1, got {max_block!r}")
+    if not (math.isfinite(period) and period > 0):
+        raise SourceError(f"period must be a finite number > 0 seconds, got {period!r}")
+
+
+class Pacer:
+    """Decides how many readings are due at a monotonic time.
+
+    Reading ``i`` is due at ``start + i * period / speed`` where ``start`` is the ``now`` of the
+    first call; ``speed == 0`` makes every call return ``max_block``.
+    """
+
+    # Float division of a poll time that lands exactly on a due time can come out a hair
+    # below the integer; this slack (in readings) keeps such a reading due.
+    _SLACK = 1e-9
+
+    def __init__(self, *, period: float, speed: float, max_block: int) -> None:
+        check_pacing(speed=speed, max_block=max_block, period=period)
+        self._period = period
+        self._speed = speed
+        self._max_block = max_block
+        self._start: float | None = None
+
+    def due(self, now: float, emitted: int) -> int:
+        """Number of readings to emit now, given ``emitted`` readings already handed out."""
+        if self._start is None:
+            self._start = now
+        if self._speed == 0:
+            return self._max_block
+        elapsed = (now - self._start) * self._speed / self._period
+        total = math.floor(elapsed + self._SLACK) + 1 if elapsed >= -self._SLACK else 0
+        return max(0, min(total - emitted, self._max_block))

@@ -1,0 +1,82 @@
+"""Sliding windows over the reading stream: one window ending at every reading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import ArrayLike, NDArray
+
+
+@dataclass(frozen=True)
+class WindowBatch:
+    """``windows`` float32 ``[n, window, C]`` (oldest first); ``imputed[i]``: reading i had NaN."""
+
+    windows: NDArray[np.float32]
+    imputed: NDArray[np.bool_]
+
+
+class Windower:
+    """Turns blocks of readings into model inputs, carrying history across blocks.
+
+    Missing cells (NaN) are forward-filled with the channel's last good value, or ``fill``
+    before any was seen; before the first reading the history repeats that (filled) reading.
+    """
+
+    def __init__(self, window: int, fill: ArrayLike) -> None:
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        fill_row = np.asarray(fill, dtype=np.float32)
+        if fill_row.ndim != 1 or fill_row.size == 0:
+            raise ValueError(f"fill must be one value per channel, got shape {fill_row.shape}")
+        if not np.isfinite(fill_row).all():
+            raise ValueError("fill must be finite for every channel")
+        self._window = window
+        self._last = fill_row.copy()
+        self._history: NDArray[np.float32] | None = None
+
+    @property
+    def window(self) -> int:
+        """Readings per window."""
+        return self._window
+
+    @property
+    def channels(self) -> int:
+        """Channel count the windower expects."""
+        return int(self._last.size)
+
+    def push(self, values: ArrayLike) -> WindowBatch:
+        """Windows ending at each of the ``n`` new readings ``[n, C]``."""
+        block = np.asarray(values, dtype=np.float32)
+        if block.ndim != 2:
+            raise ValueError(f"values must be 2-D [n, channels], got shape {block.shape}")
+        if block.shape[1] != self.channels:
+            raise ValueError(
+                f"values have {block.shape[1]} channels, the windower expects {self.channels}"
+            )
+        missing = np.isnan(block)
+        imputed = np.asarray(missing.any(axis=1), dtype=np.bool_)
+        n = block.shape[0]
+        if n == 0:
+            empty = np.empty((0, self._window, self.channels), dtype=np.float32)
+            return WindowBatch(windows=empty, imputed=imputed)
+        filled = self._forward_fill(block, missing)
+        if self._history is None:
+            self._history = np.repeat(filled[:1], self._window - 1, axis=0)
+        series = np.concatenate([self._history, filled])
+        self._history = series[len(series) - (self._window - 1) :].copy()
+        self._last = filled[-1].copy()
+        views = sliding_window_view(series, self._window, axis=0)  # [n, C, window]
+        windows = np.ascontiguousarray(views.transpose(0, 2, 1))
+        return WindowBatch(windows=windows, imputed=imputed)
+
+    def _forward_fill(
+        self, block: NDArray[np.float32], missing: NDArray[np.bool_]
+    ) -> NDArray[np.float32]:
+        """NaN cells take the latest good value above them (row 0 of ``padded`` is the carry)."""
+        padded = np.concatenate([self._last[None, :], block])
+        rows = np.arange(len(padded))[:, None]
+        source = np.where(np.concatenate([np.zeros((1, block.shape[1]), bool), missing]), 0, rows)
+        np.maximum.accumulate(source, axis=0, out=source)
+        return padded[source, np.arange(block.shape[1])][1:]

@@ -1,0 +1,172 @@
+"""Drift statistics: binning, PSI, per-channel shift, score statistics, bounded memory."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+
+from edge_node.drift import DriftAccumulator, bin_counts, psi
+from schemas.manifest import Profile, ReferenceProfile
+
+MEANS = np.array([10.0, -3.0, 200.0])
+STDS = np.array([2.0, 0.5, 15.0])
+NAMES = ["a", "b", "c"]
+
+
+def make_profile(sample: NDArray[np.float64], bins: int = 10) -> Profile:
+    """Quantile edges and fractions of a sample, as a trainer would build them."""
+    edges = np.quantile(sample, np.linspace(0, 1, bins + 1)).tolist()
+    counts = bin_counts(sample, edges)
+    return Profile(
+        mean=float(sample.mean()),
+        std=float(sample.std()),
+        edges=edges,
+        fractions=(counts / counts.sum()).tolist(),
+    )
+
+
+def make_reference(seed: int = 0) -> ReferenceProfile:
+    rng = np.random.default_rng(seed)
+    sample = rng.normal(MEANS, STDS, size=(20_000, 3))
+    scores = rng.gamma(2.0, 0.5, size=20_000)
+    return ReferenceProfile(
+        channels={name: make_profile(sample[:, i]) for i, name in enumerate(NAMES)},
+        score=make_profile(scores),
+    )
+
+
+def healthy(n: int, seed: int) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(MEANS, STDS, size=(n, 3)).astype(np.float32)
+    scores = rng.gamma(2.0, 0.5, size=n).astype(np.float32)
+    return values, scores
+
+
+def test_bin_counts_outer_bins_are_open_ended() -> None:
+    edges = [0.0, 1.0, 2.0, 3.0]
+    values = np.array([-50, 0, 0.5, 1.0, 1.5, 2.0, 2.99, 3.0, 99, np.nan])
+    assert bin_counts(values, edges).tolist() == [3, 2, 4]
+    assert bin_counts(np.array([]), edges).tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="edges needs at least 2"):
+        bin_counts(values, [1.0])
+
+
+def test_psi_properties() -> None:
+    expected = [0.25, 0.25, 0.25, 0.25]
+    assert psi(expected, np.array([25, 25, 25, 25])) == pytest.approx(0.0, abs=1e-12)
+    mild = psi(expected, np.array([30, 25, 25, 20]))
+    strong = psi(expected, np.array([70, 20, 10, 0]))
+    assert 0 < mild < strong
+    # an empty bin is floored, not infinite
+    assert math.isfinite(psi([0.5, 0.5, 0.0], np.array([10, 10, 5])))
+    assert math.isnan(psi(expected, np.zeros(4, dtype=np.int64)))
+    with pytest.raises(ValueError, match="3 counts for 4 expected"):
+        psi(expected, np.array([1, 2, 3]))
+
+
+def test_reference_data_shows_no_drift_and_a_shift_shows() -> None:
+    reference = make_reference()
+    values, scores = healthy(5_000, seed=1)
+    values[:, 2] += 2 * STDS[2]
+    acc = DriftAccumulator(reference, NAMES)
+    for start in range(0, 5_000, 700):
+        stop = start + 700
+        acc.add(100.0 + start, 1.0, values[start:stop], scores[start:stop], scores[start:stop] > 2)
+    report = acc.report()
+    assert report is not None
+    a, b, c = report.channels
+    assert a.psi < 0.1 and b.psi < 0.1 and report.score.psi < 0.1
+    assert abs(a.mean_shift_sd) < 0.1 and abs(b.mean_shift_sd) < 0.1
+    assert c.psi > 0.25
+    assert c.mean_shift_sd == pytest.approx(2.0, abs=0.1)
+    assert c.mean == pytest.approx(float(values[:, 2].astype(np.float64).mean()), rel=1e-9)
+    assert c.std == pytest.approx(float(values[:, 2].astype(np.float64).std()), rel=1e-6)
+    assert (report.start, report.end, report.n) == (100.0, 100.0 + 4_999, 5_000)
+
+
+def test_score_stats() -> None:
+    acc = DriftAccumulator(make_reference(), NAMES)
+    values, scores = healthy(3_000, seed=2)
+    flags = scores > 2.0
+    acc.add(0.0, 0.5, values, scores, flags)
+    report = acc.report()
+    assert report is not None
+    s = scores.astype(np.float64)
+    assert report.score.mean == pytest.approx(s.mean())
+    p50, p95, p99 = np.percentile(s, [50, 95, 99])
+    assert (report.score.p50, report.score.p95, report.score.p99) == pytest.approx((p50, p95, p99))
+    assert report.score.flagged_fraction == pytest.approx(flags.mean())
+    assert report.end == pytest.approx(0.5 * 2_999)
+
+
+def test_percentiles_use_a_bounded_systematic_sample() -> None:
+    acc = DriftAccumulator(make_reference(), NAMES, score_cap=1_000)
+    values, scores = healthy(10_000, seed=3)
+    start = 0
+    for size in [1, 333, 4_000, 17, 5_649]:
+        part = slice(start, start + size)
+        acc.add(float(start), 1.0, values[part], scores[part], np.zeros(size, bool))
+        start += size
+    report = acc.report()
+    assert report is not None
+    # 10,000 scores over a cap of 1,000: every 16th is kept, whatever the block sizes
+    every_16th = scores[::16].astype(np.float64)
+    assert report.score.p50 == pytest.approx(float(np.percentile(every_16th, 50)))
+    assert report.score.p99 == pytest.approx(float(np.percentile(every_16th, 99)))
+    assert report.score.mean == pytest.approx(float(scores.astype(np.float64).mean()), rel=1e-6)
+
+
+def test_nan_cells_are_ignored_per_channel() -> None:
+    acc = DriftAccumulator(make_reference(), NAMES)
+    values = np.array([[1.0, np.nan, 3.0], [3.0, -3.0, np.nan]], dtype=np.float32)
+    acc.add(0.0, 1.0, values, np.array([0.1, np.nan], np.float32), np.array([False, True]))
+    report = acc.report()
+    assert report is not None
+    assert [ch.mean for ch in report.channels] == [2.0, -3.0, 3.0]
+    assert [ch.std for ch in report.channels] == pytest.approx([1.0, 0.0, 0.0])
+    assert report.score.mean == pytest.approx(0.1) and report.score.flagged_fraction == 0.5
+
+
+def test_report_resets_and_is_none_when_empty() -> None:
+    acc = DriftAccumulator(make_reference(), NAMES)
+    assert acc.report() is None
+    values, scores = healthy(10, seed=4)
+    acc.add(5.0, 1.0, values, scores, np.zeros(10, bool))
+    first = acc.report()
+    assert first is not None and first.n == 10
+    assert acc.report() is None
+    acc.add(50.0, 1.0, values[:3], scores[:3], np.ones(3, bool))
+    second = acc.report()
+    assert second is not None
+    assert (second.start, second.n, second.score.flagged_fraction) == (50.0, 3, 1.0)
+
+
+def test_constant_reference_channel_gives_a_finite_shift() -> None:
+    reference = make_reference()
+    flat = Profile(mean=5.0, std=0.0, edges=[4.0, 5.0, 6.0], fractions=[0.0, 1.0])
+    reference.channels["a"] = flat
+    acc = DriftAccumulator(reference, NAMES)
+    values, scores = healthy(10, seed=5)
+    values[:, 0] = 5.5
+    acc.add(0.0, 1.0, values, scores, np.zeros(10, bool))
+    report = acc.report()
+    assert report is not None
+    shift = report.channels[0].mean_shift_sd
+    assert math.isfinite(shift) and shift > 1_000
+
+
+def test_bad_setup_and_input_are_refused() -> None:
+    reference = make_reference()
+    with pytest.raises(ValueError, match="channel\\(s\\) pressure missing"):
+        DriftAccumulator(reference, ["a", "pressure"])
+    reference.channels["b"] = Profile(mean=0.0, std=1.0, edges=[0.0, 1.0], fractions=[0.5, 0.5])
+    with pytest.raises(ValueError, match="reference profile 'b': 2 edges for 2 fractions"):
+        DriftAccumulator(reference, NAMES)
+    acc = DriftAccumulator(make_reference(), NAMES)
+    with pytest.raises(ValueError, match=r"expected \[n, 3\]"):
+        acc.add(0.0, 1.0, np.zeros((2, 2)), np.zeros(2), np.zeros(2, bool))
+    with pytest.raises(ValueError, match="2 readings, 3 scores and 2 flags"):
+        acc.add(0.0, 1.0, np.zeros((2, 3)), np.zeros(3), np.zeros(2, bool))
