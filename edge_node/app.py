@@ -61,6 +61,7 @@ class Timers:
     telemetry_s: float
     drift_s: float
     max_handed: int
+    max_packet_bytes: int = 262144
     drain_s: float = 5.0
 
 

@@ -41,6 +41,9 @@ class MqttSection(_Section):
     tls_cert: str = ""
     tls_key: str = ""
     max_inflight: AtLeastOne = 100
+    # The broker's max_packet_size (mosquitto/mosquitto.conf); larger messages are refused here,
+    # because the broker would drop the connection and paho would resend them forever.
+    max_packet_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 262144
     reconnect_min_s: AtLeastOne = 1
     reconnect_max_s: AtLeastOne = 60
 

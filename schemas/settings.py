@@ -1,7 +1,8 @@
 """TOML settings with environment overrides, shared by edge-node and cloud-hub.
 
 An override ``{PREFIX}__{SECTION}__{KEY}=value`` replaces ``[section] key`` (names are
-case-insensitive; values are converted to the key's type). A bad file or value raises
+case-insensitive; values are converted to the key's type; a list is written as a TOML array,
+``'["a", "b"]'``). A bad file or value raises
 :class:`SettingsError` naming the key and where it came from.
 """
 
@@ -70,6 +71,16 @@ def _apply_overrides(
         table = raw.setdefault(section, {})
         if not isinstance(table, dict):
             raise SettingsError(f"env {var}: [{section}] is not a table")
-        table[key] = value
+        table[key] = _parse_value(var, value)
         origins[f"{section}.{key}"] = f"env {var}"
     return origins
+
+
+def _parse_value(var: str, value: str) -> Any:
+    """A TOML array or inline table (``["a", "b"]``) is parsed; anything else stays text."""
+    if not value.lstrip().startswith(("[", "{")):
+        return value
+    try:
+        return tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"env {var}: not a valid TOML array or table: {exc}") from None

@@ -61,6 +61,14 @@ def test_bad_settings_name_the_key_and_source(
     assert str(path) in str(info.value) or "env " in str(info.value)
 
 
+def test_list_override_is_a_toml_array(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[node]\nid = "p"\n')
+    env = {"EDGE_NODE__SOURCE__FAULTS": '["drift:pressure:60:120:4", "spike:current:5:1"]'}
+    assert load_config(path, env).source.faults == ["drift:pressure:60:120:4", "spike:current:5:1"]
+    with pytest.raises(SettingsError, match="env EDGE_NODE__SOURCE__FAULTS"):
+        load_config(path, {"EDGE_NODE__SOURCE__FAULTS": '["unclosed'})
+
+
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=r"nope\.toml"):
         load_config(tmp_path / "nope.toml", {})

@@ -1,0 +1,422 @@
+"""Run a real Mosquitto with the project's own config and ACL, and talk to it with paho (MQTT v5).
+
+The broker config is mosquitto/mosquitto.conf with only its site-specific lines rewritten (see
+``rewrite_conf``), so the queue, packet-size and persistence limits under test are the project's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONF = REPO_ROOT / "mosquitto" / "mosquitto.conf"
+DEFAULT_ACL = REPO_ROOT / "mosquitto" / "acl"
+INSTALL_HINT = (
+    "install Mosquitto: `apt-get install mosquitto mosquitto-clients` (Debian/Ubuntu), "
+    "`brew install mosquitto` (macOS)"
+)
+# Where distributions put the broker; /usr/sbin is often not on a normal user's PATH.
+_SBIN = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"])
+# Lines that depend on where the broker runs; every other line is kept as the project wrote it.
+SITE_KEYS = frozenset({"listener", "persistence_location", "password_file", "acl_file", "log_dest"})
+
+
+def find_mosquitto(program: str = "mosquitto") -> str | None:
+    """Path of the broker (or another Mosquitto ``program``), None if it is not installed."""
+    return shutil.which(program) or shutil.which(program, path=_SBIN)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def rewrite_conf(text: str, site: dict[str, str], source: str = "mosquitto.conf") -> str:
+    """Replace the site-specific lines of a Mosquitto config with ``site`` (key -> value).
+
+    Each key of ``site`` is written once, where the config first set it (or appended at the end);
+    later lines with that key are dropped. A second active ``listener`` is refused, because its
+    listener-specific options (TLS files) would silently move to the test listener.
+    """
+    out: list[str] = []
+    written: set[str] = set()
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.split()
+        key = words[0] if words and not words[0].startswith("#") else ""
+        if key not in site and key not in SITE_KEYS:
+            out.append(line)
+            continue
+        if key == "listener" and "listener" in written:
+            raise ValueError(f"{source}:{number}: a second listener is not supported by the tests")
+        if key in site and key not in written:
+            out.append(f"{key} {site[key]}")
+            written.add(key)
+    out.extend(f"{key} {value}" for key, value in site.items() if key not in written)
+    return "\n".join(out) + "\n"
+
+
+class Broker:
+    """A Mosquitto process on 127.0.0.1 with its own password file, config and persistence dir."""
+
+    host: str = "127.0.0.1"
+
+    def __init__(
+        self,
+        workdir: Path,
+        users: dict[str, str],
+        port: int | None = None,
+        conf: Path = DEFAULT_CONF,
+        acl: Path = DEFAULT_ACL,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.users = dict(users)
+        self.port = port if port is not None else free_port()
+        self.conf = Path(conf)
+        self.acl = Path(acl)
+        self.data_dir = self.workdir / "data"
+        self.passwd_path = self.workdir / "passwd"
+        self.conf_path = self.workdir / "mosquitto.conf"
+        self.log_path = self.workdir / "mosquitto.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Broker:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """True while the broker process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 10.0) -> None:
+        """Write passwd and config, start ``mosquitto -c`` and wait until a user can log in."""
+        binary = find_mosquitto()
+        if binary is None:
+            raise RuntimeError(f"mosquitto not found: {INSTALL_HINT}")
+        if self.running:
+            raise RuntimeError(f"broker already running on port {self.port}")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.mkdir(exist_ok=True)
+        self._write_passwd()
+        self.conf_path.write_text(self._site_conf(), encoding="utf-8")
+        with self.log_path.open("ab") as log_file:
+            self._proc = subprocess.Popen(
+                [binary, "-c", str(self.conf_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+        log.info("mosquitto up on %s:%d (pid %d)", self.host, self.port, self._proc.pid)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (the broker saves its persistence file), SIGKILL if it outlives ``timeout``."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("mosquitto ignored SIGTERM for %.0f s; killing it", timeout)
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: a hard crash, nothing saved since the last autosave."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Clean stop, then start again on the same port with the same persistence dir."""
+        self.stop()
+        self.start(timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines the broker wrote (stdout and stderr)."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return "(no broker log yet)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def _site_conf(self) -> str:
+        site = {
+            "listener": f"{self.port} {self.host}",
+            "persistence_location": f"{self.data_dir}/",
+            "password_file": str(self.passwd_path),
+            "acl_file": str(self.acl),
+            "log_dest": "stdout",
+        }
+        if os.geteuid() == 0:
+            # As root, Mosquitto drops to the "mosquitto" user before reading the password file
+            # and writing persistence, and that user cannot read this private work dir.
+            site["user"] = "root"
+        return rewrite_conf(self.conf.read_text(encoding="utf-8"), site, str(self.conf))
+
+    def _write_passwd(self) -> None:
+        tool = find_mosquitto("mosquitto_passwd")
+        if tool is None:
+            raise RuntimeError(f"mosquitto_passwd not found: {INSTALL_HINT}")
+        for name, password in self.users.items():
+            if ":" in name or "\n" in name + password:
+                raise ValueError(f"user {name!r}: ':' and newlines are not allowed")
+        # One clear-text file hashed in place by `-U`: one process instead of one per user.
+        self.passwd_path.touch(mode=0o600)
+        self.passwd_path.chmod(0o600)
+        self.passwd_path.write_text(
+            "".join(f"{name}:{password}\n" for name, password in self.users.items()),
+            encoding="utf-8",
+        )
+        subprocess.run([tool, "-U", str(self.passwd_path)], check=True, capture_output=True)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        user = "hub" if "hub" in self.users else next(iter(self.users), None)
+        while True:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(
+                    f"mosquitto exited with {self._proc.returncode}; log:\n{self.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"mosquitto not ready after {timeout} s; log:\n{self.log_tail()}"
+                )
+            if self._accepts(user):
+                return
+            time.sleep(0.05)
+
+    def _accepts(self, user: str | None) -> bool:
+        # A TCP connect alone can succeed before the broker has loaded its password file.
+        try:
+            if user is None:
+                socket.create_connection((self.host, self.port), timeout=0.5).close()
+                return True
+            code = try_connect(self.host, self.port, user, self.users[user], timeout=2.0)
+        except (OSError, TimeoutError):
+            return False
+        if code.is_failure:
+            raise RuntimeError(f"broker refused {user!r}: {code}; log:\n{self.log_tail()}")
+        return True
+
+
+def _client(client_id: str, username: str | None, password: str | None) -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=MQTTProtocolVersion.MQTTv5
+    )
+    if username is not None:
+        client.username_pw_set(username, password)
+    return client
+
+
+def try_connect(
+    host: str, port: int, username: str | None, password: str | None, timeout: float = 5.0
+) -> ReasonCode:
+    """Connect once with MQTT v5, return the CONNACK reason code and disconnect."""
+    client = _client(f"probe-{uuid.uuid4().hex[:12]}", username, password)
+    result: list[ReasonCode] = []
+    client.on_connect = lambda _c, _u, _f, rc, _p: result.append(rc)
+    client.connect(host, port, keepalive=10)
+    deadline = time.monotonic() + timeout
+    try:
+        while not result:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no CONNACK from {host}:{port} within {timeout} s")
+            if client.loop(timeout=0.05) != mqtt.MQTT_ERR_SUCCESS and not result:
+                raise ConnectionError(f"{host}:{port} closed the connection before CONNACK")
+    finally:
+        client.disconnect()
+    return result[0]
+
+
+@dataclass
+class ClientState:
+    """What a test client's callbacks saw, from its first packet on."""
+
+    messages: queue.Queue[mqtt.MQTTMessage] = field(default_factory=queue.Queue)
+    acks: dict[int, ReasonCode] = field(default_factory=dict)
+    subacks: dict[int, list[ReasonCode]] = field(default_factory=dict)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+    connack: ReasonCode | None = None
+    connack_properties: Properties | None = None
+    session_present: bool = False
+    disconnects: list[ReasonCode] = field(default_factory=list)
+
+    def wait(self, predicate: Callable[[], object], timeout: float, what: str) -> None:
+        """Wait until ``predicate()`` is true; raise TimeoutError naming ``what``."""
+        with self.changed:
+            if not self.changed.wait_for(predicate, timeout):
+                raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+
+    def attach(self, client: mqtt.Client) -> None:
+        """Install the callbacks that fill this state (paho calls them on its loop thread)."""
+        client.user_data_set(self)
+        client.on_connect = self._on_connect
+        client.on_disconnect = lambda _c, _u, _f, rc, _p: self._record(self.disconnects.append, rc)
+        client.on_publish = lambda _c, _u, mid, rc, _p: self._record(self.acks.__setitem__, mid, rc)
+        client.on_subscribe = lambda _c, _u, mid, rcs, _p: self._record(
+            self.subacks.__setitem__, mid, rcs
+        )
+        client.on_message = lambda _c, _u, msg: self.messages.put(msg)
+
+    def _record(self, update: Callable[..., None], *args: Any) -> None:
+        with self.changed:
+            update(*args)
+            self.changed.notify_all()
+
+    def _on_connect(
+        self,
+        _c: mqtt.Client,
+        _u: object,
+        flags: mqtt.ConnectFlags,
+        rc: ReasonCode,
+        props: Properties | None,
+    ) -> None:
+        with self.changed:
+            self.connack, self.connack_properties = rc, props
+            self.session_present = flags.session_present
+            self.changed.notify_all()
+
+
+def mqtt_client(
+    broker: Broker,
+    user: str,
+    client_id: str | None = None,
+    *,
+    password: str | None = None,
+    clean_start: bool = True,
+    session_expiry: int = 0,
+    timeout: float = 5.0,
+) -> mqtt.Client:
+    """An MQTT v5 client logged in as ``user``, connected, with its network loop started.
+
+    Messages, PUBACK/SUBACK reason codes and disconnects land in ``state(client)``.
+    """
+    client = _client(
+        client_id or f"{user}-{uuid.uuid4().hex[:8]}",
+        user,
+        broker.users[user] if password is None else password,
+    )
+    st = ClientState()
+    st.attach(client)
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = session_expiry
+    client.connect(
+        broker.host, broker.port, keepalive=30, clean_start=clean_start, properties=props
+    )
+    client.loop_start()
+    try:
+        st.wait(lambda: st.connack is not None, timeout, f"CONNACK for {user}")
+        if st.connack is not None and st.connack.is_failure:
+            raise ConnectionRefusedError(f"broker refused {user!r}: {st.connack}")
+    except BaseException:
+        close(client)
+        raise
+    return client
+
+
+def state(client: mqtt.Client) -> ClientState:
+    """The ClientState of a client made by ``mqtt_client``."""
+    st = client.user_data_get()
+    assert isinstance(st, ClientState), "client was not made by mqtt_client()"
+    return st
+
+
+def publish(
+    client: mqtt.Client,
+    topic: str,
+    payload: bytes,
+    *,
+    qos: int = 1,
+    retain: bool = False,
+    timeout: float = 5.0,
+) -> ReasonCode:
+    """Publish and return the broker's PUBACK reason code."""
+    st = state(client)
+    info = client.publish(topic, payload, qos=qos, retain=retain)
+    if info.rc != mqtt.MQTT_ERR_SUCCESS:
+        raise RuntimeError(f"publish to {topic} failed locally: {mqtt.error_string(info.rc)}")
+    st.wait(lambda: info.mid in st.acks, timeout, f"PUBACK for {topic}")
+    return st.acks[info.mid]
+
+
+def subscribe(client: mqtt.Client, topic: str, qos: int = 1, timeout: float = 5.0) -> ReasonCode:
+    """Subscribe to one filter and return its SUBACK reason code."""
+    st = state(client)
+    rc, mid = client.subscribe(topic, qos=qos)
+    if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
+        raise RuntimeError(f"subscribe to {topic} failed locally: {mqtt.error_string(rc)}")
+    st.wait(lambda: mid in st.subacks, timeout, f"SUBACK for {topic}")
+    return st.subacks[mid][0]
+
+
+def receive(client: mqtt.Client, count: int, timeout: float = 5.0) -> list[mqtt.MQTTMessage]:
+    """The next ``count`` messages the client receives, whatever their topic."""
+    messages = state(client).messages
+    deadline = time.monotonic() + timeout
+    got: list[mqtt.MQTTMessage] = []
+    while len(got) < count:
+        try:
+            got.append(messages.get(timeout=max(deadline - time.monotonic(), 0.0)))
+        except queue.Empty:
+            raise TimeoutError(f"got {len(got)} of {count} messages in {timeout} s") from None
+    return got
+
+
+def receive_until(client: mqtt.Client, topic: str, timeout: float = 5.0) -> list[mqtt.MQTTMessage]:
+    """Every message received up to and including the first one on ``topic``."""
+    deadline = time.monotonic() + timeout
+    seen: list[mqtt.MQTTMessage] = []
+    while not seen or seen[-1].topic != topic:
+        try:
+            seen += receive(client, 1, max(deadline - time.monotonic(), 0.0))
+        except TimeoutError:
+            got = [m.topic for m in seen]
+            raise TimeoutError(f"no message on {topic} within {timeout} s (got {got})") from None
+    return seen
+
+
+def close(client: mqtt.Client) -> None:
+    """Disconnect and stop the network loop; harmless on an already closed client."""
+    client.disconnect()
+    client.loop_stop()

@@ -1,0 +1,46 @@
+"""Fixtures that run a real Mosquitto with the project's config, ACL and fresh passwords."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.broker import INSTALL_HINT, Broker, find_mosquitto
+
+HUB = "hub"
+NODES = ("node-a", "node-b", "node-c", "pump-1", "pump-2", "pump-3")
+
+
+def _users() -> dict[str, str]:
+    return {name: secrets.token_urlsafe(16) for name in (HUB, *NODES)}
+
+
+def _require_mosquitto() -> None:
+    # Fail rather than skip: a skipped broker suite would hide that nothing was tested.
+    if find_mosquitto() is None or find_mosquitto("mosquitto_passwd") is None:
+        pytest.fail(f"integration tests need mosquitto and mosquitto_passwd: {INSTALL_HINT}")
+
+
+def _run(workdir: Path) -> Iterator[Broker]:
+    _require_mosquitto()
+    broker = Broker(workdir, _users())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One broker for the whole session; tests must use their own node ids or client ids."""
+    yield from _run(tmp_path_factory.mktemp("mosquitto"))
+
+
+@pytest.fixture
+def fresh_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of the test's own (own dir and port), for tests that restart or kill it."""
+    yield from _run(tmp_path / "mosquitto")

@@ -1,0 +1,273 @@
+"""The deployment stack's files parse, agree with each other, and the alert rules fire as meant.
+
+docker-compose only parses here (no engine is needed for ``config``); promtool checks the
+Prometheus config and runs unit tests of the alert rules on synthetic series.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.broker import DEFAULT_CONF, REPO_ROOT, rewrite_conf
+
+pytestmark = pytest.mark.integration
+
+COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
+PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
+# eclipse-mosquitto's default command: mosquitto -c /mosquitto/config/mosquitto.conf
+IMAGE_CONF = "/mosquitto/config/mosquitto.conf"
+
+
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} not found: install it with `apt-get install {package}` (Debian)")
+    return path
+
+
+def _compose(*args: str) -> subprocess.CompletedProcess[str]:
+    # No engine is running or needed: point DOCKER_HOST at nothing so a contact attempt would fail.
+    env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    env.pop("DOCKER_CONTEXT", None)
+    command = [_tool("docker-compose", "docker-compose"), "-f", str(COMPOSE_FILE), *args]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+def _conf_value(key: str) -> str:
+    for line in DEFAULT_CONF.read_text(encoding="utf-8").splitlines():
+        words = line.split()
+        if words and words[0] == key:
+            return " ".join(words[1:])
+    raise KeyError(f"{DEFAULT_CONF}: no {key} line")
+
+
+def _section_from_text(text: str, service: str, key: str) -> list[str]:
+    """The lines under ``services.<service>.<key>`` of docker-compose 1.x's normalised output."""
+    lines: list[str] = []
+    path: list[str] = []
+    for line in text.splitlines():
+        indent = len(line) - len(line.lstrip(" "))
+        stripped = line.strip()
+        if path == ["services", service, key] and (indent > 4 or stripped.startswith("- ")):
+            lines.append(stripped.removeprefix("- "))
+        elif indent % 2 == 0 and ":" in stripped:
+            path = [*path[: indent // 2], stripped.split(":", 1)[0]]
+    return lines
+
+
+def _service(service: str) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(source, target) of each volume and the environment of a compose service."""
+    as_json = _compose("config", "--format", "json")
+    # Compose v2 has --format json; 1.29 prints its help for it and still exits 0.
+    if as_json.returncode == 0 and as_json.stdout.lstrip().startswith("{"):
+        spec: dict[str, Any] = json.loads(as_json.stdout)["services"][service]
+        mounts = [(v["source"], v["target"]) for v in spec.get("volumes", [])]
+        return mounts, {k: str(v) for k, v in spec.get("environment", {}).items()}
+    text = _compose("config")
+    assert text.returncode == 0, text.stderr
+    volumes = [item.split(":")[:2] for item in _section_from_text(text.stdout, service, "volumes")]
+    env_lines = _section_from_text(text.stdout, service, "environment")
+    env = dict(item.split(": ", 1) for item in env_lines)
+    return [(v[0], v[1]) for v in volumes], {k: v.strip("'\"") for k, v in env.items()}
+
+
+def test_compose_file_is_valid() -> None:
+    result = _compose("config", "-q")
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_broker_runs_the_config_the_tests_use() -> None:
+    mounts = {target: source for source, target in _service("mosquitto")[0]}
+    config_dir = Path(mounts[str(Path(IMAGE_CONF).parent)])
+    assert (config_dir / "mosquitto.conf").resolve() == DEFAULT_CONF.resolve()
+    # The files the config names must be inside the mounts the container gets.
+    for key in ("password_file", "acl_file"):
+        assert Path(_conf_value(key)).parent == Path(IMAGE_CONF).parent, key
+    assert any(_conf_value("persistence_location").startswith(t + "/") for t in mounts)
+    assert (config_dir / Path(_conf_value("acl_file")).name).is_file()
+
+
+def test_test_broker_config_differs_only_in_site_lines() -> None:
+    project = DEFAULT_CONF.read_text(encoding="utf-8")
+    site = {"listener": "1 127.0.0.1", "password_file": "/p", "acl_file": "/a", "log_dest": "x"}
+    rewritten = rewrite_conf(project, {**site, "persistence_location": "/d/"})
+    kept = {"listener", "password_file", "acl_file", "log_dest", "persistence_location"}
+
+    def other_lines(text: str) -> list[str]:
+        return [ln for ln in text.splitlines() if not ln.split() or ln.split()[0] not in kept]
+
+    assert other_lines(rewritten) == other_lines(project)
+    assert "listener 1 127.0.0.1" in rewritten.splitlines()
+    assert "max_packet_size 262144" in rewritten.splitlines()
+
+
+def test_test_broker_refuses_a_second_listener() -> None:
+    text = DEFAULT_CONF.read_text(encoding="utf-8") + "listener 8883\ncafile /ca.crt\n"
+    with pytest.raises(ValueError, match="second listener"):
+        rewrite_conf(text, {"listener": "1 127.0.0.1"})
+
+
+def test_prometheus_config_is_valid() -> None:
+    promtool = _tool("promtool", "prometheus")
+    result = subprocess.run(
+        [promtool, "check", "config", str(PROMETHEUS_DIR / "prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_are_valid() -> None:
+    promtool = _tool("promtool", "prometheus")
+    result = subprocess.run(
+        [promtool, "check", "rules", str(PROMETHEUS_DIR / "alerts.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_scrapes_the_compose_hub() -> None:
+    text = (PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8")
+    env = _service("hub")[1]
+    assert f'"hub:{env["CLOUD_HUB__METRICS__PORT"]}"' in text
+    # Bound to every interface inside the container, else Prometheus cannot reach it.
+    assert env["CLOUD_HUB__METRICS__HOST"] == "0.0.0.0"
+
+
+def _alert(labels: dict[str, str], summary: str, description: str | None = None) -> dict[str, Any]:
+    annotations = {"summary": summary}
+    if description is not None:
+        annotations["description"] = description
+    return {"exp_labels": labels, "exp_annotations": annotations}
+
+
+def _rule_tests() -> list[dict[str, Any]]:
+    """promtool unit tests: what each alert must (and must not) fire on, minute by minute."""
+    drift = "The model's reference profile no longer matches the sensor data: consider retraining."
+    series = {
+        'up{job="cloud-hub", instance="hub:9100"}': "1 1 0x20",
+        'edgeml_node_up{node="pump-1"}': "1 1 0x20",
+        'edgeml_node_up{node="pump-2"}': "1x22",
+        'edgeml_events_total{node="pump-3", state="open"}': "0 0 0 1x20",
+        'edgeml_events_total{node="pump-3", state="close"}': "0 0 0 0 1x20",
+        'edgeml_drift_psi_max{node="pump-3"}': "0.1 0.4x20",
+        'edgeml_drift_psi_max{node="pump-1"}': "0.25x20",
+        # pump-1 reboots (its counter restarts at 0): not a drop.
+        'edgeml_outbox_dropped_total{node="pump-1"}': "7 7 0x20",
+        'edgeml_outbox_dropped_total{node="pump-2"}': "0 0 5x20",
+        'edgeml_rejected_messages_total{reason="decode", type="result"}': "0 0 3x20",
+    }
+    checks: list[tuple[str, str, list[dict[str, Any]]]] = [
+        ("3m", "HubDown", []),  # down since 2m: still pending
+        (
+            "5m",
+            "HubDown",
+            [
+                _alert(
+                    {"job": "cloud-hub", "instance": "hub:9100", "severity": "critical"},
+                    "cloud-hub metrics endpoint hub:9100 is down",
+                )
+            ],
+        ),
+        ("3m", "NodeDown", []),
+        (
+            "5m",
+            "NodeDown",
+            [
+                _alert(
+                    {"node": "pump-1", "severity": "warning"},
+                    "edge node pump-1 is offline",
+                    "No status or traffic from pump-1 for over 2 minutes (last will or silence).",
+                )
+            ],
+        ),
+        (
+            "5m",
+            "AnomalyEpisodes",
+            [
+                _alert(
+                    {"node": "pump-3", "state": "open", "severity": "warning"},
+                    "anomaly episode opened on pump-3",
+                    "The node's model flagged an anomaly episode in the last 10 minutes.",
+                )
+            ],
+        ),
+        ("15m", "AnomalyEpisodes", []),  # nothing new opened in the last 10 minutes
+        ("10m", "DriftHigh", []),
+        (
+            "17m",
+            "DriftHigh",
+            [
+                _alert(
+                    {"node": "pump-3", "severity": "warning"},
+                    "input drift on pump-3 (PSI 0.40)",
+                    drift,
+                )
+            ],
+        ),
+        (
+            "5m",
+            "OutboxDropping",
+            [
+                _alert(
+                    {"node": "pump-2", "severity": "critical"},
+                    "pump-2 is dropping messages from its full outbox",
+                    "Data is being lost: the broker has been unreachable for long or the outbox is "
+                    "too small.",
+                )
+            ],
+        ),
+        (
+            "4m",
+            "HubRejects",
+            [
+                _alert(
+                    {"reason": "decode", "type": "result", "severity": "warning"},
+                    "hub rejects result messages (decode)",
+                    "A node speaks a schema the hub cannot decode or validate.",
+                )
+            ],
+        ),
+        ("10m", "HubRejects", []),
+    ]
+    return [
+        {
+            "interval": "1m",
+            "input_series": [{"series": k, "values": v} for k, v in series.items()],
+            "alert_rule_test": [
+                {"eval_time": t, "alertname": name, "exp_alerts": exp} for t, name, exp in checks
+            ],
+        }
+    ]
+
+
+def test_alerts_fire_when_and_only_when_meant(tmp_path: Path) -> None:
+    promtool = _tool("promtool", "prometheus")
+    spec = {
+        "rule_files": [str(PROMETHEUS_DIR / "alerts.yml")],
+        "evaluation_interval": "1m",
+        "tests": _rule_tests(),
+    }
+    # JSON is YAML, so no YAML writer is needed.
+    test_file = tmp_path / "alerts_test.yml"
+    test_file.write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
