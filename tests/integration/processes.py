@@ -49,7 +49,10 @@ class Proc:
         self._log.close()
 
     def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout)
+        """Wait for the process to exit on its own; its log is closed once it has."""
+        code = self.popen.wait(timeout)
+        self._log.close()
+        return code
 
     def output(self, tail: int = 60) -> str:
         self._log.flush()

@@ -1,0 +1,236 @@
+"""The ``cloud-hub`` command line: ``serve``, ``nodes`` and ``train``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from cloud_hub.app import StartupError, serve
+from cloud_hub.config import HubConfig, IngestConfig, load_hub_config
+from cloud_hub.registry import NodeRow, Registry, RegistryError
+from schemas.settings import SettingsError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, set up logging, run the subcommand; return the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    try:
+        code: int = args.run(args)
+    except SettingsError as exc:
+        return _fail(args.command, exc, EXIT_USAGE)
+    except (RegistryError, StartupError, OSError) as exc:
+        return _fail(args.command, exc, EXIT_FAILED)
+    return code
+
+
+def _fail(command: str, error: Exception, code: int) -> int:
+    """One line on stderr, no traceback: these are the user's to fix, not bugs."""
+    print(f"cloud-hub {command}: {error}", file=sys.stderr)
+    return code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default INFO)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="cloud-hub", description="Fleet hub of the edgeml pipeline."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the hub")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.set_defaults(run=_serve)
+
+    nodes = sub.add_parser("nodes", parents=[common], help="show the fleet registry")
+    where = nodes.add_mutually_exclusive_group()
+    where.add_argument("--config", type=Path, help="TOML settings file (for store.db)")
+    where.add_argument("--db", type=Path, help="registry file (default: from the settings)")
+    nodes.add_argument("--watch", type=_positive, metavar="SECONDS", help="refresh every SECONDS")
+    nodes.set_defaults(run=_nodes)
+
+    train = sub.add_parser("train", parents=[common], help="train a model from healthy CSV data")
+    train.add_argument(
+        "--csv", type=Path, action="append", required=True, metavar="FILE", help="repeatable"
+    )
+    train.add_argument("--rows", type=_positive_int, metavar="N", help="use the first N rows")
+    train.add_argument("--name", required=True, help="model name")
+    train.add_argument("--version", required=True, help="model version")
+    train.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    train.add_argument("--window", type=_positive_int, metavar="W", help="readings per window")
+    train.set_defaults(run=_train)
+    return parser
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def _load(path: Path | None) -> HubConfig:
+    return load_hub_config(path, os.environ)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return serve(_load(args.config))
+
+
+def _nodes(args: argparse.Namespace) -> int:
+    if args.db is not None:
+        db, offline_after = args.db, IngestConfig().offline_after_s
+    else:
+        config = _load(args.config)
+        db, offline_after = Path(config.store.db), config.ingest.offline_after_s
+    registry = Registry(db, readonly=True)
+    try:
+        while True:
+            table = format_nodes(registry.nodes(), time.time(), offline_after)
+            if args.watch is None:
+                print(table)
+                return EXIT_OK
+            print((_CLEAR if sys.stdout.isatty() else "") + table, flush=True)
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        registry.close()
+
+
+def format_nodes(rows: Sequence[NodeRow], now: float, offline_after_s: float) -> str:
+    """The ``nodes`` table: one line per node, columns aligned."""
+    header = (
+        "NODE",
+        "STATE",
+        "LAST SEEN",
+        "MODEL",
+        "READINGS",
+        "ANOMALIES",
+        "P99 MS",
+        "OUTBOX",
+        "PSI MAX",
+    )
+    lines = [header] + [_cells(r, now, offline_after_s) for r in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+    return text if rows else text + "\n(no nodes yet)"
+
+
+def _cells(row: NodeRow, now: float, offline_after_s: float) -> tuple[str, ...]:
+    recent = row.last_seen is not None and now - row.last_seen <= offline_after_s
+    online = row.online is not False and recent
+    model = f"{row.active_model}@{row.active_version}" if row.active_model else "-"
+    return (
+        row.node,
+        "online" if online else "offline",
+        ago(now - row.last_seen) if row.last_seen is not None else "never",
+        model,
+        str(row.readings),
+        str(row.anomalies),
+        _num(row.latency_p99_ms, ".2f"),
+        _num(row.outbox_depth, "d"),
+        _num(row.drift_psi_max, ".3f"),
+    )
+
+
+def ago(seconds: float) -> str:
+    """``42s ago``, ``5m ago``, ``3h ago``, ``2d ago``."""
+    seconds = max(0.0, seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return f"{int(seconds)}s ago"
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _train(args: argparse.Namespace) -> int:
+    # Imported here: onnx and onnxruntime are heavy and only this command needs them.
+    from cloud_hub.onnx_export import save_model, train_model
+    from cloud_hub.trainer import TrainConfig
+
+    try:
+        channels, parts = _healthy_readings(args.csv, args.rows)
+        values = np.concatenate(parts)
+        config = TrainConfig() if args.window is None else TrainConfig(window=args.window)
+        onnx_bytes, manifest = train_model(
+            values,
+            channels,
+            name=args.name,
+            version=args.version,
+            trained_by="cloud-hub train",
+            config=config,
+            now=time.time(),
+        )
+    except ValueError as exc:  # bad data or parameters; the message names file or field
+        return _fail("train", exc, EXIT_USAGE)
+    save_model(args.out, onnx_bytes, manifest)
+    res = manifest.resources
+    print(f"model       {manifest.name}@{manifest.version} -> {args.out}")
+    print(f"readings    {len(values)} from {len(parts)} file(s), window {manifest.input.window}")
+    print(f"threshold   {manifest.threshold:.6g}")
+    print(f"latency     p50 {res.latency_ms_p50:.4f} ms, p99 {res.latency_ms_p99:.4f} ms")
+    print(f"size        {res.size_bytes} bytes, opset {res.opset}")
+    return EXIT_OK
+
+
+def _healthy_readings(
+    files: Sequence[Path], rows: int | None
+) -> tuple[list[str], list[NDArray[np.float32]]]:
+    """Readings of each file (the first ``rows`` if given); refuse labelled anomalies."""
+    from edge_node.sources.csv_replay import read_csv
+
+    channels: list[str] | None = None
+    parts: list[NDArray[np.float32]] = []
+    for path in files:
+        data = read_csv(path)
+        if channels is None:
+            channels = data.channels
+        elif data.channels != channels:
+            raise ValueError(f"{path}: channels {data.channels} differ from {channels}")
+        end = len(data.values) if rows is None else min(rows, len(data.values))
+        if data.anomaly is not None and data.anomaly[:end].any():
+            first = int(data.anomaly[:end].argmax())
+            raise ValueError(
+                f"{path}: reading {first} of the {end} used is labelled anomalous; "
+                "train on healthy data only (use --rows to take the healthy start)"
+            )
+        parts.append(data.values[:end])
+    if channels is None:
+        raise ValueError("no --csv file given")
+    return channels, parts

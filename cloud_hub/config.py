@@ -1,0 +1,95 @@
+"""cloud-hub settings: a TOML file plus ``CLOUD_HUB__SECTION__KEY`` environment overrides.
+
+Value ranges are part of the types, so a bad value fails at start-up with a
+:class:`~schemas.settings.SettingsError` naming the key and the file (or variable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Final
+
+import msgspec
+
+from schemas.settings import SettingsError, load_settings
+
+ENV_PREFIX: Final = "CLOUD_HUB"
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+# 0 asks the OS for a free port (tests, several hubs on one host); the hub logs the one it got.
+ListenPort = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Seconds = Annotated[int, msgspec.Meta(ge=1)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class MqttConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Broker connection; ``password_file`` (read at start, stripped) wins over ``password``."""
+
+    host: NonEmpty = "127.0.0.1"
+    port: Port = 1883
+    username: str = "hub"
+    password: str = ""
+    password_file: str = ""
+    client_id: NonEmpty = "cloud-hub"
+    keepalive_s: Annotated[int, msgspec.Meta(ge=5, le=65535)] = 30
+    # Up to 2**32 - 1 (never expires); 0 would drop what queued while the hub was away.
+    session_expiry_s: Annotated[int, msgspec.Meta(ge=1, le=2**32 - 1)] = 86400
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Where the hub's SQLite fleet registry lives."""
+
+    db: NonEmpty = "var/hub/hub.db"
+
+
+class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Prometheus endpoint; ``per_node = false`` keeps only fleet-wide series."""
+
+    host: NonEmpty = "127.0.0.1"
+    port: ListenPort = 9100
+    per_node: bool = True
+
+
+class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``offline_after_s``: silence after which a node counts as offline without its will."""
+
+    offline_after_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+
+
+class HubConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """All cloud-hub settings."""
+
+    mqtt: MqttConfig = msgspec.field(default_factory=MqttConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
+
+
+def load_hub_config(path: Path | None, environ: Mapping[str, str]) -> HubConfig:
+    """Read ``path`` (optional) with overrides from ``environ``; SettingsError names the key."""
+    config = load_settings(HubConfig, path, environ, ENV_PREFIX)
+    _check_tls(config.mqtt, str(path) if path else "defaults")
+    return config
+
+
+def resolve_password(mqtt: MqttConfig) -> str:
+    """The broker password: the stripped contents of ``password_file`` if set, else ``password``."""
+    if not mqtt.password_file:
+        return mqtt.password
+    try:
+        return Path(mqtt.password_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise SettingsError(
+            f"key mqtt.password_file: cannot read {mqtt.password_file}: {exc.strerror}"
+        ) from None
+
+
+def _check_tls(mqtt: MqttConfig, source: str) -> None:
+    """A client certificate needs its key and vice versa."""
+    if bool(mqtt.tls_cert) != bool(mqtt.tls_key):
+        missing = "mqtt.tls_key" if mqtt.tls_cert else "mqtt.tls_cert"
+        raise SettingsError(f"{source}: key {missing}: tls_cert and tls_key go together")

@@ -1,0 +1,163 @@
+"""The hub's inbound path: topic -> decode -> check -> dedupe -> fleet state; pure, no I/O.
+
+Bad input never raises: it is counted by a bounded reason and logged at WARNING with the
+topic and the decoder's message, never the payload bytes (they may be large or hostile).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol
+
+from cloud_hub.dedupe import Deduper
+from cloud_hub.fleet import FleetState
+from schemas.codec import DecodeError, decode
+from schemas.messages import Ack, Capture, Drift, Event, ResultBatch, Status, Telemetry
+from schemas.packing import unpack_flags
+from schemas.topics import NODE_TO_HUB, Kind, TopicError, parse_node_topic
+
+log = logging.getLogger(__name__)
+
+REJECT_REASONS: Final = (
+    "bad_topic",
+    "malformed",
+    "invalid",
+    "node_mismatch",
+    "unexpected_kind",
+    "internal",
+)
+# The ``type`` label of a reject: a topic kind, or "unknown" when the topic did not parse.
+UNKNOWN_TYPE: Final = "unknown"
+MESSAGE_KINDS: Final = tuple(k.value for k in NODE_TO_HUB)
+
+OutcomeStatus = Literal["applied", "stale", "duplicate", "rejected"]
+
+
+class AckSink(Protocol):
+    """Receives every new command ack (the command tracker, later)."""
+
+    def on_ack(self, ack: Ack, now: float) -> None: ...
+
+
+class CaptureSink(Protocol):
+    """Receives every new chunk of captured readings (the trainer's collector, later)."""
+
+    def on_capture(self, capture: Capture, now: float) -> None: ...
+
+
+class NullSink:
+    """Drops acks and captures: the default until a consumer is wired in."""
+
+    def on_ack(self, ack: Ack, now: float) -> None:
+        """Ignore ``ack``."""
+
+    def on_capture(self, capture: Capture, now: float) -> None:
+        """Ignore ``capture``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one inbound message."""
+
+    status: OutcomeStatus
+    kind: str = ""
+    node: str = ""
+    reason: str = ""
+    detail: str = ""
+
+
+class Ingest:
+    """Applies inbound messages to fleet state and counts what it saw."""
+
+    def __init__(
+        self,
+        fleet: FleetState,
+        deduper: Deduper,
+        acks: AckSink | None = None,
+        captures: CaptureSink | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.deduper = deduper
+        self._acks: AckSink = acks or NullSink()
+        self._captures: CaptureSink = captures or NullSink()
+        self.messages: Counter[str] = Counter()
+        self.rejects: Counter[tuple[str, str]] = Counter()
+        self.acks_received = 0
+        self.capture_chunks = 0
+
+    @property
+    def duplicates(self) -> int:
+        """Redeliveries dropped so far."""
+        return self.deduper.duplicates
+
+    def handle(self, topic: str, payload: bytes, now: float) -> Outcome:
+        """Decode, check, dedupe and apply one message received at ``now``."""
+        try:
+            parsed = parse_node_topic(topic)
+        except TopicError as exc:
+            return self._reject(topic, "bad_topic", UNKNOWN_TYPE, str(exc))
+        kind = parsed.kind.value
+        if parsed.kind not in NODE_TO_HUB:
+            return self._reject(topic, "unexpected_kind", kind, f"{kind} is not sent by nodes")
+        try:
+            message = decode(kind, payload)
+        except DecodeError as exc:
+            reason = "malformed" if exc.reason == "malformed" else "invalid"
+            return self._reject(topic, reason, kind, str(exc), parsed.node)
+        if message.node != parsed.node:
+            detail = f"payload node {message.node!r} on the topic of {parsed.node!r}"
+            return self._reject(topic, "node_mismatch", kind, detail, parsed.node)
+        # Status is state, not stream: its seq repeats the stream's count (see Envelope).
+        is_stream = parsed.kind is not Kind.STATUS
+        if is_stream and not self.deduper.observe(message.node, message.boot, message.seq):
+            self.fleet.touch(message.node, message.boot, now)
+            return Outcome("duplicate", kind, parsed.node)
+        self.messages[kind] += 1
+        applied = self._apply(message, now)
+        return Outcome("applied" if applied else "stale", kind, parsed.node)
+
+    def record_internal_error(self, topic: str) -> None:
+        """Count a message whose handling failed unexpectedly (the caller logs it)."""
+        try:
+            kind = parse_node_topic(topic).kind.value
+        except TopicError:
+            kind = UNKNOWN_TYPE
+        self.rejects["internal", kind] += 1
+
+    def _apply(self, message: Any, now: float) -> bool:
+        """Update state from a new, checked message; False for a stale status."""
+        match message:
+            case Status():
+                return self.fleet.apply_status(message, now)
+            case ResultBatch():
+                anomalous = int(unpack_flags(message.flags, message.n).sum())
+                self.fleet.apply_result(message, anomalous, now)
+            case Event():
+                self.fleet.apply_event(message, now)
+            case Telemetry():
+                self.fleet.apply_telemetry(message, now)
+            case Drift():
+                self.fleet.apply_drift(message, now)
+            case Ack():
+                self.fleet.touch(message.node, message.boot, now)
+                self.acks_received += 1
+                self._acks.on_ack(message, now)
+            case Capture():
+                self.fleet.touch(message.node, message.boot, now)
+                self.capture_chunks += 1
+                self._captures.on_capture(message, now)
+            case _:
+                raise TypeError(f"no handler for {type(message).__name__}")
+        return True
+
+    def _reject(self, topic: str, reason: str, kind: str, detail: str, node: str = "") -> Outcome:
+        self.rejects[reason, kind] += 1
+        log.warning("rejected message on %s: %s: %s", _clip(topic), reason, _clip(detail))
+        return Outcome("rejected", kind, node, reason, detail)
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    """Shorten text for a log line: a hostile topic can be 64 KiB long."""
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -1,0 +1,242 @@
+"""Prometheus metrics computed at scrape time from fleet state; the only prometheus_client user.
+
+Labels are bounded: ``node`` and ``model``/``version`` at most, plus small enums (``kind``,
+``reason``, ``type``, ``state``, ``quantile``). Never a channel or a boot: 10,000 nodes times
+8 channels would be 80,000 series per family and scrapes of several seconds, so per-channel
+drift is reduced to its maximum over channels.
+
+With ``per_node=False`` only the fleet-wide families are exposed. Each node adds about 21
+series; at 10,000 nodes a scrape is ~210,000 lines and ~10 MB and takes ~2 s to render
+(measured on one core of the development machine), too much for one target scraped every
+15 s. Such fleets keep the per-node detail in the registry (``cloud-hub nodes``) and scrape
+only the fleet-wide families.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from cloud_hub.fleet import DriftSummary, NodeState
+from cloud_hub.ingest import MESSAGE_KINDS, Ingest
+from schemas.messages import ModelRef, Telemetry
+
+_NODE = ["node"]
+
+
+class HubCollector(Collector):
+    """Yields the hub's metric families from ``ingest`` and its fleet state on every scrape."""
+
+    def __init__(
+        self,
+        ingest: Ingest,
+        *,
+        clock: Callable[[], float],
+        lock: threading.Lock | None = None,
+        per_node: bool = True,
+    ) -> None:
+        self._fleet = ingest.fleet
+        self._ingest = ingest
+        self._clock = clock
+        # The hub's loop mutates the state while the HTTP thread scrapes it.
+        self._lock = lock or threading.Lock()
+        self._per_node = per_node
+
+    def collect(self) -> Iterator[Metric]:
+        """Compute every family now."""
+        # Hold the lock (and so stall the hub's loop) only to copy numbers out of the state;
+        # building ~200,000 samples for a large fleet happens after it is released.
+        with self._lock:
+            now = self._clock()
+            families = self._fleet_wide(now)
+            snapshots = (
+                [self._snapshot(s, now) for s in self._fleet.nodes()] if self._per_node else []
+            )
+        if self._per_node:
+            per_node = _NodeFamilies()
+            for snapshot in snapshots:
+                per_node.add(snapshot)
+            families += per_node.all()
+        return iter(families)
+
+    def _snapshot(self, s: NodeState, now: float) -> _NodeSnapshot:
+        return _NodeSnapshot(
+            node=s.node,
+            online=self._fleet.is_online(s, now),
+            readings=s.readings,
+            anomalous=s.anomalous,
+            events_opened=s.events_opened,
+            events_closed=s.events_closed,
+            model=s.model,
+            telemetry=s.telemetry,
+            drift=s.drift,
+            gaps=self._ingest.deduper.gaps(s.node),
+            missing=s.missing_readings(),
+            errors=s.errors_total,
+        )
+
+    def _fleet_wide(self, now: float) -> list[Metric]:
+        messages = CounterMetricFamily(
+            "edgeml_messages", "Messages received and applied, by topic kind.", labels=["kind"]
+        )
+        for kind in MESSAGE_KINDS:
+            messages.add_metric([kind], self._ingest.messages[kind])
+        duplicates = CounterMetricFamily(
+            "edgeml_duplicates", "Redelivered messages dropped by (node, boot, seq)."
+        )
+        duplicates.add_metric([], self._ingest.duplicates)
+        rejected = CounterMetricFamily(
+            "edgeml_rejected_messages",
+            "Messages rejected, by reason and message type (topic kind or unknown).",
+            labels=["reason", "type"],
+        )
+        for (reason, kind), count in sorted(self._ingest.rejects.items()):
+            rejected.add_metric([reason, kind], count)
+        nodes = GaugeMetricFamily("edgeml_nodes", "Known nodes by state.", labels=["state"])
+        online, offline = self._fleet.counts(now)
+        nodes.add_metric(["online"], online)
+        nodes.add_metric(["offline"], offline)
+        return [messages, duplicates, rejected, nodes]
+
+
+@dataclass(frozen=True, slots=True)
+class _NodeSnapshot:
+    """One node's numbers at scrape time (telemetry and drift are replaced, never changed)."""
+
+    node: str
+    online: bool
+    readings: int
+    anomalous: int
+    events_opened: int
+    events_closed: int
+    model: ModelRef | None
+    telemetry: Telemetry | None
+    drift: DriftSummary | None
+    gaps: int
+    missing: int
+    errors: int
+
+
+class _NodeFamilies:
+    """The per-node families, filled one node at a time."""
+
+    def __init__(self) -> None:
+        self.readings = _counter(
+            "edgeml_readings", "Readings the node scored, received since the hub started."
+        )
+        self.anomalous = _counter(
+            "edgeml_anomalous_readings",
+            "Readings the node flagged anomalous, received since the hub started.",
+        )
+        self.events = CounterMetricFamily(
+            "edgeml_events",
+            "Anomaly episodes opened and closed, received since the hub started.",
+            labels=["node", "state"],
+        )
+        self.latency = GaugeMetricFamily(
+            "edgeml_inference_latency_ms",
+            "Inference latency percentiles over the last telemetry interval, in ms.",
+            labels=["node", "quantile"],
+        )
+        self.up = _gauge("edgeml_node_up", "1 if the node is online, else 0.")
+        self.info = GaugeMetricFamily(
+            "edgeml_node_info",
+            "The node's active model (value 1).",
+            labels=["node", "model", "version"],
+        )
+        self.psi = _gauge(
+            "edgeml_drift_psi_max", "Largest per-channel PSI in the last drift report."
+        )
+        self.shift = _gauge(
+            "edgeml_drift_mean_shift_max_sd",
+            "Largest per-channel |mean shift| in reference standard deviations.",
+        )
+        self.score_p99 = _gauge("edgeml_score_p99", "99th percentile of the anomaly score.")
+        self.depth = _gauge("edgeml_outbox_depth", "Messages waiting in the node's outbox.")
+        self.outbox_bytes = _gauge("edgeml_outbox_bytes", "Bytes waiting in the node's outbox.")
+        self.dropped = _counter(
+            "edgeml_outbox_dropped", "Messages the node's outbox dropped since boot."
+        )
+        self.rss = _gauge("edgeml_node_rss_bytes", "Resident memory of the edge-node process.")
+        self.cpu = _gauge("edgeml_node_cpu_percent", "CPU use of the edge-node process, percent.")
+        self.power = _gauge("edgeml_node_power_watts", "Estimated or measured power draw, watts.")
+        self.errors = _counter("edgeml_node_errors", "Errors the node reported since boot.")
+        self.gaps = _gauge("edgeml_seq_gaps", "Message seqs never received (gaps in the stream).")
+        self.missing = _gauge("edgeml_missing_readings", "Readings never received in results.")
+
+    def add(self, s: _NodeSnapshot) -> None:
+        """Add the samples of one node."""
+        n = [s.node]
+        self.readings.add_metric(n, s.readings)
+        self.anomalous.add_metric(n, s.anomalous)
+        self.events.add_metric([s.node, "open"], s.events_opened)
+        self.events.add_metric([s.node, "close"], s.events_closed)
+        self.up.add_metric(n, 1.0 if s.online else 0.0)
+        if s.model is not None:
+            self.info.add_metric([s.node, s.model.name, s.model.version], 1.0)
+        self.gaps.add_metric(n, s.gaps)
+        self.missing.add_metric(n, s.missing)
+        if (t := s.telemetry) is not None:
+            latency = t.latency_ms
+            for quantile, value in (
+                ("0.5", latency.p50),
+                ("0.95", latency.p95),
+                ("0.99", latency.p99),
+            ):
+                self.latency.add_metric([s.node, quantile], value)
+            self.depth.add_metric(n, t.outbox_depth)
+            self.outbox_bytes.add_metric(n, t.outbox_bytes)
+            self.dropped.add_metric(n, t.dropped)
+            self.rss.add_metric(n, t.rss_bytes)
+            self.cpu.add_metric(n, t.cpu_percent)
+            self.power.add_metric(n, t.power_w)
+            self.errors.add_metric(n, s.errors)
+        if (d := s.drift) is not None:
+            self.psi.add_metric(n, d.psi_max)
+            self.shift.add_metric(n, d.mean_shift_max_sd)
+            self.score_p99.add_metric(n, d.score.p99)
+
+    def all(self) -> list[Metric]:
+        """Every family, in a fixed order."""
+        return [v for v in vars(self).values() if isinstance(v, Metric)]
+
+
+def _counter(name: str, documentation: str) -> CounterMetricFamily:
+    return CounterMetricFamily(name, documentation, labels=_NODE)
+
+
+def _gauge(name: str, documentation: str) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, labels=_NODE)
+
+
+def new_registry(collector: HubCollector) -> CollectorRegistry:
+    """A fresh registry holding only ``collector`` (no process or GC collectors)."""
+    registry = CollectorRegistry()
+    registry.register(collector)
+    return registry
+
+
+class MetricsServer:
+    """The /metrics HTTP endpoint in a daemon thread."""
+
+    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+        self._server, self._thread = start_http_server(port, addr=host, registry=registry)
+        self.host = host
+        self.port = int(self._server.server_port)
+
+    @property
+    def url(self) -> str:
+        """Where Prometheus scrapes."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

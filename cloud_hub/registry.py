@@ -1,0 +1,193 @@
+"""The fleet registry: one row per node in SQLite; the only module that opens the hub's DB.
+
+WAL mode lets ``cloud-hub nodes`` read from another process while ``serve`` writes;
+``synchronous=NORMAL`` is safe with WAL (a power cut may lose the last second of updates,
+never corrupt the file), and the hub re-learns that second from the nodes anyway.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+
+from cloud_hub.fleet import NodeState
+
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS nodes (
+    node            TEXT PRIMARY KEY,
+    online          INTEGER,
+    boot            TEXT NOT NULL,
+    started_at      REAL,
+    last_seen       REAL,
+    active_model    TEXT,
+    active_version  TEXT,
+    capabilities    TEXT,
+    readings        INTEGER NOT NULL,
+    anomalies       INTEGER NOT NULL,
+    latency_p99_ms  REAL,
+    outbox_depth    INTEGER,
+    drift_psi_max   REAL,
+    updated_at      REAL NOT NULL
+)
+"""
+_COLUMNS: Final = (
+    "node, online, boot, started_at, last_seen, active_model, active_version, capabilities, "
+    "readings, anomalies, latency_p99_ms, outbox_depth, drift_psi_max, updated_at"
+)
+_UPSERT: Final = (
+    f"INSERT INTO nodes ({_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
+    "ON CONFLICT(node) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
+)
+
+
+class RegistryError(RuntimeError):
+    """The registry file cannot be opened or has an unexpected schema; names the file."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    """One node as last written by the hub; ``online`` is None before its first status."""
+
+    node: str
+    online: bool | None
+    boot: str
+    started_at: float | None
+    last_seen: float | None
+    active_model: str | None
+    active_version: str | None
+    capabilities: dict[str, object] | None
+    readings: int
+    anomalies: int
+    latency_p99_ms: float | None
+    outbox_depth: int | None
+    drift_psi_max: float | None
+    updated_at: float
+
+
+def row_of(state: NodeState, updated_at: float) -> NodeRow:
+    """The registry row for ``state``."""
+    caps = msgspec.to_builtins(state.capabilities) if state.capabilities else None
+    telemetry = state.telemetry
+    return NodeRow(
+        node=state.node,
+        online=state.online,
+        boot=state.boot,
+        started_at=state.started_at,
+        last_seen=state.last_seen,
+        active_model=state.model.name if state.model else None,
+        active_version=state.model.version if state.model else None,
+        capabilities=caps,
+        readings=state.readings,
+        anomalies=state.anomalous,
+        latency_p99_ms=telemetry.latency_ms.p99 if telemetry else None,
+        outbox_depth=telemetry.outbox_depth if telemetry else None,
+        drift_psi_max=state.drift.psi_max if state.drift else None,
+        updated_at=updated_at,
+    )
+
+
+class Registry:
+    """SQLite fleet registry; ``readonly=True`` for readers in other processes."""
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self._readonly = readonly
+        try:
+            self._db = self._connect()
+        except sqlite3.Error as exc:
+            raise RegistryError(f"{self.path}: cannot open the fleet registry: {exc}") from None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._readonly:
+            if not self.path.exists():
+                raise sqlite3.OperationalError("no such file (has cloud-hub serve run yet?)")
+            return sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=5)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        with db:
+            db.execute(_SCHEMA)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        return db
+
+    def upsert(self, state: NodeState, now: float) -> None:
+        """Write one node's current state."""
+        self.upsert_many([state], now)
+
+    def upsert_many(self, states: Iterable[NodeState], now: float) -> int:
+        """Write several nodes in one transaction; return how many."""
+        return self.write([row_of(s, now) for s in states])
+
+    def write(self, rows: list[NodeRow]) -> int:
+        """Write rows made by :func:`row_of` in one transaction; return how many."""
+        params = [_params(row) for row in rows]
+        if params:
+            try:
+                with self._db:
+                    self._db.executemany(_UPSERT, params)
+            except sqlite3.Error as exc:
+                raise RegistryError(f"{self.path}: cannot write {len(rows)} nodes: {exc}") from None
+        return len(rows)
+
+    def nodes(self) -> list[NodeRow]:
+        """Every node, sorted by id."""
+        try:
+            cursor = self._db.execute(f"SELECT {_COLUMNS} FROM nodes ORDER BY node")
+            return [_row(r) for r in cursor.fetchall()]
+        except sqlite3.Error as exc:
+            raise RegistryError(f"{self.path}: cannot read nodes: {exc}") from None
+
+    def close(self) -> None:
+        """Close the connection (a writer's last transaction is already committed)."""
+        self._db.close()
+
+
+def _params(row: NodeRow) -> tuple[object, ...]:
+    caps = msgspec.json.encode(row.capabilities).decode() if row.capabilities else None
+    online = None if row.online is None else int(row.online)
+    return (
+        row.node,
+        online,
+        row.boot,
+        row.started_at,
+        row.last_seen,
+        row.active_model,
+        row.active_version,
+        caps,
+        row.readings,
+        row.anomalies,
+        row.latency_p99_ms,
+        row.outbox_depth,
+        row.drift_psi_max,
+        row.updated_at,
+    )
+
+
+def _row(values: tuple[Any, ...]) -> NodeRow:
+    (node, online, boot, started, seen, model, version, caps, *rest) = values
+    readings, anomalies, p99, depth, psi, updated = rest
+    return NodeRow(
+        node=node,
+        online=None if online is None else bool(online),
+        boot=boot,
+        started_at=started,
+        last_seen=seen,
+        active_model=model,
+        active_version=version,
+        capabilities=msgspec.json.decode(caps) if caps is not None else None,
+        readings=readings,
+        anomalies=anomalies,
+        latency_p99_ms=p99,
+        outbox_depth=depth,
+        drift_psi_max=psi,
+        updated_at=updated,
+    )

@@ -1,0 +1,197 @@
+"""Prometheus families computed from fleet state, read through a fresh CollectorRegistry."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+import pytest
+from prometheus_client.registry import CollectorRegistry
+
+from cloud_hub.dedupe import Deduper
+from cloud_hub.fleet import FleetState
+from cloud_hub.ingest import Ingest
+from cloud_hub.metrics import HubCollector, new_registry
+from schemas.codec import MESSAGE_TYPES, encode
+from schemas.messages import ChannelDrift, ModelRef, Percentiles, ScoreStats
+from schemas.packing import pack_f32, pack_flags
+from schemas.samples import SAMPLES
+from schemas.topics import Kind, node_topic
+
+NOW = 1_800_000_000.0
+KIND_OF = {typ: kind for kind, typ in MESSAGE_TYPES.items()}
+ALLOWED_LABELS = {"node", "model", "version", "kind", "reason", "type", "state", "quantile"}
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def msg(kind: str, node: str, **changes: Any) -> Any:
+    return msgspec.structs.replace(SAMPLES[kind], node=node, **changes)
+
+
+def send(ingest: Ingest, message: Any, now: float = NOW) -> None:
+    topic = node_topic(message.node, Kind(KIND_OF[type(message)]))
+    ingest.handle(topic, encode(message), now)
+
+
+def hub(per_node: bool = True) -> tuple[Ingest, CollectorRegistry, Clock]:
+    ingest = Ingest(FleetState(offline_after_s=60.0), Deduper())
+    clock = Clock(NOW)
+    return ingest, new_registry(HubCollector(ingest, clock=clock, per_node=per_node)), clock
+
+
+def drift_channels(psis: list[float], shifts: list[float]) -> list[ChannelDrift]:
+    return [
+        ChannelDrift(channel=f"ch{i}", psi=p, mean_shift_sd=s, mean=0.0, std=1.0)
+        for i, (p, s) in enumerate(zip(psis, shifts, strict=True))
+    ]
+
+
+@pytest.fixture
+def fed() -> tuple[Ingest, CollectorRegistry, Clock]:
+    """One node that sent one of everything, plus garbage and a duplicate."""
+    ingest, registry, clock = hub()
+    send(ingest, msg("status", "pump-01"))
+    flags = np.array([True, False, False, True, True])
+    batch = msg(
+        "result",
+        "pump-01",
+        seq=30,
+        first=0,
+        n=5,
+        scores=pack_f32(np.ones(5)),
+        flags=pack_flags(flags),
+        model=ModelRef("pump-pca", "4"),
+    )
+    send(ingest, batch)
+    send(ingest, batch)
+    send(ingest, msg("result", "pump-01", seq=33, first=10, n=3))
+    send(ingest, msg("event", "pump-01", seq=34, state="open"))
+    send(ingest, msg("event", "pump-01", seq=35, state="close"))
+    latency = Percentiles(p50=0.1, p95=0.2, p99=0.3, max=1.0)
+    send(
+        ingest,
+        msg(
+            "telemetry",
+            "pump-01",
+            seq=36,
+            latency_ms=latency,
+            outbox_depth=12,
+            outbox_bytes=3400,
+            dropped=2,
+            rss_bytes=50_000_000,
+            cpu_percent=7.5,
+            power_w=4.25,
+            errors={"decode": 1, "model": 2},
+            model=ModelRef("pump-pca", "4"),
+        ),
+    )
+    channels = drift_channels([0.05, 0.3, 0.1], [0.2, -2.5, 1.0])
+    score = ScoreStats(mean=1.0, p50=0.9, p95=3.0, p99=6.25, flagged_fraction=0.1, psi=0.2)
+    send(ingest, msg("drift", "pump-01", seq=37, channels=channels, score=score))
+    ingest.handle("edgeml/v1/pump-01/result", b"\xc1", NOW)
+    ingest.handle("edgeml/v1/pump-01/cmd", b"", NOW)
+    return ingest, registry, clock
+
+
+def value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return registry.get_sample_value(name, labels)
+
+
+def test_per_node_families(fed: tuple[Ingest, CollectorRegistry, Clock]) -> None:
+    _, r, _ = fed
+    node = {"node": "pump-01"}
+    assert value(r, "edgeml_readings_total", **node) == 8
+    assert value(r, "edgeml_anomalous_readings_total", **node) == 3 + 1
+    assert value(r, "edgeml_events_total", state="open", **node) == 1
+    assert value(r, "edgeml_events_total", state="close", **node) == 1
+    for quantile, expected in (("0.5", 0.1), ("0.95", 0.2), ("0.99", 0.3)):
+        assert value(r, "edgeml_inference_latency_ms", quantile=quantile, **node) == expected
+    assert value(r, "edgeml_node_up", **node) == 1
+    assert value(r, "edgeml_node_info", model="pump-pca", version="4", **node) == 1
+    assert value(r, "edgeml_drift_psi_max", **node) == 0.3
+    assert value(r, "edgeml_drift_mean_shift_max_sd", **node) == 2.5
+    assert value(r, "edgeml_score_p99", **node) == 6.25
+    assert value(r, "edgeml_outbox_depth", **node) == 12
+    assert value(r, "edgeml_outbox_bytes", **node) == 3400
+    assert value(r, "edgeml_outbox_dropped_total", **node) == 2
+    assert value(r, "edgeml_node_rss_bytes", **node) == 50_000_000
+    assert value(r, "edgeml_node_cpu_percent", **node) == 7.5
+    assert value(r, "edgeml_node_power_watts", **node) == 4.25
+    assert value(r, "edgeml_node_errors_total", **node) == 3
+    assert value(r, "edgeml_seq_gaps", **node) == 2  # seqs 31 and 32
+    assert value(r, "edgeml_missing_readings", **node) == 5  # readings 5..9
+
+
+def test_fleet_wide_families(fed: tuple[Ingest, CollectorRegistry, Clock]) -> None:
+    _, r, _ = fed
+    assert value(r, "edgeml_messages_total", kind="result") == 2
+    assert value(r, "edgeml_messages_total", kind="status") == 1
+    assert value(r, "edgeml_messages_total", kind="capture") == 0
+    assert value(r, "edgeml_duplicates_total") == 1
+    assert value(r, "edgeml_rejected_messages_total", reason="malformed", type="result") == 1
+    assert value(r, "edgeml_rejected_messages_total", reason="unexpected_kind", type="cmd") == 1
+    assert value(r, "edgeml_nodes", state="online") == 1
+    assert value(r, "edgeml_nodes", state="offline") == 0
+
+
+def test_node_up_follows_the_clock_at_scrape_time(
+    fed: tuple[Ingest, CollectorRegistry, Clock],
+) -> None:
+    _, r, clock = fed
+    clock.now = NOW + 61.0
+    assert value(r, "edgeml_node_up", node="pump-01") == 0
+    assert value(r, "edgeml_nodes", state="offline") == 1
+
+
+def test_a_will_takes_the_node_down(fed: tuple[Ingest, CollectorRegistry, Clock]) -> None:
+    ingest, r, _ = fed
+    send(ingest, msg("status", "pump-01", state="offline", ts=NOW + 1.0, capabilities=None))
+    assert value(r, "edgeml_node_up", node="pump-01") == 0
+
+
+def test_per_node_false_hides_per_node_families() -> None:
+    ingest, r, _ = hub(per_node=False)
+    send(ingest, msg("status", "pump-01"))
+    send(ingest, msg("result", "pump-01", seq=40))
+    names = {s.name for family in r.collect() for s in family.samples}
+    assert not any("node" in s.labels for family in r.collect() for s in family.samples)
+    assert value(r, "edgeml_readings_total", node="pump-01") is None
+    assert value(r, "edgeml_messages_total", kind="result") == 1
+    assert value(r, "edgeml_nodes", state="online") == 1
+    assert names == {
+        "edgeml_messages_total",
+        "edgeml_duplicates_total",
+        "edgeml_nodes",
+    }
+
+
+def test_label_cardinality_is_bounded_by_nodes_not_channels() -> None:
+    ingest, r, _ = hub()
+    rng = np.random.default_rng(1)
+    for i in range(50):
+        node = f"pump-{i:02d}"
+        send(ingest, msg("status", node))
+        send(ingest, msg("telemetry", node))
+        psis = rng.random(8).tolist()
+        send(ingest, msg("drift", node, channels=drift_channels(psis, [0.0] * 8)))
+    samples = [s for family in r.collect() for s in family.samples]
+    assert {k for s in samples for k in s.labels} <= ALLOWED_LABELS
+    psi = [s for s in samples if s.name == "edgeml_drift_psi_max"]
+    assert len(psi) == 50
+    series_per_node = len([s for s in samples if s.labels.get("node") == "pump-07"])
+    assert series_per_node < 30
+
+
+def test_every_family_has_help_text(fed: tuple[Ingest, CollectorRegistry, Clock]) -> None:
+    _, r, _ = fed
+    families = list(r.collect())
+    assert len(families) >= 21
+    assert all(f.documentation.strip() for f in families)
