@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +32,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (SKAB / "anomaly-free" / "anomaly-free.csv").exists():
         pytest.fail(f"SKAB data not found at {SKAB}; set SKAB_DIR")
     healthy = read_csv(SKAB / "anomaly-free" / "anomaly-free.csv")
-    onnx, manifest = train_model(healthy.values[:3000], healthy.channels, name="pump-pca",
-                                 version="1", trained_by="tests", config=TrainConfig(),
-                                 now=time.time())
+    onnx, manifest = train_model(
+        healthy.values[:3000],
+        healthy.channels,
+        name="pump-pca",
+        version="1",
+        trained_by="tests",
+        config=TrainConfig(),
+        now=time.time(),
+    )
     folder = tmp_path_factory.mktemp("model")
     save_model(folder, onnx, manifest)
     return folder
@@ -63,15 +70,19 @@ def test_hub_counts_exactly_what_three_nodes_send(
         hub.wait_ready()
         names = ["pump-1", "pump-2", "pump-3"]
         for name, csv in zip(names, VALVE, strict=True):
-            config = node_config(tmp_path / f"{name}.toml", node=name, broker=broker,
-                                 model_dir=model_dir, source=csv_source(csv, 0))
+            config = node_config(
+                tmp_path / f"{name}.toml",
+                node=name,
+                broker=broker,
+                model_dir=model_dir,
+                source=csv_source(csv, 0),
+            )
             nodes.append(Node(config))
         for node in nodes:
             assert node.wait(60) == 0, node.output()
         for name, csv in zip(names, VALVE, strict=True):
             readings, anomalous = expected_counts(model_dir, csv)
-            wait_for(lambda n=name, r=readings: hub.value("edgeml_readings_total", node=n) >= r,
-                     20, f"{name} readings", hub)
+            wait_for(partial(_at_least, hub, name, readings), 20, f"{name} readings", hub)
             assert hub.value("edgeml_readings_total", node=name) == readings
             assert hub.value("edgeml_anomalous_readings_total", node=name) == anomalous
             assert hub.value("edgeml_seq_gaps", node=name) == 0
@@ -93,18 +104,33 @@ def test_broker_restart_mid_stream_loses_and_doubles_nothing(
     try:
         hub.wait_ready()
         readings, anomalous = expected_counts(model_dir, VALVE[0])
-        config = node_config(tmp_path / "pump-1.toml", node="pump-1", broker=fresh_broker,
-                             model_dir=model_dir, source=csv_source(VALVE[0], 150))
+        config = node_config(
+            tmp_path / "pump-1.toml",
+            node="pump-1",
+            broker=fresh_broker,
+            model_dir=model_dir,
+            source=csv_source(VALVE[0], 150),
+        )
         node = Node(config)
-        wait_for(lambda: hub.value("edgeml_readings_total", node="pump-1") > 100, 20,
-                 "first results", hub, node)
+        wait_for(
+            lambda: hub.value("edgeml_readings_total", node="pump-1") > 100,
+            20,
+            "first results",
+            hub,
+            node,
+        )
         fresh_broker.stop()
         time.sleep(2.0)  # the node keeps scoring into its outbox meanwhile
         assert node.alive(), node.output()
         fresh_broker.start()
         assert node.wait(60) == 0, node.output()
-        wait_for(lambda: hub.value("edgeml_readings_total", node="pump-1") >= readings, 30,
-                 "all readings after the restart", hub, node)
+        wait_for(
+            lambda: hub.value("edgeml_readings_total", node="pump-1") >= readings,
+            30,
+            "all readings after the restart",
+            hub,
+            node,
+        )
         time.sleep(1.0)  # anything counted twice would show up now
         assert hub.value("edgeml_readings_total", node="pump-1") == readings
         assert hub.value("edgeml_anomalous_readings_total", node="pump-1") == anomalous
@@ -127,13 +153,22 @@ def test_node_killed_mid_stream_loses_nothing_it_accepted(
     fresh_broker: Broker, model_dir: Path, tmp_path: Path
 ) -> None:
     """The node scores into its outbox while the broker is away, is killed, and restarts."""
-    config = node_config(tmp_path / "pump-2.toml", node="pump-2", broker=fresh_broker,
-                         model_dir=model_dir, source=csv_source(VALVE[1], 200))
+    config = node_config(
+        tmp_path / "pump-2.toml",
+        node="pump-2",
+        broker=fresh_broker,
+        model_dir=model_dir,
+        source=csv_source(VALVE[1], 200),
+    )
     outbox = tmp_path / "pump-2-data" / "outbox.db"
     fresh_broker.stop()
     first = Node(config)
-    wait_for(lambda: outbox.exists() and _outbox_readings(outbox) >= 300, 30,
-             "results in the outbox", first)
+    wait_for(
+        lambda: outbox.exists() and _outbox_readings(outbox) >= 300,
+        30,
+        "results in the outbox",
+        first,
+    )
     first.kill()
     accepted = _outbox_readings(outbox)
     fresh_broker.start()
@@ -144,8 +179,13 @@ def test_node_killed_mid_stream_loses_nothing_it_accepted(
         second = Node(config)
         assert second.wait(60) == 0, second.output()
         readings, _ = expected_counts(model_dir, VALVE[1])
-        wait_for(lambda: hub.value("edgeml_readings_total", node="pump-2") >= accepted + readings,
-                 30, "both boots' readings", hub, second)
+        wait_for(
+            lambda: hub.value("edgeml_readings_total", node="pump-2") >= accepted + readings,
+            30,
+            "both boots' readings",
+            hub,
+            second,
+        )
         time.sleep(1.0)
         assert hub.value("edgeml_readings_total", node="pump-2") == accepted + readings
         assert hub.value("edgeml_seq_gaps", node="pump-2") == 0
@@ -174,19 +214,33 @@ def test_malformed_payloads_are_counted_and_the_hub_goes_on(
         assert hub.value("edgeml_rejected_messages_total", reason="malformed", type="result") == 1
         assert hub.value("edgeml_rejected_messages_total", reason="invalid", type="telemetry") == 1
         assert hub.alive(), hub.output()
-        config = node_config(tmp_path / "node-c.toml", node="node-c", broker=broker,
-                             model_dir=model_dir, source=csv_source(VALVE[2], 0))
+        config = node_config(
+            tmp_path / "node-c.toml",
+            node="node-c",
+            broker=broker,
+            model_dir=model_dir,
+            source=csv_source(VALVE[2], 0),
+        )
         node = Node(config)
         assert node.wait(60) == 0, node.output()
         readings, _ = expected_counts(model_dir, VALVE[2])
-        wait_for(lambda: hub.value("edgeml_readings_total", node="node-c") >= readings, 20,
-                 "valid results after the garbage", hub)
+        wait_for(
+            lambda: hub.value("edgeml_readings_total", node="node-c") >= readings,
+            20,
+            "valid results after the garbage",
+            hub,
+        )
         assert hub.value("edgeml_readings_total", node="node-c") == readings
         assert "Traceback" not in hub.output(400)
     finally:
         assert hub.stop() == 0, hub.output()
 
 
+def _at_least(hub: Hub, node: str, readings: int) -> bool:
+    return hub.value("edgeml_readings_total", node=node) >= readings
+
+
 def _rejects(hub: Hub) -> float:
-    return sum(v for (name, _), v in hub.samples().items()
-               if name == "edgeml_rejected_messages_total")
+    return sum(
+        v for (name, _), v in hub.samples().items() if name == "edgeml_rejected_messages_total"
+    )
