@@ -162,8 +162,8 @@ def _rule_tests() -> list[dict[str, Any]]:
         'edgeml_node_up{node="pump-2"}': "1x22",
         'edgeml_events_total{node="pump-3", state="open"}': "0 0 0 1x20",
         'edgeml_events_total{node="pump-3", state="close"}': "0 0 0 0 1x20",
-        'edgeml_drift_psi_max{node="pump-3"}': "0.1 0.4x20",
-        'edgeml_drift_psi_max{node="pump-1"}': "0.25x20",
+        'edgeml_drift_mean_shift_max_sd{node="pump-3"}': "0.5 4.5x20",
+        'edgeml_drift_mean_shift_max_sd{node="pump-1"}': "4x20",
         # pump-1 reboots (its counter restarts at 0): not a drop.
         'edgeml_outbox_dropped_total{node="pump-1"}': "7 7 0x20",
         'edgeml_outbox_dropped_total{node="pump-2"}': "0 0 5x20",
@@ -212,7 +212,7 @@ def _rule_tests() -> list[dict[str, Any]]:
             [
                 _alert(
                     {"node": "pump-3", "severity": "warning"},
-                    "input drift on pump-3 (PSI 0.40)",
+                    "input drift on pump-3 (mean shift 4.5 SD)",
                     drift,
                 )
             ],
