@@ -1,0 +1,100 @@
+"""Model folders for lifecycle tests: trained on SKAB data, and deliberately broken variants."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from cloud_hub.onnx_export import save_model, train_model
+from cloud_hub.trainer import TrainConfig
+from edge_node.sources.csv_replay import read_csv
+from schemas.manifest import Manifest, decode_manifest
+
+SKAB = Path(os.environ.get("SKAB_DIR", Path(__file__).resolve().parents[3] / "shared/data/skab"))
+
+
+def train(folder: Path, version: str, rows: slice, window: int = 8) -> Path:
+    """Train ``pump-pca@version`` on rows of the healthy SKAB recording into ``folder``."""
+    healthy = read_csv(SKAB / "anomaly-free" / "anomaly-free.csv")
+    onnx_bytes, manifest = train_model(
+        healthy.values[rows],
+        healthy.channels,
+        name="pump-pca",
+        version=version,
+        trained_by="tests",
+        config=TrainConfig(window=window),
+        now=time.time(),
+    )
+    save_model(folder, onnx_bytes, manifest)
+    return folder
+
+
+def _rewrite(
+    source: Path, folder: Path, version: str, proto: onnx.ModelProto, **manifest_changes: object
+) -> Path:
+    data = proto.SerializeToString()
+    manifest = decode_manifest((source / "manifest.json").read_bytes())
+    resources = msgspec.structs.replace(manifest.resources, size_bytes=len(data))
+    changed: Manifest = msgspec.structs.replace(
+        manifest,
+        version=version,
+        sha256=hashlib.sha256(data).hexdigest(),
+        resources=resources,
+        **manifest_changes,
+    )
+    save_model(folder, data, changed)
+    return folder
+
+
+def padded(source: Path, folder: Path, version: str, size: int) -> Path:
+    """The same model carrying an unused ``size``-byte constant: an artifact of about ``size``."""
+    proto = onnx.load_from_string((source / "model.onnx").read_bytes())
+    pad = np.random.default_rng(0).random(size // 4, dtype=np.float32)
+    proto.graph.initializer.append(numpy_helper.from_array(pad, "padding"))
+    return _rewrite(source, folder, version, proto)
+
+
+def nan_on_real_data(source: Path, folder: Path, version: str) -> Path:
+    """Loads and warms up fine (reference means give z = 0) but scores NaN once any channel
+    is half a standard deviation from its training mean, as real readings soon are."""
+    proto = onnx.load_from_string((source / "model.onnx").read_bytes())
+    graph = proto.graph
+    score = graph.output[0].name
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
+            numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
+            numpy_helper.from_array(np.array([1], np.int64), "axis_c"),
+        ]
+    )
+    for node in graph.node:  # rename the score so the new tail produces it
+        node.output[:] = ["raw_score" if o == score else o for o in node.output]
+        node.input[:] = ["raw_score" if i == score else i for i in node.input]
+    graph.node.extend(
+        [
+            helper.make_node("Abs", ["z"], ["abs_z"]),
+            helper.make_node("Sub", ["half", "abs_z"], ["room"]),
+            helper.make_node("Sqrt", ["room"], ["root_room"]),
+            helper.make_node("ReduceSum", ["root_room", "axis_c"], ["poison"], keepdims=0),
+            helper.make_node("Mul", ["poison", "zero"], ["nothing_or_nan"]),
+            helper.make_node("Add", ["raw_score", "nothing_or_nan"], [score]),
+        ]
+    )
+    onnx.checker.check_model(proto)
+    return _rewrite(source, folder, version, proto)
+
+
+def wrong_window(folder: Path, version: str) -> Path:
+    """A graph built for windows of 4 readings whose manifest claims 8."""
+    train(folder, version, slice(0, 3000), window=4)
+    manifest = decode_manifest((folder / "manifest.json").read_bytes())
+    source_input = msgspec.structs.replace(manifest.input, window=8)
+    proto = onnx.load_from_string((folder / "model.onnx").read_bytes())
+    return _rewrite(folder, folder, version, proto, input=source_input)
