@@ -10,10 +10,16 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
+from cloud_hub.capture_store import CaptureStore
+from cloud_hub.catalog import Catalog
+from cloud_hub.chunks import ChunkServer
 from cloud_hub.config import HubConfig, resolve_password
 from cloud_hub.dedupe import Deduper
 from cloud_hub.fleet import FleetState
+from cloud_hub.identity import HubIdentity, sender_id
 from cloud_hub.ingest import Ingest
+from cloud_hub.ledger import Ledger, LedgerError
+from cloud_hub.lifecycle import AckTracker, LifecycleCounts, lifecycle_counts
 from cloud_hub.metrics import HubCollector, MetricsServer, new_registry
 from cloud_hub.registry import Registry, RegistryError, row_of
 from cloud_hub.transport import HubTransport, Inbound
@@ -22,6 +28,8 @@ log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 1.0
 POLL_TIMEOUT_S = 0.2
+# While chunks wait for room in paho's queue, come back for them this often.
+PUMP_INTERVAL_S = 0.02
 # At most this many messages are handled between two flush checks.
 DRAIN_BATCH = 1000
 
@@ -31,29 +39,58 @@ class StartupError(RuntimeError):
 
 
 class HubApp:
-    """One hub process: state, registry, /metrics and the MQTT loop."""
+    """One hub process: state, registry, catalog, ledger, /metrics and the MQTT loop."""
 
     def __init__(self, config: HubConfig, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         password = resolve_password(config.mqtt)
         self.fleet = FleetState(config.ingest.offline_after_s)
-        self.ingest = Ingest(self.fleet, Deduper())
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.transport = HubTransport(config.mqtt, password, self.inbox)
-        collector = HubCollector(
-            self.ingest, clock=clock, lock=self._lock, per_node=config.metrics.per_node
-        )
         self.registry = Registry(config.store.db)
+        self.catalog = Catalog(config.store.models_path())
+        self.ledger = Ledger(config.store.ledger_path())
+        self.chunks = ChunkServer(
+            self.catalog,
+            self._chunk_size_of,
+            self.transport,
+            HubIdentity(sender_id(config.mqtt.client_id)),
+        )
+        self.captures = CaptureStore(config.store.captures_path())
+        self.acks = AckTracker(self.ledger, [self.chunks])
+        self.ingest = Ingest(self.fleet, Deduper(), acks=self.acks, captures=self.captures)
+        collector = HubCollector(
+            self.ingest,
+            clock=clock,
+            lock=self._lock,
+            per_node=config.metrics.per_node,
+            lifecycle=self.lifecycle_counts,
+        )
         try:
             self.metrics = MetricsServer(
                 new_registry(collector), config.metrics.host, config.metrics.port
             )
         except OSError as exc:
-            self.registry.close()
+            self._close_stores()
             where = f"{config.metrics.host}:{config.metrics.port}"
             raise StartupError(f"metrics: cannot listen on {where}: {exc.strerror}") from None
         log.info("metrics at %s; registry at %s", self.metrics.url, self.registry.path)
+        log.info("models at %s; ledger at %s", self.catalog.root, self.ledger.path)
+
+    def lifecycle_counts(self) -> LifecycleCounts:
+        """Ack, chunk and capture counters (called by the collector, under the lock)."""
+        return lifecycle_counts(self.acks, self.chunks, self.captures)
+
+    def _chunk_size_of(self, command_id: str) -> int | None:
+        """The chunk size a deploy was issued with (None: unknown to this ledger)."""
+        try:
+            record = self.ledger.command(command_id)
+        except LedgerError as exc:
+            log.error("%s", exc)
+            return None
+        size = record.args.get("chunk_size") if record is not None else None
+        return size if isinstance(size, int) and size >= 1 else None
 
     def run(self, stop: threading.Event) -> None:
         """Handle messages until ``stop`` is set, then flush and disconnect."""
@@ -61,17 +98,18 @@ class HubApp:
         last_flush = self._clock()
         try:
             while not stop.is_set():
-                self._drain()
+                self._drain(PUMP_INTERVAL_S if self.chunks.pending else POLL_TIMEOUT_S)
+                self.pump()
                 if self._clock() - last_flush >= FLUSH_INTERVAL_S:
                     self.flush()
                     last_flush = self._clock()
         finally:
             self.close()
 
-    def _drain(self) -> None:
-        """Handle what is queued, blocking briefly for the first message."""
+    def _drain(self, timeout: float) -> None:
+        """Handle what is queued, blocking up to ``timeout`` for the first message."""
         try:
-            message = self.inbox.get(timeout=POLL_TIMEOUT_S)
+            message = self.inbox.get(timeout=timeout)
         except queue.Empty:
             return
         for _ in range(DRAIN_BATCH):
@@ -92,6 +130,13 @@ class HubApp:
                 log.exception("internal error handling a message on %s", message.topic)
                 self.ingest.record_internal_error(message.topic)
         self.transport.ack(message)
+
+    def pump(self) -> None:
+        """Hand some of the chunks that nodes asked for to the MQTT client."""
+        if not self.chunks.pending:
+            return
+        with self._lock:
+            self.chunks.pump(self._clock())
 
     def flush(self) -> None:
         """Write the nodes changed since the last flush, in one transaction."""
@@ -118,8 +163,13 @@ class HubApp:
         finally:
             self.transport.stop()
             self.metrics.close()
-            self.registry.close()
+            self._close_stores()
             log.info("cloud-hub stopped")
+
+    def _close_stores(self) -> None:
+        self.registry.close()
+        self.catalog.close()
+        self.ledger.close()
 
 
 def serve(config: HubConfig) -> int:

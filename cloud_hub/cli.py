@@ -1,10 +1,14 @@
-"""The ``cloud-hub`` command line: ``serve``, ``nodes`` and ``train``."""
+"""The ``cloud-hub`` command line.
+
+``serve``, ``nodes`` and ``train`` live here; the catalog and ledger tables (``models``,
+``register``, ``commands``) in :mod:`cloud_hub.cli_models`; the commands sent to nodes
+(``deploy``, ``rollback``, ``ping``, ``retrain``) in :mod:`cloud_hub.cli_commands`.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -13,16 +17,21 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
+from cloud_hub import cli_commands, cli_models
 from cloud_hub.app import StartupError, serve
-from cloud_hub.config import HubConfig, IngestConfig, load_hub_config
+from cloud_hub.catalog import Catalog, CatalogError
+from cloud_hub.cli_args import UsageError, model_name, model_version, positive, positive_int
+from cloud_hub.cli_session import load_config
+from cloud_hub.commander import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from cloud_hub.config import IngestConfig
+from cloud_hub.ledger import LedgerError
 from cloud_hub.registry import NodeRow, Registry, RegistryError
+from cloud_hub.transport import TransportError
+from schemas.manifest import Manifest
 from schemas.settings import SettingsError
 
 log = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _CLEAR = "\x1b[H\x1b[2J"
 
@@ -33,9 +42,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     try:
         code: int = args.run(args)
-    except SettingsError as exc:
+    except (SettingsError, UsageError) as exc:
         return _fail(args.command, exc, EXIT_USAGE)
-    except (RegistryError, StartupError, OSError) as exc:
+    except (
+        RegistryError,
+        StartupError,
+        CatalogError,
+        LedgerError,
+        TransportError,
+        OSError,
+    ) as exc:
         return _fail(args.command, exc, EXIT_FAILED)
     return code
 
@@ -46,21 +62,38 @@ def _fail(command: str, error: Exception, code: int) -> int:
     return code
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every subcommand."""
+def _common(log_level: str, *, with_config: bool, with_timeout: bool) -> argparse.ArgumentParser:
+    """Options shared by a group of subcommands."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--log-level",
-        default="INFO",
+        default=log_level,
         type=str.upper,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level (default INFO)",
+        help=f"logging level (default {log_level})",
     )
+    if with_config:
+        common.add_argument(
+            "--config", type=Path, help="TOML settings file (CLOUD_HUB__* variables override it)"
+        )
+    if with_timeout:
+        common.add_argument(
+            "--timeout",
+            type=positive,
+            default=cli_commands.DEFAULT_TIMEOUT_S,
+            metavar="S",
+            help=f"wait at most S seconds for answers (default {cli_commands.DEFAULT_TIMEOUT_S:g})",
+        )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every subcommand."""
+    common = _common("INFO", with_config=False, with_timeout=False)
     parser = argparse.ArgumentParser(
         prog="cloud-hub", description="Fleet hub of the edgeml pipeline."
     )
     sub = parser.add_subparsers(dest="command", required=True)
-
     serve = sub.add_parser("serve", parents=[common], help="run the hub")
     serve.add_argument("--config", type=Path, help="TOML settings file")
     serve.set_defaults(run=_serve)
@@ -69,49 +102,39 @@ def build_parser() -> argparse.ArgumentParser:
     where = nodes.add_mutually_exclusive_group()
     where.add_argument("--config", type=Path, help="TOML settings file (for store.db)")
     where.add_argument("--db", type=Path, help="registry file (default: from the settings)")
-    nodes.add_argument("--watch", type=_positive, metavar="SECONDS", help="refresh every SECONDS")
+    nodes.add_argument("--watch", type=positive, metavar="SECONDS", help="refresh every SECONDS")
     nodes.set_defaults(run=_nodes)
 
     train = sub.add_parser("train", parents=[common], help="train a model from healthy CSV data")
     train.add_argument(
         "--csv", type=Path, action="append", required=True, metavar="FILE", help="repeatable"
     )
-    train.add_argument("--rows", type=_positive_int, metavar="N", help="use the first N rows")
-    train.add_argument("--name", required=True, help="model name")
-    train.add_argument("--version", required=True, help="model version")
+    train.add_argument("--rows", type=positive_int, metavar="N", help="use the first N rows")
+    train.add_argument("--name", required=True, type=model_name, help="model name")
+    train.add_argument(
+        "--version", type=model_version, help="model version (with --register: the next free)"
+    )
     train.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    train.add_argument("--window", type=_positive_int, metavar="W", help="readings per window")
+    train.add_argument("--window", type=positive_int, metavar="W", help="readings per window")
+    train.add_argument("--register", action="store_true", help="add the model to the catalog")
+    train.add_argument("--config", type=Path, help="TOML settings file (for the catalog)")
     train.set_defaults(run=_train)
+
+    # Client commands print results; they log only when something is wrong.
+    cli_models.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=False))
+    cli_commands.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=True))
     return parser
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return value
-
-
-def _load(path: Path | None) -> HubConfig:
-    return load_hub_config(path, os.environ)
-
-
 def _serve(args: argparse.Namespace) -> int:
-    return serve(_load(args.config))
+    return serve(load_config(args.config))
 
 
 def _nodes(args: argparse.Namespace) -> int:
     if args.db is not None:
         db, offline_after = args.db, IngestConfig().offline_after_s
     else:
-        config = _load(args.config)
+        config = load_config(args.config)
         db, offline_after = Path(config.store.db), config.ingest.offline_after_s
     registry = Registry(db, readonly=True)
     try:
@@ -184,29 +207,43 @@ def _train(args: argparse.Namespace) -> int:
     from cloud_hub.onnx_export import save_model, train_model
     from cloud_hub.trainer import TrainConfig
 
+    if args.version is None and not args.register:
+        raise UsageError("--version is required unless --register picks the next free one")
+    catalog = Catalog(load_config(args.config).store.models_path()) if args.register else None
     try:
-        channels, parts = _healthy_readings(args.csv, args.rows)
-        values = np.concatenate(parts)
-        config = TrainConfig() if args.window is None else TrainConfig(window=args.window)
-        onnx_bytes, manifest = train_model(
-            values,
-            channels,
-            name=args.name,
-            version=args.version,
-            trained_by="cloud-hub train",
-            config=config,
-            now=time.time(),
-        )
-    except ValueError as exc:  # bad data or parameters; the message names file or field
-        return _fail("train", exc, EXIT_USAGE)
-    save_model(args.out, onnx_bytes, manifest)
+        version = args.version or (catalog.next_version(args.name) if catalog else "1")
+        try:
+            channels, parts = _healthy_readings(args.csv, args.rows)
+            values = np.concatenate(parts)
+            config = TrainConfig() if args.window is None else TrainConfig(window=args.window)
+            onnx_bytes, manifest = train_model(
+                values,
+                channels,
+                name=args.name,
+                version=version,
+                trained_by="cloud-hub train",
+                config=config,
+                now=time.time(),
+            )
+        except ValueError as exc:  # bad data or parameters; the message names file or field
+            return _fail("train", exc, EXIT_USAGE)
+        save_model(args.out, onnx_bytes, manifest)
+        _print_trained(manifest, args.out, len(values), len(parts))
+        if catalog is not None:
+            print(f"registered  {catalog.register(args.out, time.time()).ref}")
+    finally:
+        if catalog is not None:
+            catalog.close()
+    return EXIT_OK
+
+
+def _print_trained(manifest: Manifest, out: Path, readings: int, files: int) -> None:
     res = manifest.resources
-    print(f"model       {manifest.name}@{manifest.version} -> {args.out}")
-    print(f"readings    {len(values)} from {len(parts)} file(s), window {manifest.input.window}")
+    print(f"model       {manifest.name}@{manifest.version} -> {out}")
+    print(f"readings    {readings} from {files} file(s), window {manifest.input.window}")
     print(f"threshold   {manifest.threshold:.6g}")
     print(f"latency     p50 {res.latency_ms_p50:.4f} ms, p99 {res.latency_ms_p99:.4f} ms")
     print(f"size        {res.size_bytes} bytes, opset {res.opset}")
-    return EXIT_OK
 
 
 def _healthy_readings(

@@ -41,9 +41,29 @@ class MqttConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Where the hub's SQLite fleet registry lives."""
+    """Where the hub keeps its files; empty paths default to the folder of ``db``.
+
+    ``db`` is the fleet registry, ``ledger_db`` the command ledger (``<db folder>/ledger.db``),
+    ``models_dir`` the model catalog (``<db folder>/models``, holding ``catalog.db``) and
+    ``captures_dir`` the readings nodes captured for retraining (``<db folder>/captures``).
+    """
 
     db: NonEmpty = "var/hub/hub.db"
+    ledger_db: str = ""
+    models_dir: str = ""
+    captures_dir: str = ""
+
+    def ledger_path(self) -> Path:
+        """The command ledger's SQLite file."""
+        return Path(self.ledger_db) if self.ledger_db else Path(self.db).parent / "ledger.db"
+
+    def models_path(self) -> Path:
+        """The model catalog's folder."""
+        return Path(self.models_dir) if self.models_dir else Path(self.db).parent / "models"
+
+    def captures_path(self) -> Path:
+        """The folder of captured readings, one subfolder per retrain command."""
+        return Path(self.captures_dir) if self.captures_dir else Path(self.db).parent / "captures"
 
 
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -1,11 +1,11 @@
 """Prometheus metrics computed at scrape time from fleet state; the only prometheus_client user.
 
 Labels are bounded: ``node`` and ``model``/``version`` at most, plus small enums (``kind``,
-``reason``, ``type``, ``state``, ``quantile``). Never a channel or a boot: 10,000 nodes times
-8 channels would be 80,000 series per family and scrapes of several seconds, so per-channel
-drift is reduced to its maximum over channels.
+``reason``, ``type``, ``state``, ``status``, ``quantile``). Never a channel or a boot: 10,000
+nodes times 8 channels would be 80,000 series per family and scrapes of several seconds, so
+per-channel drift is reduced to its maximum over channels.
 
-With ``per_node=False`` only the fleet-wide families are exposed. Each node adds about 21
+With ``per_node=False`` only the fleet-wide families are exposed. Each node adds about 22
 series; at 10,000 nodes a scrape is ~210,000 lines and ~10 MB and takes ~2 s to render
 (measured on one core of the development machine), too much for one target scraped every
 15 s. Such fleets keep the per-node detail in the registry (``cloud-hub nodes``) and scrape
@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from cloud_hub.fleet import DriftSummary, NodeState
 from cloud_hub.ingest import MESSAGE_KINDS, Ingest
+from cloud_hub.lifecycle import ACK_STATUSES, ACK_TYPES, LifecycleCounts
 from schemas.messages import ModelRef, Telemetry
 
 _NODE = ["node"]
@@ -39,7 +40,9 @@ class HubCollector(Collector):
         clock: Callable[[], float],
         lock: threading.Lock | None = None,
         per_node: bool = True,
+        lifecycle: Callable[[], LifecycleCounts] | None = None,
     ) -> None:
+        self._lifecycle = lifecycle
         self._fleet = ingest.fleet
         self._ingest = ingest
         self._clock = clock
@@ -54,6 +57,8 @@ class HubCollector(Collector):
         with self._lock:
             now = self._clock()
             families = self._fleet_wide(now)
+            if self._lifecycle is not None:
+                families += _lifecycle_families(self._lifecycle())
             snapshots = (
                 [self._snapshot(s, now) for s in self._fleet.nodes()] if self._per_node else []
             )
@@ -102,6 +107,44 @@ class HubCollector(Collector):
         nodes.add_metric(["online"], online)
         nodes.add_metric(["offline"], offline)
         return [messages, duplicates, rejected, nodes]
+
+
+def _lifecycle_families(counts: LifecycleCounts) -> list[Metric]:
+    acks = CounterMetricFamily(
+        "edgeml_command_acks",
+        "Command acks received from nodes, by command type and status.",
+        labels=["type", "status"],
+    )
+    for typ in ACK_TYPES:
+        for status in ACK_STATUSES:
+            acks.add_metric([typ, status], counts.acks.get((typ, status), 0))
+    published = CounterMetricFamily(
+        "edgeml_chunks_published", "Model chunks handed to the broker for deploying nodes."
+    )
+    published.add_metric([], counts.chunks_published)
+    pending = GaugeMetricFamily(
+        "edgeml_chunks_pending", "Model chunks asked for and not yet handed to the broker."
+    )
+    pending.add_metric([], counts.chunks_pending)
+    refused = CounterMetricFamily(
+        "edgeml_chunk_requests_refused",
+        "Chunk requests not served, by reason (unknown_model, bad_request, ...).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(counts.chunk_refusals.items()):
+        refused.add_metric([reason], count)
+    captures = CounterMetricFamily(
+        "edgeml_captures_completed", "Captures of readings for retraining received in full."
+    )
+    captures.add_metric([], counts.captures_completed)
+    bad_captures = CounterMetricFamily(
+        "edgeml_capture_chunks_refused",
+        "Capture chunks not stored, by reason (bad_command_id, inconsistent, io_error).",
+        labels=["reason"],
+    )
+    for reason, count in sorted(counts.capture_refusals.items()):
+        bad_captures.add_metric([reason], count)
+    return [acks, published, pending, refused, captures, bad_captures]
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +205,10 @@ class _NodeFamilies:
         self.dropped = _counter(
             "edgeml_outbox_dropped", "Messages the node's outbox dropped since boot."
         )
+        self.rollbacks = _counter(
+            "edgeml_model_rollbacks",
+            "Models the node rolled back since boot (from its telemetry).",
+        )
         self.rss = _gauge("edgeml_node_rss_bytes", "Resident memory of the edge-node process.")
         self.cpu = _gauge("edgeml_node_cpu_percent", "CPU use of the edge-node process, percent.")
         self.power = _gauge("edgeml_node_power_watts", "Estimated or measured power draw, watts.")
@@ -192,6 +239,7 @@ class _NodeFamilies:
             self.depth.add_metric(n, t.outbox_depth)
             self.outbox_bytes.add_metric(n, t.outbox_bytes)
             self.dropped.add_metric(n, t.dropped)
+            self.rollbacks.add_metric(n, t.rollbacks)
             self.rss.add_metric(n, t.rss_bytes)
             self.cpu.add_metric(n, t.cpu_percent)
             self.power.add_metric(n, t.power_w)

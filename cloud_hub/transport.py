@@ -1,10 +1,13 @@
-"""The hub's MQTT client; the only module of cloud_hub that imports paho.
+"""The hub's MQTT clients; the only module of cloud_hub that imports paho.
 
 The session is persistent (``clean_start=False`` plus a session expiry), so QoS 1 messages
 that arrive while the hub is down wait in the broker. Acks are manual: a message is
 acknowledged only after the hub applied it, so a crash in between means a redelivery
 (which dedupe drops), never a loss. Callbacks only hand off to a queue and never raise:
 paho re-raises callback exceptions inside its network loop.
+
+:class:`CommandClient` is the CLI's short-lived connection: its own client id and a clean
+session, so it never takes over (and so never ends) the session of ``cloud-hub serve``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import queue
 import ssl
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -31,6 +34,10 @@ log = logging.getLogger(__name__)
 # Unacked QoS 1 deliveries the broker may have outstanding to the hub: this bounds the
 # inbound queue (and so the hub's memory) while the main loop catches up.
 RECEIVE_MAXIMUM = 1000
+# Outgoing QoS 1 messages paho may hold (in flight or waiting): bounds the memory a large
+# deploy takes; beyond it publish says MQTT_ERR_QUEUE_SIZE and the chunk server retries later.
+MAX_QUEUED = 256
+MAX_INFLIGHT = 64
 
 
 class TransportError(RuntimeError):
@@ -65,20 +72,9 @@ class HubTransport:
         self._stopping = False
         self._failures = 0
         self._receive_maximum = receive_maximum
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        client.username_pw_set(config.username, password or None)
-        if config.tls_ca or config.tls_cert:
-            client.tls_set(
-                ca_certs=config.tls_ca or None,
-                certfile=config.tls_cert or None,
-                keyfile=config.tls_key or None,
-                tls_version=ssl.PROTOCOL_TLS_CLIENT,
-            )
+        client = _new_client(config, password, config.client_id, manual_ack=True)
+        client.max_queued_messages_set(MAX_QUEUED)
+        client.max_inflight_messages_set(MAX_INFLIGHT)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -129,6 +125,16 @@ class HubTransport:
         if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             raise TransportError(f"publish to {topic} refused: {mqtt.error_string(info.rc)}")
         return info
+
+    def offer(self, topic: str, payload: bytes) -> Literal["queued", "full", "refused"]:
+        """Hand a QoS 1 message to paho without waiting: ``full`` means try again later."""
+        info = self._client.publish(topic, payload, qos=1, retain=False)
+        if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            return "queued"
+        if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
+            return "full"
+        log.error("publish to %s refused: %s", topic, mqtt.error_string(info.rc))
+        return "refused"
 
     # paho callbacks (network thread): hand off, log, never raise.
 
@@ -194,3 +200,172 @@ class HubTransport:
         self._inbox.put(
             Inbound(topic, bytes(message.payload), message.mid, message.qos, self._connection)
         )
+
+
+def _new_client(
+    config: MqttConfig, password: str, client_id: str, *, manual_ack: bool
+) -> mqtt.Client:
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+        manual_ack=manual_ack,
+    )
+    client.username_pw_set(config.username, password or None)
+    if config.tls_ca or config.tls_cert:
+        client.tls_set(
+            ca_certs=config.tls_ca or None,
+            certfile=config.tls_cert or None,
+            keyfile=config.tls_key or None,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    return client
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message delivered to the CLI."""
+
+    topic: str
+    payload: bytes
+
+
+class CommandClient:
+    """A short-lived connection for one CLI command: publish commands, receive answers.
+
+    Subscriptions are renewed on every (re)connection, since a clean session forgets them.
+    """
+
+    def __init__(self, config: MqttConfig, password: str, client_id: str) -> None:
+        self.client_id = client_id
+        self._config = config
+        self._inbox: queue.Queue[Received] = queue.Queue()
+        self._cond = threading.Condition()
+        self._connected = False
+        self._refusal = ""
+        self._topics: list[tuple[str, int]] = []
+        self._subacks: dict[int, list[ReasonCode]] = {}
+        self._pubacks: dict[int, ReasonCode] = {}
+        client = _new_client(config, password, client_id, manual_ack=False)
+        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        self._client = client
+
+    def connect(self, timeout: float) -> None:
+        """Connect with a clean session; TransportError if refused or not within ``timeout``."""
+        c = self._config
+        try:
+            self._client.connect(c.host, c.port, keepalive=c.keepalive_s, clean_start=True)
+        except (OSError, ssl.SSLError) as exc:
+            raise TransportError(f"cannot reach the broker at {c.host}:{c.port}: {exc}") from None
+        self._client.loop_start()
+        with self._cond:
+            self._cond.wait_for(lambda: self._connected or bool(self._refusal), timeout)
+            if self._refusal:
+                raise TransportError(f"the broker refused {c.username}: {self._refusal}")
+            if not self._connected:
+                raise TransportError(f"no answer from the broker at {c.host}:{c.port}")
+
+    def subscribe(self, topics: list[tuple[str, int]], timeout: float) -> None:
+        """Subscribe (and re-subscribe after a reconnection); TransportError if refused."""
+        self._topics += topics
+        result, mid = self._client.subscribe(topics)
+        if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            raise TransportError(f"subscribe failed: {mqtt.error_string(result)}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: mid in self._subacks, timeout):
+                raise TransportError(f"the broker did not confirm the subscription to {topics}")
+            codes = self._subacks.pop(mid)
+        refused = [t for (t, _), rc in zip(topics, codes, strict=False) if rc.is_failure]
+        if refused:
+            raise TransportError(f"the broker refused subscriptions to {', '.join(refused)}")
+
+    def publish(self, topic: str, payload: bytes, timeout: float) -> None:
+        """Publish at QoS 1, never retained, and wait for the broker's PUBACK."""
+        info = self._client.publish(topic, payload, qos=1, retain=False)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise TransportError(f"publish to {topic} refused: {mqtt.error_string(info.rc)}")
+        with self._cond:
+            if not self._cond.wait_for(lambda: info.mid in self._pubacks, timeout):
+                raise TransportError(f"the broker did not acknowledge the publish to {topic}")
+            reason = self._pubacks.pop(info.mid)
+        if reason.is_failure:
+            raise TransportError(f"the broker refused the publish to {topic}: {reason}")
+
+    def receive(self, timeout: float) -> Received | None:
+        """The next delivered message, or None after ``timeout`` seconds."""
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        """Disconnect (the clean session ends with it) and stop the network thread."""
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    # paho callbacks (network thread): record, notify, never raise.
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._cond:
+            if reason_code.is_failure:
+                self._refusal = str(reason_code)
+            else:
+                self._connected = True
+                if self._topics:
+                    client.subscribe(list(self._topics))
+            self._cond.notify_all()
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._cond:
+            self._connected = False
+        log.debug("disconnected from the broker: %s", reason_code)
+
+    def _on_subscribe(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_codes: list[ReasonCode],
+        properties: Properties | None,
+    ) -> None:
+        with self._cond:
+            self._subacks[mid] = reason_codes
+            self._cond.notify_all()
+
+    def _on_publish(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        mid: int,
+        reason_code: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        with self._cond:
+            self._pubacks[mid] = reason_code
+            self._cond.notify_all()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            return  # not a topic this client subscribed to
+        self._inbox.put(Received(topic, bytes(message.payload)))

@@ -1,8 +1,10 @@
-"""The edge node's main loop: source -> pipeline -> outbox -> MQTT, plus timers.
+"""The edge node's main loop: source -> pipeline -> outbox -> MQTT, plus timers and commands.
 
 Everything here runs on one thread; the MQTT client's network thread only feeds
-``transport.events``. A message counts as accepted once it is in the outbox, and leaves the
-outbox only on its PUBACK.
+``transport.events`` and the model worker (edge_node.switcher) only loads models. A message
+counts as accepted once it is in the outbox, and leaves the outbox only on its PUBACK.
+Commands and model chunks arrive as transport events and go to :class:`Control`, which answers
+with messages to queue and never blocks the loop.
 """
 
 from __future__ import annotations
@@ -18,8 +20,15 @@ from typing import Protocol
 import msgspec
 
 from edge_node.batcher import PendingBatch
+from edge_node.control import Control
 from edge_node.outbox import Outbox, OutboxError, Priority
-from edge_node.outgoing import Sequencer, drift_message, event_message, result_message
+from edge_node.outgoing import (
+    Outgoing,
+    Sequencer,
+    drift_message,
+    result_message,
+    scored_messages,
+)
 from edge_node.pipeline import Pipeline, Scored
 from edge_node.procstats import ProcessSampler
 from edge_node.sources.base import Source
@@ -51,6 +60,10 @@ class Transport(Protocol):
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> Published: ...
 
+    def subscribe(self, topic: str) -> None: ...
+
+    def unsubscribe(self, topic: str) -> None: ...
+
     def stop(
         self, offline_topic: str = "", offline_payload: bytes = b"", timeout: float = 2.0
     ) -> None: ...
@@ -66,7 +79,7 @@ class Timers:
 
 
 class EdgeNode:
-    """One device's process: scores its sensor stream and ships the results."""
+    """One device's process: scores its sensor stream, ships the results, obeys commands."""
 
     def __init__(
         self,
@@ -74,6 +87,7 @@ class EdgeNode:
         seq: Sequencer,
         source: Source,
         pipeline: Pipeline,
+        control: Control,
         outbox: Outbox,
         transport: Transport,
         timers: Timers,
@@ -84,6 +98,7 @@ class EdgeNode:
         self.seq = seq
         self.source = source
         self.pipeline = pipeline
+        self.control = control
         self.outbox = outbox
         self.transport = transport
         self.timers = timers
@@ -97,37 +112,58 @@ class EdgeNode:
         self._inflight: dict[int, int] = {}  # MQTT message id -> outbox id
         self._last_handed = 0
         self._finished = False
+        self._announced = pipeline.scorer.ref  # the model the last birth message named
+        self._reported_rollbacks = 0
+        now = time.monotonic()
+        self._next_telemetry = now + timers.telemetry_s
+        self._next_drift = now + timers.drift_s
+        self._last_telemetry = now
+        self._clock = (now, time.time())  # (monotonic, wall) of the current step
 
     # -- the loop ---------------------------------------------------------------------------
 
     def run(self, stop: threading.Event, exit_when_drained: bool = False) -> None:
         """Run until ``stop`` is set (or, with ``exit_when_drained``, the source is done and
         everything it produced has been acknowledged by the broker)."""
-        self.transport.start()
-        now = time.monotonic()
-        next_telemetry, next_drift = now + self.timers.telemetry_s, now + self.timers.drift_s
-        last_telemetry = now
+        self.start(time.monotonic(), time.time())
         while not stop.is_set():
-            now = time.monotonic()
-            block = self.source.poll(now)
-            if block is not None:
-                self._queue_scored(self.pipeline.process(block, now, time.perf_counter))
-            for batch in self.pipeline.flush(now):
-                self._queue_result(batch)
-            self._handle_events(timeout=0.0 if block is not None else 0.02)
-            self._pump()
-            if now >= next_telemetry:
-                self._queue_telemetry(now - last_telemetry)
-                last_telemetry, next_telemetry = now, now + self.timers.telemetry_s
-            if now >= next_drift:
-                self._queue_drift()
-                next_drift = now + self.timers.drift_s
-            if self.source.exhausted and not self._finished:
-                self._finish_stream(now - last_telemetry)
-                last_telemetry = now
+            self.step(time.monotonic(), time.time())
             if exit_when_drained and self._finished and self.outbox.depth == 0:
                 break
         self._shutdown()
+
+    def start(self, now: float, wall: float) -> None:
+        """Connect, and answer what a restart interrupted (``now`` monotonic, ``wall`` unix)."""
+        self.transport.start()
+        self._next_telemetry = now + self.timers.telemetry_s
+        self._next_drift = now + self.timers.drift_s
+        self._last_telemetry = now
+        self._queue_all(self.control.start(wall))
+
+    def step(self, now: float, wall: float, idle_wait: float = 0.02) -> None:
+        """One turn of the loop; waits up to ``idle_wait`` for broker events when idle."""
+        self._clock = (now, wall)
+        block = self.source.poll(now)
+        if block is not None:
+            scored = self.pipeline.process(block, now, time.perf_counter)
+            self._queue_scored(scored)
+            self._queue_all(self.control.observe(block, scored, wall))
+        for batch in self.pipeline.flush(now):
+            self._queue_result(batch)
+        self._handle_events(timeout=0.0 if block is not None else idle_wait)
+        self._queue_all(self.control.tick(now, wall))
+        self._announce()
+        # A rollback is news the hub should not wait a whole telemetry interval for.
+        if now >= self._next_telemetry or self.control.rollbacks != self._reported_rollbacks:
+            self._queue_telemetry(now - self._last_telemetry)
+            self._last_telemetry, self._next_telemetry = now, now + self.timers.telemetry_s
+        if now >= self._next_drift:
+            self._queue_drift()
+            self._next_drift = now + self.timers.drift_s
+        if self.source.exhausted and not self._finished:
+            self._finish_stream(now - self._last_telemetry)
+            self._last_telemetry = now
+        self._pump()
 
     def _finish_stream(self, since_telemetry: float) -> None:
         """The source has nothing more: send what is pending now rather than on a timer."""
@@ -146,8 +182,10 @@ class EdgeNode:
             if time.monotonic() > deadline:
                 break
             self._pump()
+            self._clock = (time.monotonic(), time.time())
             self._handle_events(timeout=0.05)
         log.info("stopping; %d messages stay in the outbox for the next start", self.outbox.depth)
+        self.control.close()
         self.transport.stop(self.status_topic, self._status("offline"))
         self.outbox.close()
 
@@ -158,14 +196,11 @@ class EdgeNode:
         if scored.error:
             self.errors["inference" if "failed" in scored.error else "nonfinite_scores"] += 1
             log.warning("model %s: %s", self.pipeline.scorer.ref, scored.error)
-        ref = self.pipeline.scorer.ref
-        threshold = self.pipeline.scorer.manifest.threshold
-        for change in scored.changes:
-            self._queue(
-                Kind.EVENT, event_message(self.seq.take(time.time()), change, ref, threshold)
-            )
-        for batch in scored.batches:
-            self._queue_result(batch)
+        self._queue_all(scored_messages(self.seq, scored, time.time()))
+
+    def _queue_all(self, messages: list[Outgoing]) -> None:
+        for kind, message in messages:
+            self._queue(kind, message)
 
     def _queue_result(self, batch: PendingBatch) -> None:
         self._queue(Kind.RESULT, result_message(self.seq.take(time.time()), batch))
@@ -177,6 +212,7 @@ class EdgeNode:
             self._queue(Kind.DRIFT, drift_message(env, report, self.pipeline.scorer.ref))
 
     def _queue_telemetry(self, interval: float) -> None:
+        self._reported_rollbacks = self.control.rollbacks
         latency, readings = self._latency.snapshot()
         proc = self._sampler.sample()
         if proc.rapl_watts is not None:
@@ -200,8 +236,9 @@ class EdgeNode:
                 outbox_depth=self.outbox.depth,
                 outbox_bytes=self.outbox.size_bytes,
                 dropped=sum(self.outbox.dropped.values()) + self.refused,
-                errors=dict(self.errors),
+                errors=dict(self.errors + self.control.errors),
                 model=self.pipeline.scorer.ref,
+                rollbacks=self.control.rollbacks,
             ),
         )
 
@@ -272,14 +309,25 @@ class EdgeNode:
                     log.warning("broker refused message %d: %s", outbox_id, reason)
             case Connected():
                 log.info("connected; publishing birth, %d messages queued", self.outbox.depth)
+                self._announced = self.pipeline.scorer.ref
                 self.transport.publish(self.status_topic, self._status("online"), retain=True)
             case Disconnected(reason=reason):
                 log.warning(
                     "disconnected (%s); scoring goes on, messages wait in the outbox", reason
                 )
-            case Incoming(topic=topic):
-                self.errors["unexpected_message"] += 1
-                log.warning("message on %s ignored: this node takes no commands yet", topic)
+            case Incoming(topic=topic, payload=payload):
+                # The step's clock, so every message of a step carries the same ts and the
+                # hub's (ts, seq) order is the order the node queued them in.
+                now, wall = self._clock
+                self._queue_all(self.control.on_message(topic, payload, now, wall))
+
+    def _announce(self) -> None:
+        """Publish a new birth when the active model changed, so the retained status (and the
+        hub's view of the node) names the model that is scoring."""
+        ref = self.pipeline.scorer.ref
+        if ref != self._announced and self.transport.connected.is_set():
+            self._announced = ref
+            self.transport.publish(self.status_topic, self._status("online"), retain=True)
 
     def _pump(self) -> None:
         """Hand the next outbox messages to the MQTT client, at most ``max_handed`` at once."""

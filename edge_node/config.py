@@ -46,6 +46,9 @@ class MqttSection(_Section):
     max_packet_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 262144
     reconnect_min_s: AtLeastOne = 1
     reconnect_max_s: AtLeastOne = 60
+    # The broker keeps the node's subscriptions and queues its commands this long while it is
+    # away (persistent session), so commands sent during an outage still arrive.
+    session_expiry_s: Annotated[int, msgspec.Meta(ge=0)] = 3600
 
 
 class SourceSection(_Section):
@@ -92,6 +95,14 @@ class PowerSection(_Section):
     per_core_w: Annotated[float, msgspec.Meta(ge=0)] = 0.925
 
 
+class CommandsSection(_Section):
+    chunk_timeout_s: Positive = 5.0  # ask the hub again for missing chunks after this quiet
+    chunk_retries: Annotated[int, msgspec.Meta(ge=0)] = 5  # ... at most this many times
+    capture_buffer: AtLeastOne = 20_000  # readings kept for retrain, and the most one may ask
+    probation_runs: AtLeastOne = 20  # model runs a new model is watched before it is trusted
+    latency_factor: Positive = 20.0  # roll back when this many times slower than its manifest
+
+
 class NodeConfig(_Section):
     node: NodeSection
     mqtt: MqttSection = msgspec.field(default_factory=MqttSection)
@@ -102,6 +113,7 @@ class NodeConfig(_Section):
     events: EventsSection = msgspec.field(default_factory=EventsSection)
     telemetry: TelemetrySection = msgspec.field(default_factory=TelemetrySection)
     power: PowerSection = msgspec.field(default_factory=PowerSection)
+    commands: CommandsSection = msgspec.field(default_factory=CommandsSection)
 
     @property
     def data_dir(self) -> Path:
@@ -114,6 +126,11 @@ class NodeConfig(_Section):
     @property
     def outbox_path(self) -> Path:
         return Path(self.outbox.path) if self.outbox.path else self.data_dir / "outbox.db"
+
+    @property
+    def commands_path(self) -> Path:
+        """The book of recent command ids and their last acks."""
+        return self.data_dir / "commands.json"
 
 
 def load_config(path: Path | None, environ: Mapping[str, str]) -> NodeConfig:

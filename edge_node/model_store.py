@@ -1,26 +1,33 @@
 """The model store: the only code that writes model files on the node.
 
 Layout: ``versions/<name>/<version>/{model.onnx,manifest.json}`` plus ``state.json`` naming the
-active and the previous version. A version folder appears only complete (written under a
-temporary name, then renamed) and ``state.json`` is replaced atomically, so a crash at any
-point leaves a valid active model.
+active and the previous version. A version folder appears only complete (written and fsync'd
+under a temporary name, then renamed) and ``state.json`` is replaced atomically, so a crash at
+any point leaves a valid active model: installing never touches ``state.json``, and activating
+never touches a version folder. Leftovers of a crash are hidden names (``.incoming-*``,
+``.state-*``) that nothing reads and :meth:`ModelStore.clean` removes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.manifest import decode_manifest
+from schemas.manifest import Manifest, decode_manifest, encode_manifest
 from schemas.messages import ModelRef
 from schemas.topics import check_id
 
+log = logging.getLogger(__name__)
+
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+_TEMP_PREFIXES = (".incoming-", ".state-", ".replaced-")
 
 
 class StoreError(Exception):
@@ -57,20 +64,56 @@ class ModelStore:
         except OSError as exc:
             raise StoreError(f"{manifest_path}: cannot read: {exc.strerror}") from None
         ref = ModelRef(manifest.name, manifest.version)
-        target = self.path(ref)
-        if target.exists():
+        if self.path(ref).exists():
             return ref
+        try:
+            files = {name: (source / name).read_bytes() for name in (MODEL_FILE, MANIFEST_FILE)}
+        except OSError as exc:
+            raise StoreError(f"cannot install {source}: {exc}") from None
+        self._write_version(ref, files)
+        return ref
+
+    def install_bytes(self, manifest: Manifest, model: bytes) -> ModelRef:
+        """Install a received artifact under its manifest; return its ref.
+
+        A version already installed with the same sha256 is kept as it is; one whose model
+        file differs (a corrupt earlier copy) is replaced.
+        """
+        ref = ModelRef(manifest.name, manifest.version)
+        digest = hashlib.sha256(model).hexdigest()
+        if digest != manifest.sha256:
+            raise StoreError(
+                f"{ref.name}@{ref.version}: model sha256 {digest} does not match "
+                f"the manifest's {manifest.sha256}"
+            )
+        target = self.path(ref)
+        if _sha256(target / MODEL_FILE) == digest:
+            return ref
+        self._write_version(ref, {MODEL_FILE: model, MANIFEST_FILE: encode_manifest(manifest)})
+        return ref
+
+    def _write_version(self, ref: ModelRef, files: dict[str, bytes]) -> None:
+        """Write a version folder under a temporary name, fsync it, then rename it in place."""
+        target = self.path(ref)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=target.parent))
         try:
-            for name in (MODEL_FILE, MANIFEST_FILE):
-                shutil.copyfile(source / name, tmp / name)
-                _fsync(tmp / name)
+            for name, data in files.items():
+                with (tmp / name).open("wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            if target.exists():  # a corrupt copy: move it aside first (rename is atomic)
+                old = Path(tempfile.mkdtemp(prefix=".replaced-", dir=target.parent))
+                os.replace(target, old / "version")
+                shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, target)
+            _fsync_dir(target.parent)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise StoreError(f"cannot install {source} into {target}: {exc}") from None
-        return ref
+            raise StoreError(
+                f"cannot install {ref.name}@{ref.version} into {target}: {exc}"
+            ) from None
 
     def state(self) -> StoreState:
         """The active and previous versions (None when the store is new)."""
@@ -93,6 +136,57 @@ class ModelStore:
         self._write_state(new)
         return new
 
+    def rollback(self) -> StoreState:
+        """Swap active and previous: the previous version becomes active again."""
+        current = self.state()
+        if current.previous is None:
+            raise StoreError(f"{self.root}: no previous model to roll back to")
+        return self.restore(StoreState(current.previous, current.active))
+
+    def restore(self, state: StoreState) -> StoreState:
+        """Write ``state`` as it is (to undo a switch exactly, or drop a broken version)."""
+        for ref in (state.active, state.previous):
+            if ref is not None and not (self.path(ref) / MODEL_FILE).exists():
+                raise StoreError(f"{ref.name}@{ref.version} is not installed in {self.root}")
+        self._write_state(state)
+        return state
+
+    def versions(self) -> list[ModelRef]:
+        """Installed versions, oldest installed first."""
+        found: list[tuple[float, ModelRef]] = []
+        for name_dir in (self.root / "versions").iterdir():
+            if not name_dir.is_dir() or name_dir.name.startswith("."):
+                continue
+            for version_dir in name_dir.iterdir():
+                if version_dir.is_dir() and not version_dir.name.startswith("."):
+                    ref = ModelRef(name_dir.name, version_dir.name)
+                    found.append((version_dir.stat().st_mtime, ref))
+        return [ref for _, ref in sorted(found, key=lambda item: item[0])]
+
+    def prune(self, keep: int = 2) -> list[ModelRef]:
+        """Delete all versions but the active, the previous and the ``keep`` newest others."""
+        state = self.state()
+        pinned = {state.active, state.previous}
+        others = [ref for ref in self.versions() if ref not in pinned]
+        doomed = others[: max(len(others) - keep, 0)]
+        for ref in doomed:
+            shutil.rmtree(self.path(ref), ignore_errors=True)
+            log.info("pruned model %s@%s", ref.name, ref.version)
+        return doomed
+
+    def clean(self) -> int:
+        """Remove what a crash left behind (temporary folders and state files)."""
+        removed = 0
+        candidates = [*self.root.iterdir(), *(self.root / "versions").glob("*/*")]
+        for path in candidates:
+            if path.name.startswith(_TEMP_PREFIXES):
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def _write_state(self, state: StoreState) -> None:
         body = json.dumps({"active": _raw(state.active), "previous": _raw(state.previous)})
         fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.root)
@@ -101,6 +195,7 @@ class ModelStore:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.root / "state.json")
+        _fsync_dir(self.root)
 
 
 def _ref(raw: object) -> ModelRef | None:
@@ -113,6 +208,21 @@ def _raw(ref: ModelRef | None) -> dict[str, str] | None:
     return None if ref is None else {"name": ref.name, "version": ref.version}
 
 
-def _fsync(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
+def _sha256(path: Path) -> str | None:
+    """The file's sha256, or None when it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

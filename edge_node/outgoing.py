@@ -5,11 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TypedDict
 
+import msgspec
+
 from edge_node.batcher import PendingBatch
 from edge_node.drift import DriftReport
 from edge_node.events import EpisodeChange
+from edge_node.pipeline import Scored
 from schemas.messages import ChannelShare, Drift, Event, ModelRef, ResultBatch
 from schemas.packing import pack_f32, pack_flags
+from schemas.topics import Kind
+
+Outgoing = tuple[Kind, msgspec.Struct]
 
 
 class Env(TypedDict):
@@ -77,3 +83,17 @@ def drift_message(env: Env, report: DriftReport, model: ModelRef) -> Drift:
         channels=report.channels,
         score=report.score,
     )
+
+
+def scored_messages(seq: Sequencer, scored: Scored, ts: float) -> list[Outgoing]:
+    """Messages of what the pipeline produced, in order: drift reports and episode changes
+    of a model that is going, then result batches."""
+    out: list[Outgoing] = [
+        (Kind.DRIFT, drift_message(seq.take(ts), d.report, d.model)) for d in scored.drift
+    ]
+    out += [
+        (Kind.EVENT, event_message(seq.take(ts), c.change, c.model, c.threshold))
+        for c in scored.changes
+    ]
+    out += [(Kind.RESULT, result_message(seq.take(ts), batch)) for batch in scored.batches]
+    return out

@@ -1,6 +1,13 @@
 """The scoring path of one node: window -> model -> result batches, episodes, drift.
 
 No I/O of its own: the model is a port (:class:`Scorer`), time comes in as arguments.
+
+A model can be switched between two blocks (:meth:`Pipeline.switch`). The result batcher stays
+(it cuts a batch where the model changes, so no batch mixes models and no reading is lost or
+scored twice); episodes and drift statistics are per model, so the old model's open episode is
+closed and its drift report emitted, and the new model starts fresh with windows primed from
+the recent raw readings. For its first runs the new model is on probation: if it fails, the
+block it failed on is scored again by the previous model, which takes over again.
 """
 
 from __future__ import annotations
@@ -15,12 +22,16 @@ import numpy.typing as npt
 from edge_node.batcher import PendingBatch, ResultBatcher
 from edge_node.drift import DriftAccumulator, DriftReport
 from edge_node.events import EpisodeChange, EpisodeConfig, EpisodeDetector
+from edge_node.probation import Probation, ProbationPolicy
 from edge_node.sources.base import Block
-from edge_node.window import Windower
+from edge_node.window import RecentRows, Windower
 from schemas.manifest import Manifest
 from schemas.messages import ModelRef
 
 F32 = npt.NDArray[np.float32]
+# Raw readings kept for priming a switched-in model: enough for any window up to this long
+# (a model with a longer window still starts, its first windows padded).
+HISTORY_ROWS = 256
 
 
 class Scorer(Protocol):
@@ -39,27 +50,60 @@ class ChannelMismatch(ValueError):
     """The source lacks a channel the model needs."""
 
 
+@dataclass(frozen=True)
+class ModelChange:
+    """An episode of ``model`` opened or closed."""
+
+    model: ModelRef
+    threshold: float
+    change: EpisodeChange
+
+
+@dataclass(frozen=True)
+class ModelDrift:
+    """Drift statistics of the readings ``model`` scored since its last report."""
+
+    model: ModelRef
+    report: DriftReport
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """The model on probation (switched in under ``tag``) failed; ``restored`` took over."""
+
+    tag: str
+    failed: ModelRef
+    restored: ModelRef
+    reason: str
+
+
 @dataclass
 class Scored:
-    """What one block produced."""
+    """What one block (or one switch) produced."""
 
     batches: list[PendingBatch] = field(default_factory=list)
-    changes: list[EpisodeChange] = field(default_factory=list)
+    changes: list[ModelChange] = field(default_factory=list)
+    drift: list[ModelDrift] = field(default_factory=list)
     readings: int = 0
     latency_ms: float = 0.0
     error: str = ""
+    rolled_back: RolledBack | None = None
+    passed: str = ""  # tag of the switch whose model passed probation with this block
 
 
-class Pipeline:
-    """Scores blocks of readings with one model and groups the results."""
+@dataclass
+class _Run:
+    values: F32
+    scores: F32
+    contributions: F32 | None
+    ms: float
+    error: str
 
-    def __init__(
-        self,
-        scorer: Scorer,
-        source_channels: list[str],
-        batcher: ResultBatcher,
-        episodes: EpisodeConfig,
-    ) -> None:
+
+class _Lane:
+    """One model's view of the stream: its columns, windows, episodes and drift."""
+
+    def __init__(self, scorer: Scorer, source_channels: list[str], episodes: EpisodeConfig) -> None:
         manifest = scorer.manifest
         channels = manifest.input.channels
         missing = [c for c in channels if c not in source_channels]
@@ -69,43 +113,128 @@ class Pipeline:
                 f"that the source does not have (it has {source_channels})"
             )
         self.scorer = scorer
-        self._columns = [source_channels.index(c) for c in channels]
+        self.columns = [source_channels.index(c) for c in channels]
         fill = np.array([manifest.reference.channels[c].mean for c in channels], np.float32)
-        self._windower = Windower(manifest.input.window, fill)
-        self._batcher = batcher
-        self._drift = DriftAccumulator(manifest.reference, channels)
-        self._episodes = EpisodeDetector(episodes, channels)
+        self.windower = Windower(manifest.input.window, fill)
+        self.drift = DriftAccumulator(manifest.reference, channels)
+        self.episodes = EpisodeDetector(episodes, channels)
 
-    def process(self, block: Block, now: float, clock: Callable[[], float]) -> Scored:
-        """Score every reading of ``block``; ``clock`` times the model run (seconds)."""
-        values = np.ascontiguousarray(block.values[:, self._columns], dtype=np.float32)
-        windows = self._windower.push(values).windows
-        out = Scored(readings=len(values))
+    def prime(self, recent: F32) -> None:
+        """Feed the windower history it never scored, so the next windows are real ones."""
+        rows = recent[max(len(recent) - (self.windower.window - 1), 0) :]
+        if len(rows):
+            self.windower.push(rows[:, self.columns])
+
+    def run(self, raw: F32, clock: Callable[[], float]) -> _Run:
+        values = np.ascontiguousarray(raw[:, self.columns], dtype=np.float32)
+        windows = self.windower.push(values).windows
+        error = ""
+        contributions: F32 | None
         start = clock()
         try:
             scores, contributions = self.scorer.score(windows)
         # Any model failure is reported and the readings still go out (unscored), never fatal.
         except Exception as exc:
             scores, contributions = np.full(len(values), np.nan, np.float32), None
-            out.error = f"inference failed: {type(exc).__name__}: {exc}"
-        out.latency_ms = (clock() - start) * 1000.0
-        if not out.error and not np.isfinite(scores).all():
-            out.error = "model produced NaN or infinite scores"
-        threshold = self.scorer.manifest.threshold
-        flags = np.isfinite(scores) & (scores > threshold)
-        self._drift.add(block.t0, block.period, values, scores, flags)
-        out.changes = self._episodes.update(
-            block.t0, block.period, scores, flags, contributions, threshold=threshold
+            error = f"inference failed: {type(exc).__name__}: {exc}"
+        ms = (clock() - start) * 1000.0
+        if not error and not np.isfinite(scores).all():
+            error = "model produced NaN or infinite scores"
+        return _Run(values, scores, contributions, ms, error)
+
+
+@dataclass
+class _Trial:
+    tag: str
+    previous: Scorer
+    probation: Probation
+
+
+class Pipeline:
+    """Scores blocks of readings with one model at a time and groups the results."""
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        source_channels: list[str],
+        batcher: ResultBatcher,
+        episodes: EpisodeConfig,
+        *,
+        history: int = HISTORY_ROWS,
+    ) -> None:
+        self._source_channels = list(source_channels)
+        self._episode_config = episodes
+        self._lane = _Lane(scorer, self._source_channels, episodes)
+        capacity = max(history, scorer.manifest.input.window)
+        self._recent = RecentRows(capacity, len(source_channels))
+        self._batcher = batcher
+        self._trial: _Trial | None = None
+
+    @property
+    def scorer(self) -> Scorer:
+        """The model scoring now."""
+        return self._lane.scorer
+
+    @property
+    def source_channels(self) -> list[str]:
+        """The source's channels, in its order."""
+        return list(self._source_channels)
+
+    @property
+    def on_probation(self) -> str:
+        """Tag of the switch whose model is on probation, or ""."""
+        return "" if self._trial is None else self._trial.tag
+
+    def process(self, block: Block, now: float, clock: Callable[[], float]) -> Scored:
+        """Score every reading of ``block``; ``clock`` times the model run (seconds)."""
+        out = Scored(readings=block.n)
+        run = self._lane.run(block.values, clock)
+        if self._trial is not None:
+            run = self._judge(self._trial, run, block, now=now, clock=clock, out=out)
+        self._recent.push(block.values)
+        out.latency_ms = run.ms
+        out.error = run.error
+        lane = self._lane
+        threshold = lane.scorer.manifest.threshold
+        flags = np.isfinite(run.scores) & (run.scores > threshold)
+        lane.drift.add(block.t0, block.period, run.values, run.scores, flags)
+        changes = lane.episodes.update(
+            block.t0, block.period, run.scores, flags, run.contributions, threshold=threshold
         )
+        out.changes += [ModelChange(lane.scorer.ref, threshold, c) for c in changes]
         out.batches = self._batcher.add(
-            model=self.scorer.ref,
+            model=lane.scorer.ref,
             threshold=threshold,
             t0=block.t0,
             period=block.period,
-            scores=scores,
+            scores=run.scores,
             flags=flags,
             now=now,
         )
+        return out
+
+    def switch(
+        self,
+        scorer: Scorer,
+        now: float,
+        *,
+        probation: ProbationPolicy | None = None,
+        tag: str = "",
+    ) -> Scored:
+        """Score with ``scorer`` from the next block on; the old model's open result batch,
+        last episode close and drift report come back in the result. With ``probation``, the
+        old model stays at hand until the new one has passed its first runs (a switch during
+        another model's probation ends that probation: the current model becomes the one to
+        fall back to)."""
+        lane = self._new_lane(scorer)  # raises ChannelMismatch before anything changes
+        # The old model's open batch goes now: its results precede the switch's ack.
+        out = Scored(batches=self._batcher.flush(now, force=True))
+        previous = self._lane.scorer
+        self._retire(now, out)
+        self._lane = lane
+        self._trial = None
+        if probation is not None:
+            self._trial = _Trial(tag, previous, Probation(probation, scorer.manifest.resources))
         return out
 
     def flush(self, now: float, force: bool = False) -> list[PendingBatch]:
@@ -113,4 +242,47 @@ class Pipeline:
         return self._batcher.flush(now, force=force)
 
     def drift_report(self) -> DriftReport | None:
-        return self._drift.report()
+        """Drift statistics of the current model since its last report."""
+        return self._lane.drift.report()
+
+    def _new_lane(self, scorer: Scorer) -> _Lane:
+        lane = _Lane(scorer, self._source_channels, self._episode_config)
+        self._recent.grow(scorer.manifest.input.window)
+        lane.prime(self._recent.last(self._recent.capacity))
+        return lane
+
+    def _retire(self, now: float, out: Scored) -> None:
+        """Close the current model's episode and take its drift report (before it goes)."""
+        lane = self._lane
+        report = lane.drift.report()
+        if report is not None:
+            out.drift.append(ModelDrift(lane.scorer.ref, report))
+        change = lane.episodes.close(now)
+        if change is not None:
+            threshold = lane.scorer.manifest.threshold
+            out.changes.append(ModelChange(lane.scorer.ref, threshold, change))
+
+    def _judge(
+        self,
+        trial: _Trial,
+        run: _Run,
+        block: Block,
+        *,
+        now: float,
+        clock: Callable[[], float],
+        out: Scored,
+    ) -> _Run:
+        """Probation: keep the run, or fall back to the previous model and score the block
+        again with it (the recent rows do not hold this block yet, so its windows are right)."""
+        reason = trial.probation.judge(run.ms, block.n, run.error)
+        if reason is None:
+            if trial.probation.done:
+                out.passed, self._trial = trial.tag, None
+            return run
+        failed = self._lane.scorer.ref
+        self._trial = None
+        lane = self._new_lane(trial.previous)
+        self._retire(now, out)
+        self._lane = lane
+        out.rolled_back = RolledBack(trial.tag, failed, lane.scorer.ref, reason)
+        return lane.run(block.values, clock)

@@ -4,6 +4,10 @@ Callbacks run on paho's network thread; they only put events on a queue for the 
 (they must never raise: paho re-raises into its loop). paho keeps every QoS 1 message it
 accepted and re-sends it after a reconnect, so the node hands a message over once and waits for
 its PUBACK, which arrives as a :class:`PubAck` event keyed by message id.
+
+The session is persistent (``clean_start=False`` on every connect, with a session expiry):
+the broker keeps the node's subscriptions and queues QoS 1 commands while the node is away.
+Subscriptions are made again on every connect anyway, since a session may have expired.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -39,6 +44,7 @@ class MqttSettings:
     max_inflight: int = 100
     reconnect_min_s: int = 1
     reconnect_max_s: int = 60
+    session_expiry_s: int = 3600
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +93,10 @@ class NodeTransport:
         self.events: queue.Queue[Event] = queue.Queue()
         self.connected = threading.Event()
         self._settings = settings
-        self._subscriptions = subscriptions
+        # Topic sets shared with the network thread (on_connect), hence the lock.
+        self._lock = threading.Lock()
+        self._subscriptions = set(subscriptions)
+        self._stale: set[str] = set()  # to unsubscribe at the next connect
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=settings.client_id, protocol=mqtt.MQTTv5
         )
@@ -112,8 +121,30 @@ class NodeTransport:
         """Connect in the background; paho reconnects with backoff from then on."""
         s = self._settings
         log.info("connecting to mqtt://%s:%d as %s", s.host, s.port, s.username)
-        self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho lacks hints
+        properties.SessionExpiryInterval = s.session_expiry_s
+        self._client.connect_async(
+            s.host, s.port, keepalive=s.keepalive_s, clean_start=False, properties=properties
+        )
         self._client.loop_start()
+
+    def subscribe(self, topic: str) -> None:
+        """Subscribe (QoS 1) now if connected, and again on every connect."""
+        with self._lock:
+            self._subscriptions.add(topic)
+            self._stale.discard(topic)
+            if self.connected.is_set():
+                self._client.subscribe(topic, qos=1)
+
+    def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic`` (at the next connect if not connected now, because a
+        persistent session keeps subscriptions across connections)."""
+        with self._lock:
+            self._subscriptions.discard(topic)
+            if self.connected.is_set():
+                self._client.unsubscribe(topic)
+            else:
+                self._stale.add(topic)
 
     def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> Published:
         """Hand a QoS 1 message to the client; ``queued`` False means it was refused."""
@@ -149,9 +180,13 @@ class NodeTransport:
         if reason.is_failure:
             log.warning("broker refused connection: %s", reason)
             return
-        for topic in self._subscriptions:
-            client.subscribe(topic, qos=1)
-        self.connected.set()
+        with self._lock:
+            for topic in sorted(self._stale):
+                client.unsubscribe(topic)
+            self._stale.clear()
+            for topic in sorted(self._subscriptions):
+                client.subscribe(topic, qos=1)
+            self.connected.set()
         self.events.put(Connected(flags.session_present))
 
     def _on_disconnect(

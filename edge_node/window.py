@@ -80,3 +80,43 @@ class Windower:
         source = np.where(np.concatenate([np.zeros((1, block.shape[1]), bool), missing]), 0, rows)
         np.maximum.accumulate(source, axis=0, out=source)
         return padded[source, np.arange(block.shape[1])][1:]
+
+
+class RecentRows:
+    """The last ``capacity`` raw readings of every channel, oldest first.
+
+    A model switched in mid-stream is primed with them, so its first windows hold real history
+    rather than a repeated first reading.
+    """
+
+    def __init__(self, capacity: int, channels: int) -> None:
+        if capacity < 0 or channels < 1:
+            raise ValueError(f"capacity must be >= 0 and channels >= 1, got {capacity}, {channels}")
+        self._capacity = capacity
+        self._rows = np.empty((0, channels), dtype=np.float32)
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def grow(self, capacity: int) -> None:
+        """Keep at least ``capacity`` rows from now on (rows already forgotten stay gone)."""
+        self._capacity = max(self._capacity, capacity)
+
+    def push(self, values: ArrayLike) -> None:
+        """Append a block ``[n, C]``, forgetting the oldest rows beyond ``capacity``."""
+        block = np.asarray(values, dtype=np.float32)
+        if block.ndim != 2 or block.shape[1] != self._rows.shape[1]:
+            raise ValueError(
+                f"values have shape {list(block.shape)}, expected [n, {self._rows.shape[1]}]"
+            )
+        keep = self._capacity
+        if block.shape[0] >= keep:
+            self._rows = block[block.shape[0] - keep :].copy()
+        else:
+            old = self._rows[max(len(self._rows) - (keep - block.shape[0]), 0) :]
+            self._rows = np.concatenate([old, block])
+
+    def last(self, n: int) -> NDArray[np.float32]:
+        """The last ``n`` rows (fewer if fewer were seen), oldest first."""
+        return self._rows[max(len(self._rows) - n, 0) :] if n > 0 else self._rows[:0]

@@ -8,6 +8,8 @@ import platform
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import psutil
@@ -15,15 +17,19 @@ import psutil
 from edge_node.app import EdgeNode, Timers
 from edge_node.batcher import ResultBatcher
 from edge_node.config import NodeConfig, SourceSection, read_password
+from edge_node.control import Control, ControlSettings
 from edge_node.events import EpisodeConfig
+from edge_node.ledger import Ledger
 from edge_node.model_store import ModelStore
 from edge_node.outbox import Outbox
 from edge_node.outgoing import Sequencer
-from edge_node.pipeline import Pipeline
+from edge_node.pipeline import Pipeline, Scorer
+from edge_node.probation import ProbationPolicy
 from edge_node.runtime import ModelRuntime, runtime_info
 from edge_node.sources.base import Source
 from edge_node.sources.csv_replay import CsvReplay
 from edge_node.sources.simulator import PumpSimulator, parse_fault
+from edge_node.switcher import Switcher, open_active
 from edge_node.telemetry import PowerModel
 from edge_node.transport import MqttSettings, NodeTransport
 from schemas.codec import encode
@@ -61,6 +67,9 @@ SOURCES: dict[str, Callable[[SourceSection, float], Source]] = {"csv": _csv, "si
 def active_model(config: NodeConfig) -> tuple[ModelStore, ModelRef]:
     """The store and its active model, installing ``model.initial`` into a new store."""
     store = ModelStore(config.store_dir)
+    leftovers = store.clean()
+    if leftovers:
+        log.warning("model store: removed %d leftovers of an interrupted write", leftovers)
     active = store.state().active
     if active is None:
         if not config.model.initial:
@@ -78,39 +87,25 @@ def build_node(config: NodeConfig) -> EdgeNode:
     """Everything a node needs, wired; raises SettingsError / SourceError / ModelError."""
     started = time.time()
     source = SOURCES[config.source.kind](config.source, started)
-    store, active = active_model(config)
-    runtime = ModelRuntime.load(
-        store.path(active), sensors=source.channels, threads=config.model.threads
-    )
+    store, _ = active_model(config)
+    load = partial(ModelRuntime.load, sensors=source.channels, threads=config.model.threads)
+    runtime, fallback = open_active(store, load)
+    if fallback:
+        log.error("%s", fallback)
     batcher = ResultBatcher(config.batch.max_readings, config.batch.max_age_s)
     events = EpisodeConfig(
         config.events.open_after, config.events.close_after, config.events.critical_ratio
     )
     pipeline = Pipeline(runtime, source.channels, batcher, events)
     seq = Sequencer(config.node.id, secrets.token_hex(4))
-    capabilities = _capabilities(source)
     will = encode(Status(**seq.peek(started), state="offline", started_at=started))
-    mqtt = config.mqtt
-    transport = NodeTransport(
-        MqttSettings(
-            host=mqtt.host,
-            port=mqtt.port,
-            client_id=config.node.id,
-            username=mqtt.username or config.node.id,
-            password=read_password(config),
-            keepalive_s=mqtt.keepalive_s,
-            tls_ca=mqtt.tls_ca,
-            tls_cert=mqtt.tls_cert,
-            tls_key=mqtt.tls_key,
-            max_inflight=mqtt.max_inflight,
-            reconnect_min_s=mqtt.reconnect_min_s,
-            reconnect_max_s=mqtt.reconnect_max_s,
-        ),
-        will_topic=node_topic(config.node.id, Kind.STATUS),
-        will_payload=will,
-        subscriptions=[],
-    )
+    transport = _transport(config, will)
+    control = _control(config, seq, _switcher(config, store, pipeline, load), transport)
+    if fallback:
+        control.errors["model_fallback"] += 1
+    transport.subscribe(control.cmd_topic)
     outbox = Outbox(config.outbox_path, config.outbox.max_bytes)
+    active = runtime.ref
     log.info(
         "node %s boot %s: model %s@%s, outbox %s (%d queued)",
         config.node.id,
@@ -124,14 +119,73 @@ def build_node(config: NodeConfig) -> EdgeNode:
         seq=seq,
         source=source,
         pipeline=pipeline,
+        control=control,
         outbox=outbox,
         transport=transport,
         timers=Timers(
             config.telemetry.interval_s, config.telemetry.drift_interval_s, config.outbox.max_handed
         ),
         power=PowerModel(config.power.idle_w, config.power.per_core_w),
-        capabilities=capabilities,
+        capabilities=_capabilities(source),
         started_at=started,
+    )
+
+
+def _switcher(
+    config: NodeConfig, store: ModelStore, pipeline: Pipeline, load: Callable[[Path], Scorer]
+) -> Switcher:
+    cmds = config.commands
+    return Switcher(
+        store=store,
+        pipeline=pipeline,
+        load=load,
+        # One worker: model operations run one at a time, off the scoring thread.
+        executor=ThreadPoolExecutor(max_workers=1, thread_name_prefix="model-loader"),
+        probation=ProbationPolicy(runs=cmds.probation_runs, latency_factor=cmds.latency_factor),
+    )
+
+
+def _control(
+    config: NodeConfig, seq: Sequencer, switcher: Switcher, transport: NodeTransport
+) -> Control:
+    cmds = config.commands
+    return Control(
+        ControlSettings(
+            node=config.node.id,
+            channels=switcher.pipeline.source_channels,
+            chunk_timeout_s=cmds.chunk_timeout_s,
+            chunk_retries=cmds.chunk_retries,
+            capture_buffer=cmds.capture_buffer,
+        ),
+        seq=seq,
+        switcher=switcher,
+        subscriber=transport,
+        ledger=Ledger(config.commands_path),
+        started=time.monotonic(),
+    )
+
+
+def _transport(config: NodeConfig, will: bytes) -> NodeTransport:
+    mqtt = config.mqtt
+    return NodeTransport(
+        MqttSettings(
+            host=mqtt.host,
+            port=mqtt.port,
+            client_id=config.node.id,
+            username=mqtt.username or config.node.id,
+            password=read_password(config),
+            keepalive_s=mqtt.keepalive_s,
+            tls_ca=mqtt.tls_ca,
+            tls_cert=mqtt.tls_cert,
+            tls_key=mqtt.tls_key,
+            max_inflight=mqtt.max_inflight,
+            reconnect_min_s=mqtt.reconnect_min_s,
+            reconnect_max_s=mqtt.reconnect_max_s,
+            session_expiry_s=mqtt.session_expiry_s,
+        ),
+        will_topic=node_topic(config.node.id, Kind.STATUS),
+        will_payload=will,
+        subscriptions=[],
     )
 
 

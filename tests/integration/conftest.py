@@ -11,7 +11,7 @@ import pytest
 from tests.broker import INSTALL_HINT, Broker, find_mosquitto
 
 HUB = "hub"
-NODES = ("node-a", "node-b", "node-c", "pump-1", "pump-2", "pump-3")
+NODES = ("node-a", "node-b", "node-c", "pump-1", "pump-2", "pump-3", "life-1", "life-2", "life-3")
 
 
 def _users() -> dict[str, str]:

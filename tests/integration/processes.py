@@ -79,7 +79,29 @@ class Hub(Proc):
             "CLOUD_HUB__STORE__DB": str(self.db),
             "CLOUD_HUB__METRICS__PORT": str(self.metrics_port),
         }
+        self.env = env
         super().__init__([_script("cloud-hub"), "serve"], env, workdir / "hub.log")
+
+    def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+        """Run ``cloud-hub ARGS`` against the same broker and stores as this hub."""
+        return subprocess.run(
+            [_script("cloud-hub"), *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def cli_async(self, *args: str) -> subprocess.Popen[str]:
+        """Start ``cloud-hub ARGS`` without waiting for it."""
+        return subprocess.Popen(
+            [_script("cloud-hub"), *args],
+            env={**os.environ, **self.env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
     def samples(self) -> Samples:
         """Every sample on /metrics, keyed by (name, sorted labels)."""
@@ -107,8 +129,11 @@ class Hub(Proc):
         return True
 
 
-def node_config(path: Path, *, node: str, broker: Broker, model_dir: Path, source: str) -> Path:
-    """Write a node's TOML config; ``source`` is the body of its [source] table."""
+def node_config(
+    path: Path, *, node: str, broker: Broker, model_dir: Path, source: str, extra: str = ""
+) -> Path:
+    """Write a node's TOML config; ``source`` is the body of its [source] table, ``extra``
+    more tables."""
     data = path.parent / f"{node}-data"
     path.write_text(
         f'[node]\nid = "{node}"\ndata_dir = "{data}"\n'
@@ -116,7 +141,7 @@ def node_config(path: Path, *, node: str, broker: Broker, model_dir: Path, sourc
         "reconnect_min_s = 1\nreconnect_max_s = 2\n"
         f'[model]\ninitial = "{model_dir}"\n'
         "[telemetry]\ninterval_s = 1.0\ndrift_interval_s = 2.0\n"
-        f"[source]\n{source}\n"
+        f"[source]\n{source}\n{extra}"
     )
     return path
 

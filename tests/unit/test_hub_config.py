@@ -115,3 +115,22 @@ def test_serve_with_missing_config_file_exits_2(
 ) -> None:
     assert main(["serve", "--config", str(tmp_path / "absent.toml")]) == 2
     assert "absent.toml" in capsys.readouterr().err
+
+
+def test_store_files_default_to_the_folder_of_the_registry() -> None:
+    store = load_hub_config(None, {"CLOUD_HUB__STORE__DB": "/data/hub/hub.db"}).store
+    assert store.ledger_path() == Path("/data/hub/ledger.db")
+    assert store.models_path() == Path("/data/hub/models")
+    assert store.captures_path() == Path("/data/hub/captures")
+
+
+def test_store_files_can_be_placed_elsewhere(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, '[store]\nledger_db = "/l/ledger.db"\nmodels_dir = "/m"\ncaptures_dir = "/c"\n'
+    )
+    store = load_hub_config(path, {}).store
+    assert (store.ledger_path(), store.models_path(), store.captures_path()) == (
+        Path("/l/ledger.db"),
+        Path("/m"),
+        Path("/c"),
+    )

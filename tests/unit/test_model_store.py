@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from edge_node.model_store import ModelStore, StoreError
-from schemas.manifest import encode_manifest
+from edge_node.model_store import ModelStore, StoreError, StoreState
+from schemas.manifest import Manifest, decode_manifest, encode_manifest
 from schemas.messages import ModelRef
 from schemas.samples import MANIFEST
 
@@ -69,3 +71,95 @@ def test_bad_manifest_is_named(tmp_path: Path) -> None:
     (folder / "manifest.json").write_text('{"name": 3}')
     with pytest.raises(ValueError, match=r"manifest\.json"):
         ModelStore(tmp_path / "store").install(folder)
+
+
+def _manifest_for(model: bytes, version: str) -> Manifest:
+    return msgspec.structs.replace(
+        MANIFEST, version=version, sha256=hashlib.sha256(model).hexdigest()
+    )
+
+
+def test_install_bytes_writes_a_complete_version(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    ref = store.install_bytes(_manifest_for(b"weights-5", "5"), b"weights-5")
+    assert ref == ModelRef("pump-pca", "5")
+    assert (store.path(ref) / "model.onnx").read_bytes() == b"weights-5"
+    assert decode_manifest((store.path(ref) / "manifest.json").read_bytes()).version == "5"
+    assert not [p for p in store.path(ref).parent.iterdir() if p.name.startswith(".")]
+
+
+def test_install_bytes_refuses_bytes_that_are_not_the_manifests(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    with pytest.raises(StoreError, match="sha256"):
+        store.install_bytes(_manifest_for(b"weights-5", "5"), b"weights-X")
+    assert store.versions() == []
+
+
+def test_install_bytes_replaces_a_corrupt_copy_and_keeps_a_good_one(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    manifest = _manifest_for(b"weights-5", "5")
+    ref = store.install_bytes(manifest, b"weights-5")
+    (store.path(ref) / "model.onnx").write_bytes(b"bit rot")
+    store.install_bytes(manifest, b"weights-5")
+    assert (store.path(ref) / "model.onnx").read_bytes() == b"weights-5"
+    mtime = (store.path(ref) / "model.onnx").stat().st_mtime_ns
+    store.install_bytes(manifest, b"weights-5")
+    assert (store.path(ref) / "model.onnx").stat().st_mtime_ns == mtime
+
+
+def test_a_crash_between_install_and_activate_keeps_the_old_model(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    v1 = store.install(_model_dir(tmp_path, "1"))
+    store.activate(v1)
+    store.install_bytes(_manifest_for(b"weights-2", "2"), b"weights-2")
+    # ... the process dies here, before activate ...
+    restarted = ModelStore(tmp_path / "store")
+    assert restarted.state() == StoreState(v1, None)
+
+
+def test_rollback_swaps_active_and_previous(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    v1, v2 = (store.install(_model_dir(tmp_path, v)) for v in "12")
+    with pytest.raises(StoreError, match="no previous model"):
+        store.rollback()
+    store.activate(v1)
+    store.activate(v2)
+    assert store.rollback() == StoreState(v1, v2)
+    assert ModelStore(tmp_path / "store").state() == StoreState(v1, v2)
+    assert store.rollback() == StoreState(v2, v1)
+
+
+def test_restore_writes_an_earlier_state_of_installed_versions_only(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    v1 = store.install(_model_dir(tmp_path, "1"))
+    assert store.restore(StoreState(v1, None)) == StoreState(v1, None)
+    with pytest.raises(StoreError, match="not installed"):
+        store.restore(StoreState(v1, ModelRef("pump-pca", "9")))
+    assert store.state() == StoreState(v1, None)
+
+
+def test_prune_keeps_active_previous_and_the_newest_others(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    refs = []
+    for i in range(1, 7):
+        ref = store.install_bytes(_manifest_for(b"w%d" % i, str(i)), b"w%d" % i)
+        os.utime(store.path(ref), (1000.0 + i, 1000.0 + i))  # installed in this order
+        refs.append(ref)
+    store.activate(refs[0])
+    store.activate(refs[2])  # active 3, previous 1
+    pruned = store.prune(keep=2)
+    assert pruned == [refs[1], refs[3]]
+    assert set(store.versions()) == {refs[0], refs[2], refs[4], refs[5]}
+
+
+def test_clean_removes_what_a_crash_left_behind(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    v1 = store.install(_model_dir(tmp_path, "1"))
+    store.activate(v1)
+    half = store.root / "versions" / "pump-pca" / ".incoming-crashed"
+    half.mkdir()
+    (half / "model.onnx").write_bytes(b"half")
+    (store.root / ".state-crashed").write_text("{half")
+    assert store.clean() == 2
+    assert not half.exists() and not (store.root / ".state-crashed").exists()
+    assert store.state().active == v1 and store.versions() == [v1]

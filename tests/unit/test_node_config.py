@@ -81,3 +81,15 @@ def test_password_file_is_read_and_stripped(tmp_path: Path) -> None:
         _write(tmp_path, f'[node]\nid = "p"\n[mqtt]\npassword_file = "{secret}"\n'), {}
     )
     assert read_password(config) == "s3cret"
+
+
+def test_command_settings_have_defaults_and_overrides(tmp_path: Path) -> None:
+    path = _write(tmp_path, '[node]\nid = "p"\ndata_dir = "d"\n[commands]\nchunk_retries = 2\n')
+    config = load_config(path, {"EDGE_NODE__COMMANDS__CHUNK_TIMEOUT_S": "1.5"})
+    c = config.commands
+    assert (c.chunk_timeout_s, c.chunk_retries, c.capture_buffer) == (1.5, 2, 20_000)
+    assert (c.probation_runs, c.latency_factor) == (20, 20.0)
+    assert config.mqtt.session_expiry_s == 3600
+    assert config.commands_path == Path("d/commands.json")
+    with pytest.raises(SettingsError, match=r"commands\.probation_runs"):
+        load_config(_write(tmp_path, '[node]\nid = "p"\n[commands]\nprobation_runs = 0\n'), {})

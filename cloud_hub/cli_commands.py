@@ -1,0 +1,298 @@
+"""``cloud-hub deploy | rollback | ping | retrain``: send a command, wait for the acks, report.
+
+Each exits 0 only when every target node applied its command, 1 when any failed, was rejected
+or did not answer in time, 2 for a usage or settings error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from cloud_hub.captures import CaptureAssembly, CaptureData, CaptureError
+from cloud_hub.catalog import Catalog, CatalogEntry
+from cloud_hub.cli_args import (
+    UsageError,
+    model_name,
+    model_version,
+    node_id,
+    non_negative,
+    positive,
+    positive_int,
+)
+from cloud_hub.cli_session import Session, load_config
+from cloud_hub.commander import (
+    DEFAULT_EXPIRES_IN_S,
+    DEFAULT_SETTLE_S,
+    EXIT_FAILED,
+    EXIT_OK,
+    Issue,
+    Tracker,
+    build_deploy,
+    build_ping,
+    build_retrain,
+    build_rollback,
+    new_command_id,
+)
+from cloud_hub.config import HubConfig
+from cloud_hub.registry import Registry, RegistryError
+from schemas.commands import DEFAULT_CHUNK_SIZE
+from schemas.messages import Capture, Command
+from schemas.topics import ROOT, Kind
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT_S = 120.0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the command subcommands to ``sub`` (``common``: --config, --timeout, logging)."""
+    deploy = sub.add_parser("deploy", parents=[common], help="deploy a catalog model to nodes")
+    deploy.add_argument("--model", required=True, type=model_name, help="model name")
+    deploy.add_argument("--version", required=True, type=model_version, help="model version")
+    _add_nodes(deploy)
+    _add_expiry(deploy)
+    _add_deploy_options(deploy)
+    deploy.set_defaults(run=run_deploy)
+
+    for name, text in (("rollback", "go back to the previous model"), ("ping", "ask for status")):
+        parser = sub.add_parser(name, parents=[common], help=text)
+        _add_nodes(parser)
+        _add_expiry(parser)
+        parser.set_defaults(run=run_simple)
+
+    retrain = sub.add_parser(
+        "retrain", parents=[common], help="capture readings on a node and train a new version"
+    )
+    retrain.add_argument("--node", required=True, type=node_id, help="node to capture on")
+    retrain.add_argument("--readings", required=True, type=positive_int, metavar="R")
+    retrain.add_argument("--mode", choices=["next", "last"], default="next")
+    retrain.add_argument("--name", type=model_name, help="model name (default: the node's)")
+    retrain.add_argument("--deploy", action="store_true", help="deploy the new version to it")
+    _add_expiry(retrain)
+    _add_deploy_options(retrain)
+    retrain.set_defaults(run=run_retrain)
+
+
+def _add_nodes(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--node", action="append", required=True, type=node_id, help="target node (repeatable)"
+    )
+
+
+def _add_expiry(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--expires-in",
+        type=positive,
+        default=DEFAULT_EXPIRES_IN_S,
+        metavar="S",
+        help=f"nodes ignore the command after S seconds (default {DEFAULT_EXPIRES_IN_S:g})",
+    )
+
+
+def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--chunk-size",
+        type=positive_int,
+        default=DEFAULT_CHUNK_SIZE,
+        metavar="B",
+        help=f"bytes per model chunk (default {DEFAULT_CHUNK_SIZE})",
+    )
+    parser.add_argument(
+        "--settle",
+        type=non_negative,
+        default=DEFAULT_SETTLE_S,
+        metavar="S",
+        help="after every node applied, listen S seconds more for a rollback on probation "
+        f"(default {DEFAULT_SETTLE_S:g})",
+    )
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """``cloud-hub deploy``."""
+    config = load_config(args.config)
+    entry = _catalog_entry(config, args.model, args.version)
+    with Session(config, "deploy") as session:
+        return deploy(session, entry, _unique(args.node), args)
+
+
+def deploy(session: Session, entry: CatalogEntry, nodes: list[str], args: Any) -> int:
+    """Send ``entry`` to ``nodes`` over an open session and wait for their answers."""
+    session.listen(nodes, [Kind.ACK], [f"{ROOT}/models/{entry.name}/{entry.version}/+"])
+    issue = Issue(session.identity, session.clock(), args.expires_in)
+    commands: list[Command] = [
+        build_deploy(
+            issue,
+            node,
+            manifest=entry.manifest,
+            size=entry.size,
+            chunk_size=args.chunk_size,
+            command_id=new_command_id(),
+        )
+        for node in nodes
+    ]
+    return _run(session, commands, args.timeout, args.settle)
+
+
+def run_simple(args: argparse.Namespace) -> int:
+    """``cloud-hub rollback`` and ``cloud-hub ping``."""
+    build = build_rollback if args.command == "rollback" else build_ping
+    nodes = _unique(args.node)
+    with Session(load_config(args.config), args.command) as session:
+        session.listen(nodes, [Kind.ACK])
+        issue = Issue(session.identity, session.clock(), args.expires_in)
+        commands: list[Command] = [build(issue, node, new_command_id()) for node in nodes]
+        return _run(session, commands, args.timeout)
+
+
+def _run(session: Session, commands: list[Command], timeout: float, settle: float = 0.0) -> int:
+    tracker = Tracker(commands, session.clock(), timeout, settle)
+    session.send(commands)
+    session.follow(tracker)
+    session.print_report(tracker.report())
+    return tracker.exit_code()
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    """``cloud-hub retrain``: capture on the node, train, register, optionally deploy."""
+    config = load_config(args.config)
+    with Session(config, "retrain") as session:
+        return retrain(session, config, args)
+
+
+def retrain(session: Session, config: HubConfig, args: Any) -> int:
+    """Capture on ``args.node`` over an open session, train and register; maybe deploy."""
+    data, tracker = _capture(session, args)
+    if data is None:
+        session.print_report(tracker.report())
+        return EXIT_FAILED
+    session.print_report([_captured_line(args.node, data, session.clock() - tracker.started)])
+    name = args.name or _model_name(config, args.node, tracker)
+    if name is None:
+        session.print_report([f"{args.node}: cannot tell which model to retrain: pass --name"])
+        return EXIT_FAILED
+    try:
+        entry = _train_and_register(config, data, name, session.clock())
+    except ValueError as exc:
+        session.print_report([f"cannot train {name} on the capture: {exc}"])
+        return EXIT_FAILED
+    session.print_report([f"registered {entry.ref}"])
+    if not args.deploy:
+        return EXIT_OK
+    return deploy(session, entry, [args.node], args)
+
+
+def _capture(session: Session, args: Any) -> tuple[CaptureData | None, Tracker]:
+    """Send the retrain command and collect its capture chunks."""
+    session.listen([args.node], [Kind.ACK, Kind.CAPTURE])
+    mode: Literal["next", "last"] = args.mode
+    issue = Issue(session.identity, session.clock(), args.expires_in)
+    command = build_retrain(
+        issue, args.node, readings=args.readings, mode=mode, command_id=new_command_id()
+    )
+    assembly = CaptureAssembly(command.id, args.node)
+    tracker = Tracker([command], session.clock(), args.timeout)
+
+    def on_capture(chunk: Capture, now: float) -> None:
+        if chunk.command != command.id or chunk.node != args.node:
+            return
+        try:
+            assembly.add(chunk)
+        except CaptureError as exc:
+            log.warning("%s", exc)
+
+    def until(now: float) -> bool:
+        state = tracker.nodes[args.node].state
+        return assembly.complete or state in ("rejected", "failed") or now >= tracker.deadline
+
+    def describe() -> str:
+        return f"{tracker.progress()}, {_chunks_text(assembly)} captured"
+
+    session.on_capture = on_capture
+    session.send([command])
+    session.follow(tracker, until, describe)
+    if not assembly.complete:
+        progress = tracker.nodes[args.node]
+        if progress.state not in ("rejected", "failed"):
+            progress.state = "timeout"
+            progress.reason = f"capture incomplete: {_chunks_text(assembly)} arrived"
+        return None, tracker
+    return assembly.assemble(), tracker
+
+
+def _chunks_text(assembly: CaptureAssembly) -> str:
+    total = "?" if assembly.chunks is None else str(assembly.chunks)
+    return f"{assembly.received}/{total} chunks"
+
+
+def _captured_line(node: str, data: CaptureData, elapsed: float) -> str:
+    rows, cols = data.values.shape
+    return f"{node}  captured  {rows} readings of {cols} channels   {elapsed:.2f} s"
+
+
+def _model_name(config: HubConfig, node: str, tracker: Tracker) -> str | None:
+    """The node's active model: from the fleet registry, else from its ack."""
+    try:
+        registry = Registry(config.store.db, readonly=True)
+    except RegistryError:
+        registry = None
+    if registry is not None:
+        try:
+            rows = {r.node: r for r in registry.nodes()}
+        finally:
+            registry.close()
+        if node in rows and rows[node].active_model:
+            return rows[node].active_model
+    model = tracker.nodes[node].model
+    return model.name if model is not None else None
+
+
+def _train_and_register(
+    config: HubConfig, data: CaptureData, name: str, now: float
+) -> CatalogEntry:
+    """Train ``name`` at its next version on the capture and register it (ValueError: data)."""
+    from cloud_hub.onnx_export import train_model
+    from cloud_hub.trainer import TrainConfig
+
+    values = data.values[np.isfinite(data.values).all(axis=1)]
+    if len(values) < len(data.values):
+        log.warning("dropped %d readings with missing values", len(data.values) - len(values))
+    catalog = Catalog(config.store.models_path())
+    try:
+        version = catalog.next_version(name)
+        onnx_bytes, manifest = train_model(
+            values,
+            data.channels,
+            name=name,
+            version=version,
+            trained_by=f"retrain {data.command} on {data.node}",
+            config=TrainConfig(),
+            now=now,
+        )
+        return catalog.add(onnx_bytes, manifest, now, source=f"retrain {data.command}")
+    finally:
+        catalog.close()
+
+
+def _catalog_entry(config: HubConfig, name: str, version: str) -> CatalogEntry:
+    """The entry to deploy; its artifact is read once so a damaged file stops here."""
+    catalog = Catalog(config.store.models_path())
+    try:
+        entry = catalog.get(name, version)
+        if entry is None:
+            raise UsageError(
+                f"{name}@{version} is not in the catalog at {catalog.root}; "
+                "add it with: cloud-hub register DIR"
+            )
+        catalog.artifact(name, version)
+    finally:
+        catalog.close()
+    return entry
+
+
+def _unique(nodes: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(nodes))

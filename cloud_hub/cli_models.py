@@ -1,0 +1,123 @@
+"""``cloud-hub models | register | commands``: the catalog and the ledger as tables."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cloud_hub.catalog import Catalog, CatalogEntry
+from cloud_hub.cli_args import UsageError, node_id, positive_int
+from cloud_hub.cli_session import load_config
+from cloud_hub.commander import EXIT_OK
+from cloud_hub.ledger import CommandHistory, Ledger
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Add the catalog and ledger subcommands to ``sub``."""
+    models = sub.add_parser("models", parents=[common], help="show the model catalog")
+    models.set_defaults(run=run_models)
+
+    register = sub.add_parser(
+        "register", parents=[common], help="add a trained model folder to the catalog"
+    )
+    register.add_argument("dir", type=Path, metavar="DIR", help="folder with model.onnx")
+    register.set_defaults(run=run_register)
+
+    commands = sub.add_parser("commands", parents=[common], help="show the command ledger")
+    commands.add_argument("--node", type=node_id, help="only this node's commands")
+    commands.add_argument("--limit", type=positive_int, default=50, help="default 50")
+    commands.set_defaults(run=run_commands)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    """``cloud-hub models``."""
+    catalog = Catalog(load_config(args.config).store.models_path())
+    try:
+        print(format_models(catalog.list()))
+    finally:
+        catalog.close()
+    return EXIT_OK
+
+
+def run_register(args: argparse.Namespace) -> int:
+    """``cloud-hub register DIR``."""
+    config = load_config(args.config)
+    if not args.dir.is_dir():
+        raise UsageError(f"{args.dir} is not a folder")
+    print(register_folder(config.store.models_path(), args.dir, time.time()))
+    return EXIT_OK
+
+
+def register_folder(models_dir: Path, folder: Path, now: float) -> str:
+    """Register ``folder`` in the catalog at ``models_dir``; return ``name@version``."""
+    catalog = Catalog(models_dir)
+    try:
+        return catalog.register(folder, now).ref
+    finally:
+        catalog.close()
+
+
+def run_commands(args: argparse.Namespace) -> int:
+    """``cloud-hub commands``."""
+    ledger = Ledger(load_config(args.config).store.ledger_path())
+    try:
+        print(format_commands(ledger.commands(args.node, args.limit)))
+    finally:
+        ledger.close()
+    return EXIT_OK
+
+
+def format_models(entries: Sequence[CatalogEntry]) -> str:
+    """The ``models`` table."""
+    header = ("MODEL", "VERSION", "ALGORITHM", "SIZE", "CHANNELS", "THRESHOLD", "CREATED", "BY")
+    rows = [
+        (
+            e.name,
+            e.version,
+            e.algorithm,
+            str(e.size),
+            str(len(e.channels)),
+            f"{e.threshold:.4g}",
+            _time(e.created_at),
+            e.trained_by,
+        )
+        for e in entries
+    ]
+    return _table(header, rows, "(no models: cloud-hub register DIR adds one)")
+
+
+def format_commands(history: Sequence[CommandHistory]) -> str:
+    """The ``commands`` table: newest first, each with its last status and reason."""
+    header = ("TIME", "ID", "TYPE", "NODE", "MODEL", "STATUS", "REASON")
+    rows = []
+    for h in history:
+        c, last = h.command, h.last
+        model = last.model if last is not None and last.model is not None else c.model
+        rows.append(
+            (
+                _time(c.issued_at),
+                c.id,
+                c.type,
+                c.node,
+                f"{model.name}@{model.version}" if model is not None else "-",
+                last.status if last is not None else "sent",
+                last.reason if last is not None else "",
+            )
+        )
+    return _table(header, rows, "(no commands yet)")
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], empty: str) -> str:
+    lines = [header, *rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+    return text if rows else f"{text}\n{empty}"
+
+
+def _time(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))

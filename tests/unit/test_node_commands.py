@@ -1,0 +1,270 @@
+"""The whole node loop answering commands over a fake MQTT transport (no broker, no sleeps)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import msgspec
+import numpy as np
+import pytest
+
+from cloud_hub.onnx_export import save_model, train_model
+from cloud_hub.trainer import TrainConfig
+from edge_node.app import EdgeNode, Timers
+from edge_node.batcher import ResultBatcher
+from edge_node.control import Control, ControlSettings
+from edge_node.events import EpisodeConfig
+from edge_node.ledger import Ledger
+from edge_node.model_store import ModelStore
+from edge_node.outbox import Outbox
+from edge_node.outgoing import Sequencer
+from edge_node.pipeline import Pipeline, Scorer
+from edge_node.probation import ProbationPolicy
+from edge_node.runtime import ModelRuntime
+from edge_node.sources.simulator import PumpSimulator
+from edge_node.switcher import Switcher
+from edge_node.telemetry import PowerModel
+from edge_node.transport import Connected, Event, Incoming, PubAck, Published
+from schemas.codec import decode, encode
+from schemas.commands import split_artifact
+from schemas.manifest import Manifest
+from schemas.messages import Capabilities, Deploy, ModelChunk, ModelRef, Ping
+from schemas.packing import unpack_f32
+from schemas.topics import model_chunk_topic
+
+P = ParamSpec("P")
+T = TypeVar("T")
+NODE = "pump-01"
+WALL = 1_767_225_600.0
+
+
+class InlineExecutor(Executor):
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as exc:
+            future.set_exception(exc)
+        return future
+
+
+class FakeTransport:
+    """Acknowledges every publish at once and records it; the test puts incoming messages."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.connected = threading.Event()
+        self.published: list[tuple[str, bytes, bool]] = []
+        self.topics: set[str] = set()
+        self._mid = 0
+
+    def start(self) -> None:
+        self.connected.set()
+        self.events.put(Connected(session_present=False))
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> Published:
+        self._mid += 1
+        self.published.append((topic, payload, retain))
+        self.events.put(PubAck(self._mid, True, "Success"))
+        return Published(self._mid, True, "")
+
+    def subscribe(self, topic: str) -> None:
+        self.topics.add(topic)
+
+    def unsubscribe(self, topic: str) -> None:
+        self.topics.discard(topic)
+
+    def stop(
+        self, offline_topic: str = "", offline_payload: bytes = b"", timeout: float = 2.0
+    ) -> None:
+        self.connected.clear()
+
+    def taken(self, kind: str) -> list[Any]:
+        """Decoded messages published on this node's ``kind`` topic, oldest first."""
+        topic = f"edgeml/v1/{NODE}/{kind}"
+        return [decode(kind, p) for t, p, _ in self.published if t == topic]
+
+
+def simulator() -> PumpSimulator:
+    return PumpSimulator(seed=3, rate_hz=1.0, speed=0, wall_start=WALL, faults=[], max_block=20)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, tuple[bytes, Manifest]]:
+    sim = PumpSimulator(seed=9, rate_hz=1.0, speed=0, wall_start=0.0, faults=[], max_block=800)
+    block = sim.poll(0.0)
+    assert block is not None
+    return {
+        v: train_model(
+            block.values[i * 400 : (i + 1) * 400],
+            sim.channels,
+            name="pump",
+            version=v,
+            trained_by="test",
+            config=TrainConfig(window=4),
+            now=0,
+        )
+        for i, v in enumerate(("1", "2"))
+    }
+
+
+class NanScorer:
+    def __init__(self, inner: ModelRuntime) -> None:
+        self.manifest, self.ref = inner.manifest, inner.ref
+
+    def score(self, windows: Any) -> tuple[Any, None]:
+        return np.full(len(windows), np.nan, np.float32), None
+
+
+def build(
+    root: Path, models: dict[str, tuple[bytes, Manifest]], nan_v2: bool = False
+) -> tuple[EdgeNode, FakeTransport]:
+    source = simulator()
+    store = ModelStore(root / "models")
+    save_model(root / "v1", *models["1"])
+    store.activate(store.install(root / "v1"))
+
+    def load(path: Path) -> Scorer:
+        runtime = ModelRuntime.load(path, sensors=source.channels)
+        return NanScorer(runtime) if nan_v2 and runtime.ref.version == "2" else runtime
+
+    pipeline = Pipeline(
+        load(store.path(ModelRef("pump", "1"))),
+        source.channels,
+        ResultBatcher(20, 1.0),
+        EpisodeConfig(),
+    )
+    seq = Sequencer(NODE, "boot-1")
+    transport = FakeTransport()
+    switcher = Switcher(
+        store=store,
+        pipeline=pipeline,
+        load=load,
+        executor=InlineExecutor(),
+        probation=ProbationPolicy(runs=3),
+    )
+    control = Control(
+        ControlSettings(NODE, source.channels),
+        seq=seq,
+        switcher=switcher,
+        subscriber=transport,
+        ledger=Ledger(root / "commands.json"),
+        started=0.0,
+    )
+    node = EdgeNode(
+        seq=seq,
+        source=source,
+        pipeline=pipeline,
+        control=control,
+        outbox=Outbox(root / "outbox.db", 10_000_000),
+        transport=transport,
+        timers=Timers(telemetry_s=3600.0, drift_s=3600.0, max_handed=100),
+        power=PowerModel(),
+        capabilities=Capabilities(
+            channels=source.channels,
+            sample_hz=1.0,
+            memory_mb=1.0,
+            cpu_count=1,
+            onnx_opset=17,
+            ort_version="x",
+            platform="test",
+        ),
+        started_at=WALL,
+    )
+    node.start(0.0, WALL)
+    return node, transport
+
+
+def steps(node: EdgeNode, n: int, start: float = 0.0) -> None:
+    for i in range(n):
+        node.step(start + i, WALL + start + i, idle_wait=0.0)
+
+
+def deploy(node: EdgeNode, transport: FakeTransport, onnx: bytes, manifest: Manifest) -> None:
+    parts = split_artifact(onnx, 256)
+    command = Deploy(
+        node=NODE,
+        boot="hub",
+        seq=1,
+        ts=WALL,
+        id="d-1",
+        issued_at=WALL,
+        expires_at=WALL + 600,
+        manifest=manifest,
+        size=len(onnx),
+        chunk_size=256,
+        chunks=len(parts),
+    )
+    transport.events.put(Incoming(f"edgeml/v1/{NODE}/cmd", encode(command)))
+    steps(node, 1, start=10.0)
+    ref = ModelRef(manifest.name, manifest.version)
+    for i, data in enumerate(parts):
+        chunk = ModelChunk(
+            node="hub", boot="h", seq=i, ts=WALL, model=ref, index=i, chunks=len(parts), data=data
+        )
+        transport.events.put(Incoming(model_chunk_topic(ref.name, ref.version, i), encode(chunk)))
+    steps(node, 1, start=11.0)
+
+
+def test_a_ping_over_the_transport_is_answered_through_the_outbox(
+    tmp_path: Path, models: dict[str, Any]
+) -> None:
+    node, transport = build(tmp_path, models)
+    ping = Ping(
+        node=NODE, boot="hub", seq=1, ts=WALL, id="p-1", issued_at=WALL, expires_at=WALL + 60
+    )
+    transport.events.put(Incoming(f"edgeml/v1/{NODE}/cmd", encode(ping)))
+    steps(node, 3)
+    (ack,) = transport.taken("ack")
+    assert (ack.command, ack.status, ack.model) == ("p-1", "applied", ModelRef("pump", "1"))
+
+
+def test_deploy_over_the_transport_switches_what_results_say(
+    tmp_path: Path, models: dict[str, Any]
+) -> None:
+    node, transport = build(tmp_path, models)
+    steps(node, 3)
+    deploy(node, transport, *models["2"])
+    steps(node, 3, start=12.0)
+    acks = transport.taken("ack")
+    assert [(a.status, a.model.version) for a in acks] == [("accepted", "2"), ("applied", "2")]
+    results = transport.taken("result")
+    assert [r.model.version for r in results][-2:] == ["2", "2"]
+    pending = sum(b.n for b in node.pipeline.flush(0.0, force=True))
+    assert sum(r.n for r in results) + pending == 8 * 20, "every reading went out once"
+    births = [decode("status", p) for t, p, retain in transport.published if t.endswith("/status")]
+    assert [b.models[0].version for b in births] == ["1", "2"], "a new birth names the new model"
+    assert transport.topics == set(), "no chunk subscription is left behind"
+
+
+def test_a_probation_rollback_is_reported_at_once(tmp_path: Path, models: dict[str, Any]) -> None:
+    node, transport = build(tmp_path, models, nan_v2=True)
+    steps(node, 3)
+    deploy(node, transport, *models["2"])
+    steps(node, 1, start=12.0)
+    acks = transport.taken("ack")
+    assert [a.status for a in acks] == ["accepted", "applied", "failed"]
+    assert acks[-1].reason.startswith("rolled back to pump@1")
+    (telemetry,) = transport.taken("telemetry")
+    assert telemetry.rollbacks == 1 and telemetry.errors == {"rollback": 1}
+    results = transport.taken("result")
+    assert all(np.isfinite(unpack_f32(r.scores)).all() for r in results)
+    assert {r.model.version for r in results} == {"1"}
+
+
+def test_bad_command_payloads_are_counted_not_fatal(tmp_path: Path, models: dict[str, Any]) -> None:
+    node, transport = build(tmp_path, models)
+    transport.events.put(Incoming(f"edgeml/v1/{NODE}/cmd", b"\xc1"))
+    transport.events.put(
+        Incoming(f"edgeml/v1/{NODE}/cmd", msgspec.msgpack.encode({"type": "reboot", "id": "x"}))
+    )
+    steps(node, 2)
+    node.step(4000.0, WALL + 4000.0, idle_wait=0.0)  # telemetry is due
+    (telemetry,) = transport.taken("telemetry")
+    assert telemetry.errors == {"bad_command": 2}
+    assert transport.taken("ack") == []
