@@ -10,6 +10,7 @@ both seen by a watching client, so process start-up of the CLI is not counted.
 from __future__ import annotations
 
 import argparse
+import itertools
 import secrets
 import statistics
 import sys
@@ -37,29 +38,42 @@ class Watch:
         subscribe(self.client, "edgeml/v1/+/cmd")
         subscribe(self.client, "edgeml/v1/+/ack")
         subscribe(self.client, "edgeml/v1/+/result")
-        self.results: list[tuple[float, ResultBatch]] = []
+        self.results: list[ResultBatch] = []
 
     def command_round(self, hub: Hub, nodes: list[str], *args: str) -> float:
         """Seconds from the first command on the broker to the last node's final ack."""
         proc = hub.cli_async(*args, *[a for n in nodes for a in ("--node", n)])
         start: float | None = None
+        end = 0.0
         final: dict[str, str] = {}
         while len(final) < len(nodes):
             (message,) = receive(self.client, 1, 60)
-            now = time.perf_counter()
+            now = time.time()
             node, kind = message.topic.split("/")[2:4]
             if kind == "cmd" and start is None:
                 start = now
             elif kind == "result":
-                self.results.append((now, decode("result", bytes(message.payload))))
+                self.results.append(decode("result", bytes(message.payload)))
             elif kind == "ack":
                 ack = decode("ack", bytes(message.payload))
                 if ack.status in {"applied", "failed", "rejected"}:
                     final[node] = ack.status
-        proc.wait(60)
+                    end = now
+        proc.wait(60)  # the CLI itself may listen on for a rollback (its --settle)
         if set(final.values()) != {"applied"} or start is None:
             raise RuntimeError(f"{args[0]} did not apply everywhere: {final}")
-        return time.perf_counter() - start
+        return end - start
+
+    def collect(self, seconds: float) -> None:
+        """Keep the result batches that arrive in the next ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                (message,) = receive(self.client, 1, left)
+            except TimeoutError:
+                return
+            if message.topic.endswith("/result"):
+                self.results.append(decode("result", bytes(message.payload)))
 
 
 def main() -> None:
@@ -118,7 +132,8 @@ def _measure(hub: Hub, watch: Watch, nodes: list[str], rounds: int) -> None:
         deploy.append(
             watch.command_round(hub, nodes, "deploy", "--model", "pump-pca", "--version", "2")
         )
-        during = [r for _, r in watch.results]
+        watch.collect(2.0)  # the batches holding the readings scored during the deploy
+        scored, contiguous = _around_switch(watch.results, nodes[0])
         rollback.append(watch.command_round(hub, nodes, "rollback"))
     p, d, r = (statistics.median(x) for x in (ping, deploy, rollback))
     print(
@@ -126,11 +141,22 @@ def _measure(hub: Hub, watch: Watch, nodes: list[str], rounds: int) -> None:
         f"deploy {d * 1000:.0f} ms = {d / p:.1f} x ping, "
         f"rollback {r * 1000:.0f} ms = {r / p:.1f} x ping"
     )
+    print(
+        f"  {nodes[0]}, last deploy: readings in the batches from the command to 2 s after "
+        f"the ack {scored}; indexes contiguous across the switch: {contiguous}"
+    )
+
+
+def _around_switch(results: list[ResultBatch], node: str) -> tuple[dict[str, int], bool]:
+    """Readings of ``node`` in the batches received from the deploy command to two seconds
+    after its ack, by model; and whether their reading indexes run on without a hole."""
+    batches = sorted((b for b in results if b.node == node), key=lambda b: b.first)
     by_model: dict[str, int] = {}
-    for batch in during:
-        key = f"{batch.model.name}@{batch.model.version}"
-        by_model[key] = by_model.get(key, 0) + batch.n
-    print(f"  readings scored and published during the last deploy: {by_model}")
+    for b in batches:
+        key = f"{b.model.name}@{b.model.version}"
+        by_model[key] = by_model.get(key, 0) + b.n
+    contiguous = all(a.first + a.n == b.first for a, b in itertools.pairwise(batches))
+    return by_model, contiguous and bool(batches)
 
 
 def _gaps(hub: Hub, names: list[str]) -> None:

@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from cloud_hub.config import MqttConfig
 from schemas.topics import NODE_TO_HUB, subscription
@@ -258,9 +259,21 @@ class CommandClient:
     def connect(self, timeout: float) -> None:
         """Connect with a clean session; TransportError if refused or not within ``timeout``."""
         c = self._config
+        # A broker that is restarting refuses connections for a few seconds: keep trying, with
+        # backoff, for the whole timeout. TLS failures will not heal by themselves.
+        retrying = Retrying(
+            stop=stop_after_delay(timeout),
+            wait=wait_exponential(multiplier=0.25, max=4.0),
+            retry=retry_if_exception(
+                lambda e: isinstance(e, OSError) and not isinstance(e, ssl.SSLError)
+            ),
+            reraise=True,
+        )
         try:
-            self._client.connect(c.host, c.port, keepalive=c.keepalive_s, clean_start=True)
-        except (OSError, ssl.SSLError) as exc:
+            for attempt in retrying:
+                with attempt:
+                    self._client.connect(c.host, c.port, keepalive=c.keepalive_s, clean_start=True)
+        except OSError as exc:
             raise TransportError(f"cannot reach the broker at {c.host}:{c.port}: {exc}") from None
         self._client.loop_start()
         with self._cond:
