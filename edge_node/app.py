@@ -15,7 +15,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 import msgspec
 
@@ -244,13 +244,21 @@ class EdgeNode:
 
     def _queue(self, kind: Kind, message: msgspec.Struct) -> None:
         """Put one message in the outbox (its seq is spent even if the policy drops it)."""
+        topic, payload = node_topic(self.seq.node, kind), encode(message)
+        # A packet over the broker's limit gets the connection dropped, and paho would send it
+        # again after every reconnect: refuse it here. 16 bytes cover header and properties.
+        if len(payload) + len(topic) + 16 > self.timers.max_packet_bytes:
+            self.errors["too_large"] += 1
+            log.error(
+                "%s message of %d bytes exceeds the broker's packet limit %d; dropped",
+                kind.value,
+                len(payload),
+                self.timers.max_packet_bytes,
+            )
+            return
         try:
             self.outbox.put(
-                node_topic(self.seq.node, kind),
-                kind.value,
-                encode(message),
-                PRIORITY[kind],
-                protect=set(self._inflight.values()),
+                topic, kind.value, payload, PRIORITY[kind], protect=set(self._inflight.values())
             )
         except OutboxError as exc:
             self.errors["outbox_write"] += 1
@@ -262,21 +270,16 @@ class EdgeNode:
     def status_topic(self) -> str:
         return node_topic(self.seq.node, Kind.STATUS)
 
-    def _status(self, state: str) -> bytes:
-        models = [self.pipeline.scorer.ref] if state == "online" else []
+    def _status(self, state: Literal["online", "offline"]) -> bytes:
         return encode(
             Status(
                 **self.seq.peek(time.time()),
-                state="online" if state == "online" else "offline",
+                state=state,
                 started_at=self._started_at,
-                models=models,
+                models=[self.pipeline.scorer.ref] if state == "online" else [],
                 capabilities=self._capabilities,
             )
         )
-
-    def will(self) -> bytes:
-        """The last will: offline status, stamped now (the hub keeps the newest status)."""
-        return self._status("offline")
 
     def _handle_events(self, timeout: float) -> None:
         try:

@@ -123,7 +123,10 @@ def build_node(config: NodeConfig) -> EdgeNode:
         outbox=outbox,
         transport=transport,
         timers=Timers(
-            config.telemetry.interval_s, config.telemetry.drift_interval_s, config.outbox.max_handed
+            config.telemetry.interval_s,
+            config.telemetry.drift_interval_s,
+            config.outbox.max_handed,
+            config.mqtt.max_packet_bytes,
         ),
         power=PowerModel(config.power.idle_w, config.power.per_core_w),
         capabilities=_capabilities(source),

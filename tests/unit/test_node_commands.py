@@ -122,7 +122,10 @@ class NanScorer:
 
 
 def build(
-    root: Path, models: dict[str, tuple[bytes, Manifest]], nan_v2: bool = False
+    root: Path,
+    models: dict[str, tuple[bytes, Manifest]],
+    nan_v2: bool = False,
+    max_packet_bytes: int = 262144,
 ) -> tuple[EdgeNode, FakeTransport]:
     source = simulator()
     store = ModelStore(root / "models")
@@ -163,7 +166,9 @@ def build(
         control=control,
         outbox=Outbox(root / "outbox.db", 10_000_000),
         transport=transport,
-        timers=Timers(telemetry_s=3600.0, drift_s=3600.0, max_handed=100),
+        timers=Timers(
+            telemetry_s=3600.0, drift_s=3600.0, max_handed=100, max_packet_bytes=max_packet_bytes
+        ),
         power=PowerModel(),
         capabilities=Capabilities(
             channels=source.channels,
@@ -268,3 +273,17 @@ def test_bad_command_payloads_are_counted_not_fatal(tmp_path: Path, models: dict
     (telemetry,) = transport.taken("telemetry")
     assert telemetry.errors == {"bad_command": 2}
     assert transport.taken("ack") == []
+
+
+def test_messages_over_the_broker_packet_limit_are_refused_and_counted(
+    tmp_path: Path, models: dict[str, Any]
+) -> None:
+    """The broker would drop the connection for them, and paho resend them forever."""
+    small, small_transport = build(tmp_path / "small", models, max_packet_bytes=256)
+    normal, normal_transport = build(tmp_path / "normal", models)
+    for node in (small, normal):
+        steps(node, 60)
+    assert small.errors["too_large"] > 0
+    assert not small_transport.taken("result")
+    assert normal_transport.taken("result"), "a normal limit lets the same results through"
+    assert normal.errors["too_large"] == 0
