@@ -134,6 +134,7 @@ class EdgeNode:
 
     def start(self, now: float, wall: float) -> None:
         """Connect, and answer what a restart interrupted (``now`` monotonic, ``wall`` unix)."""
+        self.source.start(now, wall)
         self.transport.start()
         self._next_telemetry = now + self.timers.telemetry_s
         self._next_drift = now + self.timers.drift_s

@@ -48,6 +48,10 @@ class Source(Protocol):
     @property
     def exhausted(self) -> bool: ...
 
+    def start(self, now: float, wall: float) -> None:
+        """Pacing starts at monotonic ``now``, and the first reading is stamped ``wall``."""
+        ...
+
     def poll(self, now: float) -> Block | None: ...
 
 
@@ -83,6 +87,10 @@ class Pacer:
         self._speed = speed
         self._max_block = max_block
         self._start: float | None = None
+
+    def start(self, now: float) -> None:
+        """Start pacing at ``now`` instead of at the first call of :meth:`due`."""
+        self._start = now
 
     def due(self, now: float, emitted: int) -> int:
         """Number of readings to emit now, given ``emitted`` readings already handed out."""

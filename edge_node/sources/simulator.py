@@ -257,6 +257,12 @@ class PumpSimulator:
         """The injected faults."""
         return list(self._faults)
 
+    def start(self, now: float, wall: float) -> None:
+        """Pace from monotonic ``now``; stamp the first reading ``wall`` (the node calls this as
+        its loop starts, so that start-up time does not put the timestamps behind)."""
+        self._pacer.start(now)
+        self._wall_start = wall
+
     def poll(self, now: float) -> Block | None:
         """The readings due by monotonic time ``now``, or None."""
         n = self._pacer.due(now, self._emitted)

@@ -326,3 +326,14 @@ def test_simulator_rejects_bad_parameters() -> None:
         PumpSimulator(seed=1, rate_hz=0, wall_start=WALL)
     with pytest.raises(SourceError, match="max_block"):
         PumpSimulator(seed=1, wall_start=WALL, max_block=0)
+
+
+def test_start_sets_pacing_origin_and_first_timestamp() -> None:
+    """Readings are stamped from when the node starts its loop, not from construction."""
+    sim = PumpSimulator(seed=1, rate_hz=10.0, speed=1.0, wall_start=1000.0)
+    sim.start(50.0, 2000.0)
+    assert sim.poll(49.0) is None
+    first = sim.poll(50.0)
+    assert first is not None and first.t0 == 2000.0 and first.n == 1
+    later = sim.poll(50.35)
+    assert later is not None and later.t0 == pytest.approx(2000.1) and later.n == 3
