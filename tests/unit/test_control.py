@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -43,9 +43,8 @@ from schemas.messages import (
 )
 from schemas.packing import unpack_f32
 from schemas.topics import model_chunk_topic
+from tests.fakes import InlineExecutor, NanScorer
 
-P = ParamSpec("P")
-T = TypeVar("T")
 F32 = NDArray[np.float32]
 
 NODE = "pump-01"
@@ -81,18 +80,6 @@ def models() -> dict[str, tuple[bytes, Manifest]]:
     return {"1": _train("1", 0), "2": _train("2", 1)}
 
 
-class InlineExecutor(Executor):
-    """Runs each job at once on the calling thread (the loop's polling still decides when)."""
-
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        future: Future[T] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
-
-
 @dataclass
 class FakeSubscriber:
     topics: set[str] = field(default_factory=set)
@@ -105,16 +92,6 @@ class FakeSubscriber:
     def unsubscribe(self, topic: str) -> None:
         self.topics.discard(topic)
         self.log.append(f"-{topic}")
-
-
-class NanScorer:
-    """A real model that scores NaN: misbehaviour that only shows on real readings."""
-
-    def __init__(self, inner: ModelRuntime) -> None:
-        self.manifest, self.ref = inner.manifest, inner.ref
-
-    def score(self, windows: F32) -> tuple[F32, F32 | None]:
-        return np.full(len(windows), np.nan, np.float32), None
 
 
 class Node:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable
-from concurrent.futures import Executor, Future
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -36,21 +34,10 @@ from schemas.manifest import Manifest
 from schemas.messages import Capabilities, Deploy, ModelChunk, ModelRef, Ping
 from schemas.packing import unpack_f32
 from schemas.topics import model_chunk_topic
+from tests.fakes import InlineExecutor, NanScorer
 
-P = ParamSpec("P")
-T = TypeVar("T")
 NODE = "pump-01"
 WALL = 1_767_225_600.0
-
-
-class InlineExecutor(Executor):
-    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
-        future: Future[T] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except Exception as exc:
-            future.set_exception(exc)
-        return future
 
 
 class FakeTransport:
@@ -111,14 +98,6 @@ def models() -> dict[str, tuple[bytes, Manifest]]:
         )
         for i, v in enumerate(("1", "2"))
     }
-
-
-class NanScorer:
-    def __init__(self, inner: ModelRuntime) -> None:
-        self.manifest, self.ref = inner.manifest, inner.ref
-
-    def score(self, windows: Any) -> tuple[Any, None]:
-        return np.full(len(windows), np.nan, np.float32), None
 
 
 def build(
