@@ -259,7 +259,7 @@ class EdgeNode:
             return
         try:
             self.outbox.put(
-                topic, kind.value, payload, PRIORITY[kind], protect=set(self._inflight.values())
+                topic, kind.value, payload, PRIORITY[kind], handed_upto=self._last_handed
             )
         except OutboxError as exc:
             self.errors["outbox_write"] += 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Collection, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -92,11 +92,12 @@ class Outbox:
         kind: str,
         payload: bytes,
         priority: Priority,
-        protect: Collection[int] = (),
+        handed_upto: int = 0,
     ) -> int | None:
         """Store a message; return its id, or None when the policy dropped it instead.
 
-        ``protect`` lists ids that must not be dropped (those handed to the MQTT client).
+        Messages with ids up to ``handed_upto`` are with the MQTT client (it is handed them in id
+        order, and they leave the outbox on their PUBACK), so the policy never drops them.
         """
         size = len(payload)
         if size > self.max_bytes:
@@ -111,7 +112,7 @@ class Outbox:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                if not self._make_room(size, priority, protect):
+                if not self._make_room(size, priority, handed_upto):
                     self._count_drops({kind: 1}, in_transaction=True)
                     return None
                 cur = self._db.execute(
@@ -155,7 +156,7 @@ class Outbox:
     def close(self) -> None:
         self._db.close()
 
-    def _make_room(self, size: int, priority: Priority, protect: Collection[int]) -> bool:
+    def _make_room(self, size: int, priority: Priority, handed_upto: int) -> bool:
         """Drop old messages until ``size`` more bytes fit; False if the new one must go."""
         need = self._bytes + size - self.max_bytes
         if need <= 0:
@@ -164,13 +165,13 @@ class Outbox:
         freed = 0
         drops: dict[str, int] = {}
         rows = self._db.execute(
-            "SELECT id, kind, priority, LENGTH(payload) FROM outbox ORDER BY priority, id"
+            "SELECT id, kind, priority, LENGTH(payload) FROM outbox WHERE id > ? "
+            "ORDER BY priority, id",
+            (handed_upto,),
         )
         for row_id, kind, row_priority, length in rows:
             if row_priority > priority:
                 return False
-            if row_id in protect:
-                continue
             victims.append(row_id)
             drops[kind] = drops.get(kind, 0) + 1
             freed += length

@@ -65,7 +65,7 @@ def test_protected_messages_are_not_dropped(tmp_path: Path) -> None:
     first = box.put("a", "result", b"a" * 30, Priority.DATA)
     box.put("b", "result", b"b" * 30, Priority.DATA)
     assert first is not None
-    box.put("c", "result", b"c" * 30, Priority.DATA, protect={first})
+    box.put("c", "result", b"c" * 30, Priority.DATA, handed_upto=first)
     assert [e.topic for e in box.pending(10)] == ["a", "c"]
 
 
