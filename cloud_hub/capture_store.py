@@ -8,9 +8,8 @@ capture survives a restart of the hub half-way through its upload.
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-import tempfile
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Final
@@ -19,6 +18,7 @@ import numpy as np
 
 from cloud_hub.captures import CaptureAssembly, CaptureData, CaptureError
 from schemas.codec import DecodeError, decode, encode
+from schemas.files import atomic_write
 from schemas.messages import Capture
 from schemas.topics import TopicError, check_id
 
@@ -60,7 +60,7 @@ class CaptureStore:
         assembly.add(capture)
         chunk_file = folder / f"chunk-{capture.chunk:05d}.msgpack"
         if not chunk_file.exists():
-            _write_atomic(chunk_file, encode(capture))
+            atomic_write(chunk_file, encode(capture))
         if not assembly.complete:
             return
         data = assembly.assemble()
@@ -102,24 +102,17 @@ class CaptureStore:
 
 def save_capture(path: Path, data: CaptureData) -> None:
     """Write ``data`` as an .npz file, atomically."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(
-                handle,
-                values=data.values,
-                channels=np.array(data.channels),
-                t0=np.float64(data.t0),
-                period=np.float64(data.period),
-                node=np.array(data.node),
-                command=np.array(data.command),
-            )
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        values=data.values,
+        channels=np.array(data.channels),
+        t0=np.float64(data.t0),
+        period=np.float64(data.period),
+        node=np.array(data.node),
+        command=np.array(data.command),
+    )
+    atomic_write(path, buffer.getvalue())
 
 
 def load_capture(path: Path) -> CaptureData:
@@ -133,9 +126,3 @@ def load_capture(path: Path) -> CaptureData:
             period=float(npz["period"]),
             values=np.asarray(npz["values"], dtype=np.float32),
         )
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(data)
-    os.replace(temp, path)

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from schemas.messages import Capture
+from schemas.packing import unpack_f32
 
 F32 = NDArray[np.float32]
 
@@ -116,4 +117,4 @@ class CaptureAssembly:
 
 
 def _rows(chunk: Capture, columns: int) -> F32:
-    return np.frombuffer(chunk.data, dtype="<f4").reshape(chunk.n, columns).astype(np.float32)
+    return unpack_f32(chunk.data).reshape(chunk.n, columns)

@@ -22,11 +22,15 @@ from typing import Any, Final
 
 import msgspec
 
-from schemas.manifest import Manifest, decode_manifest, encode_manifest
+from schemas.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Manifest,
+    decode_manifest,
+    encode_manifest,
+)
 from schemas.topics import TopicError, check_id
 
-MODEL_FILE: Final = "model.onnx"
-MANIFEST_FILE: Final = "manifest.json"
 DB_FILE: Final = "catalog.db"
 SCHEMA_VERSION: Final = 1
 

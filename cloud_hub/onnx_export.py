@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,12 +27,19 @@ from cloud_hub.trainer import (
     score_numpy,
     sliding_windows,
 )
-from schemas.manifest import InputSpec, Manifest, OutputSpec, Resources, encode_manifest
+from schemas.files import atomic_write
+from schemas.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    InputSpec,
+    Manifest,
+    OutputSpec,
+    Resources,
+    encode_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
 SCORE = "score"
 CONTRIBUTIONS = "contributions"
 # ReduceSum takes its axes as an input from opset 13, ReduceMean only from opset 18.
@@ -172,8 +177,8 @@ def train_model(
 def save_model(directory: Path, onnx_bytes: bytes, manifest: Manifest) -> None:
     """Write ``model.onnx`` then ``manifest.json`` into ``directory``, each atomically."""
     directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / MODEL_FILE, onnx_bytes)
-    _atomic_write(directory / MANIFEST_FILE, encode_manifest(manifest))
+    atomic_write(directory / MODEL_FILE, onnx_bytes)
+    atomic_write(directory / MANIFEST_FILE, encode_manifest(manifest))
 
 
 def _reduce_mean(source: str, target: str, opset: int) -> onnx.NodeProto:
@@ -203,16 +208,3 @@ def _check_export(
 def _opset(onnx_bytes: bytes) -> int:
     proto = onnx.load_from_string(onnx_bytes)
     return next(int(o.version) for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -119,10 +119,6 @@ class Registry:
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db
 
-    def upsert(self, state: NodeState, now: float) -> None:
-        """Write one node's current state."""
-        self.upsert_many([state], now)
-
     def upsert_many(self, states: Iterable[NodeState], now: float) -> int:
         """Write several nodes in one transaction; return how many."""
         return self.write([row_of(s, now) for s in states])

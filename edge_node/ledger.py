@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
 from edge_node.commands import BOOK_CAPACITY, CommandBook
+from schemas.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,8 @@ class Ledger:
 
     def save(self, book: CommandBook) -> None:
         """Replace the file with ``book``, atomically."""
-        tmp: Path | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=".commands-", dir=self.path.parent)
-            tmp = Path(name)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(book.to_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
+            atomic_write(self.path, book.to_json())
         except OSError as exc:
-            if tmp is not None:
-                tmp.unlink(missing_ok=True)
             raise LedgerError(f"{self.path}: cannot save the command book: {exc}") from exc

@@ -19,15 +19,20 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.manifest import Manifest, decode_manifest, encode_manifest
+from schemas.files import atomic_write, fsync_dir
+from schemas.manifest import (
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Manifest,
+    decode_manifest,
+    encode_manifest,
+)
 from schemas.messages import ModelRef
 from schemas.topics import check_id
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
-_TEMP_PREFIXES = (".incoming-", ".state-", ".replaced-")
+_TEMP_PREFIXES = (".incoming-", ".state-", ".state.json.", ".replaced-")
 
 
 class StoreError(Exception):
@@ -108,7 +113,7 @@ class ModelStore:
                 os.replace(target, old / "version")
                 shutil.rmtree(old, ignore_errors=True)
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise StoreError(
@@ -189,13 +194,7 @@ class ModelStore:
 
     def _write_state(self, state: StoreState) -> None:
         body = json.dumps({"active": _raw(state.active), "previous": _raw(state.previous)})
-        fd, tmp = tempfile.mkstemp(prefix=".state-", dir=self.root)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(body)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.root / "state.json")
-        _fsync_dir(self.root)
+        atomic_write(self.root / "state.json", body.encode())
 
 
 def _ref(raw: object) -> ModelRef | None:
@@ -214,15 +213,3 @@ def _sha256(path: Path) -> str | None:
         return hashlib.sha256(path.read_bytes()).hexdigest()
     except OSError:
         return None
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

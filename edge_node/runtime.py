@@ -17,13 +17,11 @@ import onnxruntime as ort
 from numpy.typing import NDArray
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from schemas.manifest import Manifest, decode_manifest
+from schemas.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, decode_manifest
 from schemas.messages import ModelRef
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
 DEFAULT_MAX_BATCH = 1024
 _FLOAT = "tensor(float)"
 _WARMUP_ROWS = 2

@@ -11,6 +11,10 @@ import msgspec
 
 MANIFEST_SCHEMA = 1
 
+# A model folder (node store, hub catalog, trainer output) holds exactly these two files.
+MODEL_FILE = "model.onnx"
+MANIFEST_FILE = "manifest.json"
+
 
 class InputSpec(msgspec.Struct, kw_only=True):
     """The model's one input: float32 ``[batch, window, len(channels)]`` raw readings."""

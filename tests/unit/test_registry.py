@@ -74,10 +74,10 @@ def test_round_trip(tmp_path: Path) -> None:
 def test_upsert_replaces_the_row(tmp_path: Path) -> None:
     fleet = fleet_of("pump-01")
     registry = Registry(tmp_path / "hub.db")
-    registry.upsert(only(fleet, "pump-01"), NOW)
+    registry.upsert_many([only(fleet, "pump-01")], NOW)
     fleet.apply_telemetry(sample("telemetry", seq=50, outbox_depth=9), NOW + 10)
     fleet.apply_status(sample("status", state="offline", ts=NOW + 5), NOW + 20)
-    registry.upsert(only(fleet, "pump-01"), NOW + 21)
+    registry.upsert_many([only(fleet, "pump-01")], NOW + 21)
     [row] = registry.nodes()
     registry.close()
     assert (row.online, row.outbox_depth, row.updated_at) == (False, 9, NOW + 21)
