@@ -23,9 +23,10 @@ sys.path.insert(0, str(REPO))
 
 from schemas.codec import decode  # noqa: E402
 from schemas.messages import ResultBatch  # noqa: E402
-from tests.broker import Broker, close, mqtt_client, receive, subscribe  # noqa: E402
+from tests.broker import Broker  # noqa: E402
 from tests.integration import models  # noqa: E402
 from tests.integration.processes import Hub, Node, node_config  # noqa: E402
+from tests.mqtt_clients import close, mqtt_client, receive, subscribe  # noqa: E402
 
 SIM = 'kind = "sim"\nseed = {seed}\nrate_hz = 50\nspeed = 1\n'
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.broker import (
-    Broker,
+from tests.broker import Broker
+from tests.mqtt_clients import (
     close,
     mqtt_client,
     publish,

@@ -23,9 +23,10 @@ from schemas.codec import decode, encode
 from schemas.manifest import decode_manifest
 from schemas.messages import Ack, Deploy, Ping, ResultBatch
 from schemas.packing import unpack_f32
-from tests.broker import Broker, close, mqtt_client, receive, state, subscribe
+from tests.broker import Broker
 from tests.integration import models
 from tests.integration.processes import Hub, Node, node_config, wait_for
+from tests.mqtt_clients import close, mqtt_client, receive, state, subscribe
 
 pytestmark = pytest.mark.integration
 

@@ -17,8 +17,9 @@ from edge_node.runtime import ModelRuntime
 from edge_node.sources.csv_replay import read_csv
 from edge_node.window import Windower
 from schemas.codec import decode
-from tests.broker import Broker, mqtt_client, publish
+from tests.broker import Broker
 from tests.integration.processes import Hub, Node, node_config, wait_for
+from tests.mqtt_clients import mqtt_client, publish
 
 pytestmark = pytest.mark.integration
 
