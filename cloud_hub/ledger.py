@@ -212,13 +212,12 @@ class Ledger:
         acks: dict[tuple[str, str], list[AckRecord]] = {}
         for chunk in _batches(sorted({r.id for r in records}), 500):
             marks = ", ".join("?" * len(chunk))
-            sql = (
-                f"SELECT {_ACK_COLUMNS} FROM acks WHERE command IN ({marks}) "
-                "ORDER BY ts, seq, received_at"
-            )
+            sql = f"SELECT {_ACK_COLUMNS} FROM acks WHERE command IN ({marks})"
             for row in self._read(sql, tuple(chunk)):
                 ack = _ack(row)
                 acks.setdefault((ack.command, ack.node), []).append(ack)
+        for answers in acks.values():
+            _in_node_order(answers)
         return [CommandHistory(r, acks.get((r.id, r.node), [])) for r in records]
 
     def _unrecorded(self, node: str | None, limit: int) -> list[CommandRecord]:
@@ -274,6 +273,15 @@ def _command(row: tuple[Any, ...]) -> CommandRecord:
         args=msgspec.json.decode(args),
         issued_by=issued_by,
     )
+
+
+def _in_node_order(acks: list[AckRecord]) -> None:
+    """Sort one node's acks as it sent them: ``seq`` orders a boot, and boots follow each other
+    in time (node clocks only order whole boots, so a clock step cannot reorder a boot)."""
+    boot_start: dict[str, float] = {}
+    for a in acks:
+        boot_start[a.boot] = min(a.ts, boot_start.get(a.boot, a.ts))
+    acks.sort(key=lambda a: (boot_start[a.boot], a.boot, a.seq))
 
 
 def _ack(row: tuple[Any, ...]) -> AckRecord:

@@ -320,8 +320,7 @@ class EdgeNode:
                     "disconnected (%s); scoring goes on, messages wait in the outbox", reason
                 )
             case Incoming(topic=topic, payload=payload):
-                # The step's clock, so every message of a step carries the same ts and the
-                # hub's (ts, seq) order is the order the node queued them in.
+                # The step's clock (passed in to step(), so tests drive time), not a new reading.
                 now, wall = self._clock
                 self._queue_all(self.control.on_message(topic, payload, now, wall))
 

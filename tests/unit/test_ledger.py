@@ -86,6 +86,24 @@ def test_acks_come_back_in_the_order_the_node_sent_them(ledger: Ledger) -> None:
     assert history.last is not None and history.last.status == "applied"
 
 
+def test_seq_orders_acks_within_a_boot_whatever_their_timestamps(ledger: Ledger) -> None:
+    """A node stamps messages as it builds them; seq is the order it queued them in."""
+    ledger.record_command(record_of(deploy("c1", "pump-1", T0), "t"))
+    ledger.record_ack(ack("c1", "pump-1", 21, "applied", T0 + 1.0), T0 + 2)
+    ledger.record_ack(ack("c1", "pump-1", 20, "accepted", T0 + 1.5), T0 + 2)
+    [history] = ledger.commands()
+    assert [a.status for a in history.acks] == ["accepted", "applied"]
+
+
+def test_a_restarted_nodes_acks_follow_its_earlier_boot(ledger: Ledger) -> None:
+    """seq starts again at 0 in a new boot; the boots are ordered by time."""
+    ledger.record_command(record_of(deploy("c1", "pump-1", T0), "t"))
+    ledger.record_ack(ack("c1", "pump-1", 0, "failed", T0 + 30, boot="b2"), T0 + 31)
+    ledger.record_ack(ack("c1", "pump-1", 40, "accepted", T0 + 1), T0 + 2)
+    [history] = ledger.commands()
+    assert [(a.boot, a.status) for a in history.acks] == [("b1", "accepted"), ("b2", "failed")]
+
+
 def test_the_same_ack_from_two_connections_is_stored_once(tmp_path: Path) -> None:
     serve, cli = Ledger(tmp_path / "l.db"), Ledger(tmp_path / "l.db")
     try:
