@@ -103,7 +103,6 @@ class EdgeNode:
         self.transport = transport
         self.timers = timers
         self.errors: Counter[str] = Counter()
-        self.refused = 0
         self._power = power
         self._capabilities = capabilities
         self._started_at = started_at
@@ -236,7 +235,7 @@ class EdgeNode:
                 power_method=method,
                 outbox_depth=self.outbox.depth,
                 outbox_bytes=self.outbox.size_bytes,
-                dropped=sum(self.outbox.dropped.values()) + self.refused,
+                dropped=sum(self.outbox.dropped.values()) + self.errors["broker_refused"],
                 errors=dict(self.errors + self.control.errors),
                 model=self.pipeline.scorer.ref,
                 rollbacks=self.control.rollbacks,
@@ -308,7 +307,6 @@ class EdgeNode:
                     return
                 acked.append(outbox_id)
                 if not ok:
-                    self.refused += 1
                     self.errors["broker_refused"] += 1
                     log.warning("broker refused message %d: %s", outbox_id, reason)
             case Connected():
