@@ -1,12 +1,15 @@
 """Write the JSON Schema files and golden payloads from the code: ``python -m schemas.generate``.
 
 ``--check`` writes nothing and exits 1 when a committed file differs from what the code makes.
+Descriptions come from docstrings; they are normalised (paragraphs kept, lines joined, white
+space folded) so that how a msgspec or Python release indents docstrings never shows as drift.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,10 +31,29 @@ _NOTE = (
 def json_schema(message_type: str) -> dict[str, Any]:
     """The JSON Schema of one message type (``manifest`` for the model manifest)."""
     typ = Manifest if message_type == "manifest" else MESSAGE_TYPES[message_type]
-    schema = msgspec.json.schema(typ)
+    schema: dict[str, Any] = _normalised(msgspec.json.schema(typ))
     schema["$comment"] = _NOTE
     schema["title"] = f"edgeml/v1 {message_type}"
     return schema
+
+
+def _normalised(node: Any) -> Any:
+    """``node`` with every ``description`` folded to single-spaced paragraphs."""
+    if isinstance(node, dict):
+        return {
+            key: _fold(value)
+            if key == "description" and isinstance(value, str)
+            else _normalised(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_normalised(item) for item in node]
+    return node
+
+
+def _fold(text: str) -> str:
+    paragraphs = (" ".join(part.split()) for part in re.split(r"\n\s*\n", text.strip()))
+    return "\n\n".join(p for p in paragraphs if p)
 
 
 def expected_files() -> dict[Path, bytes]:

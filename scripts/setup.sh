@@ -45,16 +45,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# The virtualenv is rebuilt only when pyproject.toml changed since it was made.
+# The virtualenv follows the lock (requirements/lock.txt, hashes checked): it is brought in line
+# whenever the lock or pyproject.toml changed since it was last installed.
 stamp=.venv/.edgeml-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: preparing .venv with $($python --version)"
-  "$python" -m venv .venv || {
+  echo "setup: preparing .venv with $($python --version) from requirements/lock.txt"
+  [ -x .venv/bin/python ] || "$python" -m venv .venv || {
     echo "setup: '$python -m venv' failed; install the venv module: apt-get install python3-venv" >&2
     exit 1
   }
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements/lock.txt
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi

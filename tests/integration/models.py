@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 
@@ -16,13 +15,12 @@ from cloud_hub.onnx_export import save_model, train_model
 from cloud_hub.trainer import TrainConfig
 from edge_node.sources.csv_replay import read_csv
 from schemas.manifest import Manifest, decode_manifest
-
-SKAB = Path(os.environ.get("SKAB_DIR", Path(__file__).resolve().parents[3] / "shared/data/skab"))
+from tests.skab import skab_file
 
 
 def train(folder: Path, version: str, rows: slice, window: int = 8) -> Path:
     """Train ``pump-pca@version`` on rows of the healthy SKAB recording into ``folder``."""
-    healthy = read_csv(SKAB / "anomaly-free" / "anomaly-free.csv")
+    healthy = read_csv(skab_file("anomaly-free/anomaly-free.csv"))
     onnx_bytes, manifest = train_model(
         healthy.values[rows],
         healthy.channels,

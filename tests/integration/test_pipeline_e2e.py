@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import time
 from functools import partial
@@ -20,19 +19,19 @@ from schemas.codec import decode
 from tests.broker import Broker
 from tests.integration.processes import Hub, Node, node_config, wait_for
 from tests.mqtt_clients import mqtt_client, publish
+from tests.skab import skab_file
 
 pytestmark = pytest.mark.integration
 
-SKAB = Path(os.environ.get("SKAB_DIR", Path(__file__).resolve().parents[3] / "shared/data/skab"))
-VALVE = [SKAB / "valve1" / f"{i}.csv" for i in range(3)]
+
+def _valve(index: int) -> Path:
+    return skab_file(f"valve1/{index}.csv")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model trained on the healthy SKAB recording, saved as a node would receive it."""
-    if not (SKAB / "anomaly-free" / "anomaly-free.csv").exists():
-        pytest.fail(f"SKAB data not found at {SKAB}; set SKAB_DIR")
-    healthy = read_csv(SKAB / "anomaly-free" / "anomaly-free.csv")
+    healthy = read_csv(skab_file("anomaly-free/anomaly-free.csv"))
     onnx, manifest = train_model(
         healthy.values[:3000],
         healthy.channels,
@@ -70,7 +69,7 @@ def test_hub_counts_exactly_what_three_nodes_send(
     try:
         hub.wait_ready()
         names = ["pump-1", "pump-2", "pump-3"]
-        for name, csv in zip(names, VALVE, strict=True):
+        for name, csv in zip(names, map(_valve, range(3)), strict=True):
             config = node_config(
                 tmp_path / f"{name}.toml",
                 node=name,
@@ -81,7 +80,7 @@ def test_hub_counts_exactly_what_three_nodes_send(
             nodes.append(Node(config))
         for node in nodes:
             assert node.wait(60) == 0, node.output()
-        for name, csv in zip(names, VALVE, strict=True):
+        for name, csv in zip(names, map(_valve, range(3)), strict=True):
             readings, anomalous = expected_counts(model_dir, csv)
             wait_for(partial(_at_least, hub, name, readings), 20, f"{name} readings", hub)
             assert hub.value("edgeml_readings_total", node=name) == readings
@@ -104,13 +103,13 @@ def test_broker_restart_mid_stream_loses_and_doubles_nothing(
     node: Node | None = None
     try:
         hub.wait_ready()
-        readings, anomalous = expected_counts(model_dir, VALVE[0])
+        readings, anomalous = expected_counts(model_dir, _valve(0))
         config = node_config(
             tmp_path / "pump-1.toml",
             node="pump-1",
             broker=fresh_broker,
             model_dir=model_dir,
-            source=csv_source(VALVE[0], 150),
+            source=csv_source(_valve(0), 150),
         )
         node = Node(config)
         wait_for(
@@ -159,7 +158,7 @@ def test_node_killed_mid_stream_loses_nothing_it_accepted(
         node="pump-2",
         broker=fresh_broker,
         model_dir=model_dir,
-        source=csv_source(VALVE[1], 200),
+        source=csv_source(_valve(1), 200),
     )
     outbox = tmp_path / "pump-2-data" / "outbox.db"
     fresh_broker.stop()
@@ -179,7 +178,7 @@ def test_node_killed_mid_stream_loses_nothing_it_accepted(
         hub.wait_ready()
         second = Node(config)
         assert second.wait(60) == 0, second.output()
-        readings, _ = expected_counts(model_dir, VALVE[1])
+        readings, _ = expected_counts(model_dir, _valve(1))
         wait_for(
             lambda: hub.value("edgeml_readings_total", node="pump-2") >= accepted + readings,
             30,
@@ -220,11 +219,11 @@ def test_malformed_payloads_are_counted_and_the_hub_goes_on(
             node="node-c",
             broker=broker,
             model_dir=model_dir,
-            source=csv_source(VALVE[2], 0),
+            source=csv_source(_valve(2), 0),
         )
         node = Node(config)
         assert node.wait(60) == 0, node.output()
-        readings, _ = expected_counts(model_dir, VALVE[2])
+        readings, _ = expected_counts(model_dir, _valve(2))
         wait_for(
             lambda: hub.value("edgeml_readings_total", node="node-c") >= readings,
             20,

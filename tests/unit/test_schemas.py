@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import msgspec
@@ -47,6 +48,35 @@ def _bytes_to_b64(value: object) -> object:
 def test_generated_files_match_the_code() -> None:
     """JSON Schema files and goldens are regenerated from code; fail when they drift apart."""
     assert generate.main(["--check"]) == 0, "run: python -m schemas.generate"
+
+
+def test_schema_check_ignores_how_docstrings_are_indented(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another msgspec or Python may strip docstring indentation differently: no drift."""
+    real = msgspec.json.schema
+
+    def reindented(typ: Any) -> Any:
+        schema = real(typ)
+        for body in schema.get("$defs", {}).values():
+            if "description" in body:
+                body["description"] = body["description"].replace("\n", "\n        ") + "  "
+        return schema
+
+    monkeypatch.setattr(msgspec.json, "schema", reindented)
+    assert generate.main(["--check"]) == 0
+
+
+def test_schema_check_fails_when_a_field_changes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class ResultBatch(msgspec.Struct, kw_only=True):  # same name, one field more
+        node: str
+        added_field: int
+
+    monkeypatch.setitem(codec.MESSAGE_TYPES, "result", ResultBatch)
+    assert generate.main(["--check"]) == 1
+    assert "out of date: schemas/json/result.schema.json" in capsys.readouterr().err
 
 
 def test_json_schema_lists_every_required_envelope_field() -> None:

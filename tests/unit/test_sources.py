@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import re
 from pathlib import Path
 
@@ -24,10 +23,8 @@ from edge_node.sources import (
     write_csv,
 )
 from edge_node.sources.simulator import CHUNK, NOMINAL_MEAN, NOMINAL_SD
+from tests.skab import skab_file
 
-REPO = Path(__file__).resolve().parents[2]
-SKAB_DIR = Path(os.environ.get("SKAB_DIR", REPO.parent / "shared" / "data" / "skab"))
-SKAB_FILE = SKAB_DIR / "valve1" / "0.csv"
 WALL = 1_700_000_000.0
 
 
@@ -59,11 +56,11 @@ def test_normalise_channel(raw: str, expected: str) -> None:
     assert normalise_channel(raw) == expected
 
 
-@pytest.mark.skipif(not SKAB_FILE.exists(), reason=f"SKAB data not found at {SKAB_FILE}")
 def test_replay_of_a_real_skab_file() -> None:
-    with SKAB_FILE.open(newline="") as handle:
+    path = skab_file("valve1/0.csv")
+    with path.open(newline="") as handle:
         raw = list(csv.reader(handle, delimiter=";"))
-    replay = CsvReplay([SKAB_FILE], speed=0, wall_start=WALL)
+    replay = CsvReplay([path], speed=0, wall_start=WALL)
     assert replay.channels == list(CHANNELS)
     assert replay.period == 1.0
     blocks = drain(replay)
@@ -72,7 +69,7 @@ def test_replay_of_a_real_skab_file() -> None:
     assert len(values) == len(raw) - 1
     assert values[0] == pytest.approx([float(x) for x in raw[1][1:9]], rel=1e-6)
     assert [b.t0 for b in blocks] == [WALL + 256 * i for i in range(len(blocks))]
-    data = read_csv(SKAB_FILE)
+    data = read_csv(path)
     assert data.anomaly is not None
     assert data.anomaly.sum() == sum(float(row[9]) == 1.0 for row in raw[1:])
 

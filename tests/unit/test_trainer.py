@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,9 @@ from cloud_hub.trainer import (
     sliding_windows,
 )
 from schemas.manifest import decode_manifest, encode_manifest
+from tests.skab import skab_file
 
 CHANNELS = ["current", "pressure", "voltage", "vibration"]
-SKAB_DIR = Path(os.environ.get("SKAB_DIR", Path(__file__).parents[3] / "shared" / "data" / "skab"))
 
 
 def healthy(n: int, seed: int = 0) -> NDArray[np.float32]:
@@ -207,12 +206,9 @@ def test_save_model_writes_both_files_and_no_temporaries(tmp_path: Path) -> None
 
 
 def _skab(relative: str) -> tuple[list[str], NDArray[np.float32], NDArray[np.bool_] | None]:
-    path = SKAB_DIR / relative
-    if not path.exists():
-        pytest.skip(f"SKAB data not found at {path} (set SKAB_DIR)")
     from edge_node.sources.csv_replay import read_csv
 
-    data = read_csv(path)
+    data = read_csv(skab_file(relative))
     return data.channels, data.values, data.anomaly
 
 
