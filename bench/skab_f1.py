@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from cloud_hub.onnx_export import save_model, train_model
 from cloud_hub.trainer import TrainConfig, sliding_windows
 from edge_node.runtime import ModelRuntime
-from edge_node.sources.csv_replay import CsvData, read_csv
+from schemas.readings_csv import CsvData, read_csv
 
 DEFAULT_SKAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "skab"
 BoolArray = NDArray[np.bool_]

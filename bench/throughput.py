@@ -29,7 +29,7 @@ from edge_node.events import EpisodeConfig  # noqa: E402
 from edge_node.pipeline import Pipeline  # noqa: E402
 from edge_node.runtime import ModelRuntime  # noqa: E402
 from edge_node.sources.base import Block  # noqa: E402
-from edge_node.sources.csv_replay import read_csv  # noqa: E402
+from schemas.readings_csv import read_csv  # noqa: E402
 from tests.broker import Broker  # noqa: E402
 from tests.integration.processes import Hub, Node, node_config, wait_for  # noqa: E402
 

@@ -250,7 +250,7 @@ def _healthy_readings(
     files: Sequence[Path], rows: int | None
 ) -> tuple[list[str], list[NDArray[np.float32]]]:
     """Readings of each file (the first ``rows`` if given); refuse labelled anomalies."""
-    from edge_node.sources.csv_replay import read_csv
+    from schemas.readings_csv import read_csv
 
     channels: list[str] | None = None
     parts: list[NDArray[np.float32]] = []

@@ -19,8 +19,8 @@ from edge_node.model_store import StoreError
 from edge_node.pipeline import ChannelMismatch
 from edge_node.runtime import ModelError
 from edge_node.sources.base import SourceError
-from edge_node.sources.csv_replay import write_csv
 from edge_node.sources.simulator import PumpSimulator, parse_fault
+from schemas.readings_csv import write_csv
 from schemas.settings import SettingsError
 
 log = logging.getLogger("edge_node")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -11,8 +10,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 DEFAULT_MAX_BLOCK = 256
-
-_NON_ALNUM = re.compile(r"[^a-z0-9]+")
 
 
 class SourceError(ValueError):
@@ -53,11 +50,6 @@ class Source(Protocol):
         ...
 
     def poll(self, now: float) -> Block | None: ...
-
-
-def normalise_channel(name: str) -> str:
-    """Lowercase, runs of non-alphanumerics to "_", no leading or trailing "_"."""
-    return _NON_ALNUM.sub("_", name.strip().lower()).strip("_")
 
 
 def check_pacing(*, speed: float, max_block: int, period: float) -> None:

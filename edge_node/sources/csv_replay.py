@@ -1,108 +1,18 @@
-"""Replay of SKAB-style CSV files (``;``-separated, a ``datetime`` column, sensor columns).
-
-``read_csv`` and ``write_csv`` are shared with the trainer and the benchmarks so that every
-part of the project reads and writes one format.
-"""
+"""Replay of readings CSV files (the format of schemas.readings_csv) as a paced source."""
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from numpy.typing import NDArray
 
-from edge_node.sources.base import DEFAULT_MAX_BLOCK, Block, Pacer, SourceError, normalise_channel
+from edge_node.sources.base import DEFAULT_MAX_BLOCK, Block, Pacer, SourceError
+from schemas.readings_csv import CsvData, CsvFormatError, read_csv
 
 log = logging.getLogger(__name__)
-
-DATETIME_COLUMN = "datetime"
-LABEL_COLUMNS = frozenset({"anomaly", "changepoint"})
-DELIMITER = ";"
-
-
-@dataclass(frozen=True)
-class CsvData:
-    """One file's contents: normalised channel names, unix timestamps, readings and labels."""
-
-    channels: list[str]
-    timestamps: NDArray[np.float64]
-    values: NDArray[np.float32]
-    anomaly: NDArray[np.bool_] | None
-
-    def period(self, source: str = "data") -> float:
-        """Median spacing of the timestamps in seconds; SourceError naming ``source`` if none."""
-        if self.timestamps.size < 2:
-            raise SourceError(f"{source}: needs at least 2 readings to infer the period")
-        period = float(np.median(np.diff(self.timestamps)))
-        if not (math.isfinite(period) and period > 0):
-            raise SourceError(f"{source}: datetime column does not increase (median step {period})")
-        return period
-
-
-def read_csv(path: Path | str) -> CsvData:
-    """Read a SKAB-format file; SourceError names the file and the bad line or column."""
-    path = Path(path)
-    header, lines, rows = _read_rows(path)
-    names = [normalise_channel(name) for name in header]
-    _check_header(path, header, names)
-    if not rows:
-        raise SourceError(f"{path}: no readings after the header")
-    table = np.array(rows, dtype=str)
-    timestamps = _parse_datetimes(path, lines, table[:, names.index(DATETIME_COLUMN)])
-    channel_idx = [i for i, name in enumerate(names) if _is_channel(name)]
-    values = _parse_numbers(path, lines, table[:, channel_idx], [header[i] for i in channel_idx])
-    anomaly = None
-    if "anomaly" in names:
-        i = names.index("anomaly")
-        labels = _parse_numbers(path, lines, table[:, [i]], [header[i]])[:, 0]
-        anomaly = labels >= 0.5
-    return CsvData(
-        channels=[names[i] for i in channel_idx],
-        timestamps=timestamps,
-        values=values.astype(np.float32),
-        anomaly=anomaly,
-    )
-
-
-def write_csv(
-    path: Path | str,
-    channels: Sequence[str],
-    t0: float,
-    period: float,
-    values: NDArray[np.float32],
-    *,
-    anomaly: NDArray[np.bool_] | None = None,
-) -> None:
-    """Write readings in SKAB format (UTC datetimes; NaN as an empty cell).
-
-    Datetimes are whole seconds ("%Y-%m-%d %H:%M:%S", ``t0`` rounded down) when ``period`` is
-    whole seconds; otherwise they carry microseconds so that the period survives a round trip.
-    """
-    values = np.asarray(values, dtype=np.float32)
-    if values.ndim != 2 or values.shape[1] != len(channels):
-        raise ValueError(f"values have shape {values.shape}, expected [n, {len(channels)}]")
-    if anomaly is not None and len(anomaly) != len(values):
-        raise ValueError(f"anomaly has {len(anomaly)} labels for {len(values)} readings")
-    whole = float(period).is_integer()
-    start = math.floor(t0) if whole else t0
-    micros = np.round((start + np.arange(len(values)) * period) * 1e6).astype(np.int64)
-    stamps = np.datetime_as_string(micros.astype("datetime64[us]"), unit="s" if whole else "us")
-    cells = np.char.mod("%.9g", values)
-    cells[np.isnan(values)] = ""
-    columns = [DATETIME_COLUMN, *channels]
-    if anomaly is not None:
-        columns.append("anomaly")
-        cells = np.column_stack([cells, np.where(anomaly, "1", "0")])
-    body = [
-        f"{str(stamp).replace('T', ' ')}{DELIMITER}{DELIMITER.join(row)}"
-        for stamp, row in zip(stamps, cells.tolist(), strict=True)
-    ]
-    Path(path).write_text("\n".join([DELIMITER.join(columns), *body]) + "\n", encoding="utf-8")
 
 
 class CsvReplay:
@@ -119,14 +29,17 @@ class CsvReplay:
     ) -> None:
         if not paths:
             raise SourceError("CsvReplay needs at least one file (paths is empty)")
-        files = [read_csv(path) for path in paths]
+        try:
+            files = [read_csv(path) for path in paths]
+            self._period = files[0].period(str(paths[0]))
+        except CsvFormatError as exc:
+            raise SourceError(str(exc)) from None
         self._channels = files[0].channels
         for path, data in zip(paths[1:], files[1:], strict=True):
             if data.channels != self._channels:
                 raise SourceError(
                     f"{path}: channels {data.channels} differ from {paths[0]}: {self._channels}"
                 )
-        self._period = files[0].period(str(paths[0]))
         self._warn_other_periods(paths, files)
         self._values = np.concatenate([data.values for data in files])
         self._loop = loop
@@ -183,97 +96,3 @@ class CsvReplay:
                         self._period,
                         self._period,
                     )
-
-
-def _is_channel(name: str) -> bool:
-    return name != DATETIME_COLUMN and name not in LABEL_COLUMNS
-
-
-def _read_rows(path: Path) -> tuple[list[str], list[int], list[list[str]]]:
-    """Header, the line number of each data row, and the data rows (blank lines skipped)."""
-    try:
-        with path.open(encoding="utf-8", newline="") as handle:
-            reader = csv.reader(handle, delimiter=DELIMITER)
-            header: list[str] | None = None
-            lines: list[int] = []
-            rows: list[list[str]] = []
-            for row in reader:
-                if not row or all(not cell.strip() for cell in row):
-                    continue
-                cells = [cell.strip() for cell in row]
-                if header is None:
-                    header = cells
-                    continue
-                if len(cells) != len(header):
-                    raise SourceError(
-                        f"{path}: line {reader.line_num}: {len(cells)} fields, "
-                        f"the header has {len(header)}"
-                    )
-                lines.append(reader.line_num)
-                rows.append(cells)
-    except OSError as exc:
-        raise SourceError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise SourceError(f"{path}: not a readable CSV file: {exc}") from None
-    if header is None:
-        raise SourceError(f"{path}: empty file (no header)")
-    return header, lines, rows
-
-
-def _check_header(path: Path, header: list[str], names: list[str]) -> None:
-    if DATETIME_COLUMN not in names:
-        raise SourceError(f"{path}: line 1: no {DATETIME_COLUMN!r} column in header {header}")
-    seen: dict[str, str] = {}
-    for raw, name in zip(header, names, strict=True):
-        if not name:
-            raise SourceError(f"{path}: line 1: column {raw!r} has no usable name")
-        if name in seen:
-            raise SourceError(
-                f"{path}: line 1: columns {seen[name]!r} and {raw!r} both normalise to {name!r}"
-            )
-        seen[name] = raw
-    if not any(_is_channel(name) for name in names):
-        raise SourceError(f"{path}: line 1: no sensor columns in header {header}")
-
-
-def _parse_datetimes(path: Path, lines: list[int], column: NDArray[np.str_]) -> NDArray[np.float64]:
-    """Unix seconds of naive datetimes taken as UTC."""
-    try:
-        stamps = column.astype("datetime64[us]")
-    except ValueError:
-        stamps = None
-    if stamps is None or np.isnat(stamps).any():
-        for line, cell in zip(lines, column.tolist(), strict=True):
-            if not _is_datetime(cell):
-                raise SourceError(
-                    f"{path}: line {line}, column {DATETIME_COLUMN!r}: {cell!r} is not a datetime"
-                )
-        raise SourceError(f"{path}: column {DATETIME_COLUMN!r} could not be parsed")
-    return stamps.astype(np.int64).astype(np.float64) / 1e6
-
-
-def _is_datetime(cell: str) -> bool:
-    try:
-        return not np.isnat(np.datetime64(cell, "us"))
-    except ValueError:
-        return False
-
-
-def _parse_numbers(
-    path: Path, lines: list[int], table: NDArray[np.str_], header: list[str]
-) -> NDArray[np.float64]:
-    """Floats of a string table; an empty cell is a missing reading (NaN)."""
-    table = np.where(table == "", "nan", table)
-    try:
-        return table.astype(np.float64)
-    except ValueError:
-        pass
-    for line, row in zip(lines, table.tolist(), strict=True):
-        for name, cell in zip(header, row, strict=True):
-            try:
-                float(cell)
-            except ValueError:
-                raise SourceError(
-                    f"{path}: line {line}, column {name!r}: {cell!r} is not a number"
-                ) from None
-    raise SourceError(f"{path}: numeric columns could not be parsed")

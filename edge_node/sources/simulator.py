@@ -19,7 +19,8 @@ from typing import ClassVar, Literal, get_args
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_node.sources.base import DEFAULT_MAX_BLOCK, Block, Pacer, SourceError, normalise_channel
+from edge_node.sources.base import DEFAULT_MAX_BLOCK, Block, Pacer, SourceError
+from schemas.readings_csv import normalise_channel
 
 CHANNELS = (
     "accelerometer1rms",

@@ -13,8 +13,8 @@ from onnx import helper, numpy_helper
 
 from cloud_hub.onnx_export import save_model, train_model
 from cloud_hub.trainer import TrainConfig
-from edge_node.sources.csv_replay import read_csv
 from schemas.manifest import Manifest, decode_manifest
+from schemas.readings_csv import read_csv
 from tests.skab import skab_file
 
 

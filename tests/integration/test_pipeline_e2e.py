@@ -13,9 +13,9 @@ import pytest
 from cloud_hub.onnx_export import save_model, train_model
 from cloud_hub.trainer import TrainConfig
 from edge_node.runtime import ModelRuntime
-from edge_node.sources.csv_replay import read_csv
 from edge_node.window import Windower
 from schemas.codec import decode
+from schemas.readings_csv import read_csv
 from tests.broker import Broker
 from tests.integration.processes import Hub, Node, node_config, wait_for
 from tests.mqtt_clients import mqtt_client, publish

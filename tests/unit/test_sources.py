@@ -17,12 +17,10 @@ from edge_node.sources import (
     PumpSimulator,
     Source,
     SourceError,
-    normalise_channel,
     parse_fault,
-    read_csv,
-    write_csv,
 )
 from edge_node.sources.simulator import CHUNK, NOMINAL_MEAN, NOMINAL_SD
+from schemas.readings_csv import CsvFormatError, normalise_channel, read_csv, write_csv
 from tests.skab import skab_file
 
 WALL = 1_700_000_000.0
@@ -171,14 +169,16 @@ def test_sub_second_period_survives_a_round_trip(tmp_path: Path) -> None:
 def test_malformed_csv_names_file_and_place(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(text)
-    with pytest.raises(SourceError, match=r"bad\.csv") as caught:
+    with pytest.raises(CsvFormatError, match=r"bad\.csv") as caught:
         read_csv(path)
     assert message in str(caught.value)
 
 
 def test_missing_file_and_unusable_period(tmp_path: Path) -> None:
-    with pytest.raises(SourceError, match=r"nope\.csv"):
+    with pytest.raises(CsvFormatError, match=r"nope\.csv"):
         read_csv(tmp_path / "nope.csv")
+    with pytest.raises(SourceError, match=r"nope\.csv"):
+        CsvReplay([tmp_path / "nope.csv"], wall_start=WALL)
     single = tmp_path / "one.csv"
     single.write_text("datetime;a\n2020-01-01 00:00:00;1\n")
     with pytest.raises(SourceError, match=r"one\.csv: needs at least 2 readings"):

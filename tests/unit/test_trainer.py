@@ -206,7 +206,7 @@ def test_save_model_writes_both_files_and_no_temporaries(tmp_path: Path) -> None
 
 
 def _skab(relative: str) -> tuple[list[str], NDArray[np.float32], NDArray[np.bool_] | None]:
-    from edge_node.sources.csv_replay import read_csv
+    from schemas.readings_csv import read_csv
 
     data = read_csv(skab_file(relative))
     return data.channels, data.values, data.anomaly
