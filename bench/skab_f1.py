@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from cloud_hub.onnx_export import save_model, train_model
-from cloud_hub.trainer import TrainConfig, sliding_windows
-from edge_node.runtime import ModelRuntime
+from cloud_hub.models.onnx_export import save_model, train_model
+from cloud_hub.models.trainer import TrainConfig, sliding_windows
+from edge_node.scoring.runtime import ModelRuntime
 from schemas.readings_csv import CsvData, read_csv
 
 DEFAULT_SKAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "skab"

@@ -22,12 +22,12 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cloud_hub.onnx_export import save_model, train_model  # noqa: E402
-from cloud_hub.trainer import TrainConfig  # noqa: E402
-from edge_node.batcher import ResultBatcher  # noqa: E402
-from edge_node.events import EpisodeConfig  # noqa: E402
-from edge_node.pipeline import Pipeline  # noqa: E402
-from edge_node.runtime import ModelRuntime  # noqa: E402
+from cloud_hub.models.onnx_export import save_model, train_model  # noqa: E402
+from cloud_hub.models.trainer import TrainConfig  # noqa: E402
+from edge_node.scoring.batcher import ResultBatcher  # noqa: E402
+from edge_node.scoring.events import EpisodeConfig  # noqa: E402
+from edge_node.scoring.pipeline import Pipeline  # noqa: E402
+from edge_node.scoring.runtime import ModelRuntime  # noqa: E402
 from edge_node.sources.base import Block  # noqa: E402
 from schemas.readings_csv import read_csv  # noqa: E402
 from tests.broker import Broker  # noqa: E402

@@ -1,0 +1,1 @@
+"""The cloud hub: ingest from the fleet, models, commands to nodes, and its command line."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from cloud_hub.cli import main
+from cloud_hub.cli.main import main
 
 __all__ = ["main"]
 

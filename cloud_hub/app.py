@@ -10,19 +10,19 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from cloud_hub.capture_store import CaptureStore
-from cloud_hub.catalog import Catalog
-from cloud_hub.chunks import ChunkServer
+from cloud_hub.commands.identity import HubIdentity, sender_id
+from cloud_hub.commands.ledger import Ledger, LedgerError
+from cloud_hub.commands.lifecycle import AckTracker, LifecycleCounts, lifecycle_counts
 from cloud_hub.config import HubConfig, resolve_password
-from cloud_hub.dedupe import Deduper
-from cloud_hub.fleet import FleetState
-from cloud_hub.identity import HubIdentity, sender_id
-from cloud_hub.ingest import Ingest
-from cloud_hub.ledger import Ledger, LedgerError
-from cloud_hub.lifecycle import AckTracker, LifecycleCounts, lifecycle_counts
-from cloud_hub.metrics import HubCollector, MetricsServer, new_registry
-from cloud_hub.registry import Registry, RegistryError, row_of
-from cloud_hub.transport import HubTransport, Inbound
+from cloud_hub.ingest.dedupe import Deduper
+from cloud_hub.ingest.fleet import FleetState
+from cloud_hub.ingest.inbound import Ingest
+from cloud_hub.ingest.metrics import HubCollector, MetricsServer, new_registry
+from cloud_hub.ingest.registry import Registry, RegistryError, row_of
+from cloud_hub.ingest.transport import HubTransport, Inbound
+from cloud_hub.models.capture_store import CaptureStore
+from cloud_hub.models.catalog import Catalog
+from cloud_hub.models.chunks import ChunkServer
 
 log = logging.getLogger(__name__)
 

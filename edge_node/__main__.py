@@ -15,9 +15,9 @@ from types import FrameType
 import numpy as np
 
 from edge_node.config import load_config
-from edge_node.model_store import StoreError
-from edge_node.pipeline import ChannelMismatch
-from edge_node.runtime import ModelError
+from edge_node.lifecycle.model_store import StoreError
+from edge_node.scoring.pipeline import ChannelMismatch
+from edge_node.scoring.runtime import ModelError
 from edge_node.sources.base import SourceError
 from edge_node.sources.simulator import PumpSimulator, parse_fault
 from schemas.readings_csv import write_csv

@@ -1,8 +1,8 @@
 """The edge node's main loop: source -> pipeline -> outbox -> MQTT, plus timers and commands.
 
 Everything here runs on one thread; the MQTT client's network thread only feeds
-``transport.events`` and the model worker (edge_node.switcher) only loads models. A message
-counts as accepted once it is in the outbox, and leaves the outbox only on its PUBACK.
+``transport.events`` and the model worker (edge_node.lifecycle.switcher) only loads models. A
+message counts as accepted once it is in the outbox, and leaves the outbox only on its PUBACK.
 Commands and model chunks arrive as transport events and go to :class:`Control`, which answers
 with messages to queue and never blocks the loop.
 """
@@ -19,21 +19,21 @@ from typing import Literal, Protocol
 
 import msgspec
 
-from edge_node.batcher import PendingBatch
-from edge_node.control import Control
-from edge_node.outbox import Outbox, OutboxError, Priority
-from edge_node.outgoing import (
+from edge_node.delivery.outbox import Outbox, OutboxError, Priority
+from edge_node.delivery.outgoing import (
     Outgoing,
     Sequencer,
     drift_message,
     result_message,
     scored_messages,
 )
-from edge_node.pipeline import Pipeline, Scored
-from edge_node.procstats import ProcessSampler
+from edge_node.delivery.transport import Connected, Disconnected, Event, Incoming, PubAck, Published
+from edge_node.lifecycle.control import Control
+from edge_node.scoring.batcher import PendingBatch
+from edge_node.scoring.pipeline import Pipeline, Scored
 from edge_node.sources.base import Source
-from edge_node.telemetry import LatencyWindow, PowerModel
-from edge_node.transport import Connected, Disconnected, Event, Incoming, PubAck, Published
+from edge_node.telemetry.procstats import ProcessSampler
+from edge_node.telemetry.stats import LatencyWindow, PowerModel
 from schemas.codec import encode
 from schemas.messages import Capabilities, Status, Telemetry
 from schemas.topics import Kind, node_topic
@@ -51,7 +51,7 @@ PRIORITY = {
 
 
 class Transport(Protocol):
-    """The MQTT port (edge_node.transport.NodeTransport in production)."""
+    """The MQTT port (edge_node.delivery.transport.NodeTransport in production)."""
 
     events: queue.Queue[Event]
     connected: threading.Event

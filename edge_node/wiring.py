@@ -15,23 +15,23 @@ from pathlib import Path
 import psutil
 
 from edge_node.app import EdgeNode, Timers
-from edge_node.batcher import ResultBatcher
 from edge_node.config import NodeConfig, SourceSection, read_password
-from edge_node.control import Control, ControlSettings
-from edge_node.events import EpisodeConfig
-from edge_node.ledger import Ledger
-from edge_node.model_store import ModelStore
-from edge_node.outbox import Outbox
-from edge_node.outgoing import Sequencer
-from edge_node.pipeline import Pipeline, Scorer
-from edge_node.probation import ProbationPolicy
-from edge_node.runtime import ModelRuntime, runtime_info
+from edge_node.delivery.outbox import Outbox
+from edge_node.delivery.outgoing import Sequencer
+from edge_node.delivery.transport import MqttSettings, NodeTransport
+from edge_node.lifecycle.control import Control, ControlSettings
+from edge_node.lifecycle.ledger import Ledger
+from edge_node.lifecycle.model_store import ModelStore
+from edge_node.lifecycle.probation import ProbationPolicy
+from edge_node.lifecycle.switcher import Switcher, open_active
+from edge_node.scoring.batcher import ResultBatcher
+from edge_node.scoring.events import EpisodeConfig
+from edge_node.scoring.pipeline import Pipeline, Scorer
+from edge_node.scoring.runtime import ModelRuntime, runtime_info
 from edge_node.sources.base import Source
 from edge_node.sources.csv_replay import CsvReplay
 from edge_node.sources.simulator import PumpSimulator, parse_fault
-from edge_node.switcher import Switcher, open_active
-from edge_node.telemetry import PowerModel
-from edge_node.transport import MqttSettings, NodeTransport
+from edge_node.telemetry.stats import PowerModel
 from schemas.codec import encode
 from schemas.messages import Capabilities, ModelRef, Status
 from schemas.settings import SettingsError

@@ -9,7 +9,7 @@ from typing import ParamSpec, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_node.runtime import ModelRuntime
+from edge_node.scoring.runtime import ModelRuntime
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -11,8 +11,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from cloud_hub.onnx_export import save_model, train_model
-from cloud_hub.trainer import TrainConfig
+from cloud_hub.models.onnx_export import save_model, train_model
+from cloud_hub.models.trainer import TrainConfig
 from schemas.manifest import Manifest, decode_manifest
 from schemas.readings_csv import read_csv
 from tests.skab import skab_file

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cloud_hub.onnx_export import save_model, train_model
-from cloud_hub.trainer import TrainConfig
-from edge_node.runtime import ModelRuntime
-from edge_node.window import Windower
+from cloud_hub.models.onnx_export import save_model, train_model
+from cloud_hub.models.trainer import TrainConfig
+from edge_node.scoring.runtime import ModelRuntime
+from edge_node.scoring.window import Windower
 from schemas.codec import decode
 from schemas.readings_csv import read_csv
 from tests.broker import Broker

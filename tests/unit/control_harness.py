@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from cloud_hub.onnx_export import save_model, train_model
-from cloud_hub.trainer import TrainConfig
-from edge_node.batcher import ResultBatcher
-from edge_node.control import Control, ControlSettings
-from edge_node.events import EpisodeConfig
-from edge_node.ledger import Ledger
-from edge_node.model_store import ModelStore
-from edge_node.outgoing import Outgoing, Sequencer
-from edge_node.pipeline import Pipeline, Scored, Scorer
-from edge_node.probation import ProbationPolicy
-from edge_node.runtime import ModelRuntime
+from cloud_hub.models.onnx_export import save_model, train_model
+from cloud_hub.models.trainer import TrainConfig
+from edge_node.delivery.outgoing import Outgoing, Sequencer
+from edge_node.lifecycle.control import Control, ControlSettings
+from edge_node.lifecycle.ledger import Ledger
+from edge_node.lifecycle.model_store import ModelStore
+from edge_node.lifecycle.probation import ProbationPolicy
+from edge_node.lifecycle.switcher import Switcher, open_active
+from edge_node.scoring.batcher import ResultBatcher
+from edge_node.scoring.events import EpisodeConfig
+from edge_node.scoring.pipeline import Pipeline, Scored, Scorer
+from edge_node.scoring.runtime import ModelRuntime
 from edge_node.sources.base import Block
-from edge_node.switcher import Switcher, open_active
 from schemas.codec import encode
 from schemas.commands import split_artifact
 from schemas.manifest import Manifest

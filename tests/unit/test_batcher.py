@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_node.batcher import PendingBatch, ResultBatcher
+from edge_node.scoring.batcher import PendingBatch, ResultBatcher
 from schemas.messages import ModelRef
 
 M1 = ModelRef("pump", "1")

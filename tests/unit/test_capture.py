@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_node.capture import MAX_CHUNK_BYTES, CaptureRing, NextCapture, Segment, upload_chunks
+from edge_node.lifecycle.capture import (
+    MAX_CHUNK_BYTES,
+    CaptureRing,
+    NextCapture,
+    Segment,
+    upload_chunks,
+)
 from schemas.codec import decode, encode
 from schemas.messages import Capture
 from schemas.packing import pack_f32, unpack_f32

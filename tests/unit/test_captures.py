@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from cloud_hub.capture_store import RESULT_FILE, CaptureStore, load_capture
-from cloud_hub.captures import CaptureAssembly, CaptureError
+from cloud_hub.models.capture_store import RESULT_FILE, CaptureStore, load_capture
+from cloud_hub.models.captures import CaptureAssembly, CaptureError
 from schemas.messages import Capture
 from schemas.packing import pack_f32
 from schemas.samples import SAMPLES

@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from cloud_hub.catalog import Catalog, CatalogError, UnknownModel
+from cloud_hub.models.catalog import Catalog, CatalogError, UnknownModel
 from schemas.manifest import encode_manifest
 from schemas.samples import MANIFEST
 

@@ -7,9 +7,9 @@ from typing import Any, cast
 import msgspec
 import pytest
 
-from cloud_hub.catalog import UnknownModel
-from cloud_hub.chunks import ChunkServer, PublishOutcome, chunk_count
-from cloud_hub.identity import HubIdentity
+from cloud_hub.commands.identity import HubIdentity
+from cloud_hub.models.catalog import UnknownModel
+from cloud_hub.models.chunks import ChunkServer, PublishOutcome, chunk_count
 from schemas.codec import decode
 from schemas.commands import DEFAULT_CHUNK_SIZE, split_artifact
 from schemas.messages import Ack, ModelChunk, ModelRef

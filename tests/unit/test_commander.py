@@ -7,7 +7,7 @@ from typing import Any, cast
 import msgspec
 import pytest
 
-from cloud_hub.commander import (
+from cloud_hub.commands.commander import (
     EXIT_FAILED,
     EXIT_OK,
     NO_CHUNKS_AFTER_S,
@@ -18,7 +18,7 @@ from cloud_hub.commander import (
     build_retrain,
     build_rollback,
 )
-from cloud_hub.identity import HubIdentity
+from cloud_hub.commands.identity import HubIdentity
 from schemas.codec import decode, encode
 from schemas.messages import Ack, Command, Deploy, ModelRef, Ping, Retrain, Rollback
 from schemas.samples import MANIFEST, SAMPLES

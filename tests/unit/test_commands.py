@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 import msgspec
 
-from edge_node.commands import AckDraft, CommandBook, NodeView, decide, draft
-from edge_node.ledger import Ledger
+from edge_node.lifecycle.commands import AckDraft, CommandBook, NodeView, decide, draft
+from edge_node.lifecycle.ledger import Ledger
 from schemas.messages import Deploy, ModelRef, Ping, Retrain, Rollback
 from schemas.samples import MANIFEST
 

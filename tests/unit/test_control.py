@@ -9,7 +9,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from edge_node.model_store import StoreState
+from edge_node.lifecycle.model_store import StoreState
 from schemas.manifest import Manifest
 from schemas.messages import (
     Ack,

@@ -9,11 +9,11 @@ import msgspec
 import numpy as np
 import pytest
 
-from edge_node.control import chunk_filter
-from edge_node.model_store import StoreState
-from edge_node.pipeline import Scorer
-from edge_node.runtime import ModelRuntime
-from edge_node.switcher import open_active
+from edge_node.lifecycle.control import chunk_filter
+from edge_node.lifecycle.model_store import StoreState
+from edge_node.lifecycle.switcher import open_active
+from edge_node.scoring.pipeline import Scorer
+from edge_node.scoring.runtime import ModelRuntime
 from schemas.manifest import Manifest
 from schemas.messages import (
     Capture,

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from cloud_hub.dedupe import Coverage, Deduper
+from cloud_hub.ingest.dedupe import Coverage, Deduper
 
 
 def test_in_order_stream_is_all_new_and_has_no_gaps() -> None:

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from edge_node.deployer import Ask, Assembly, AssemblyError, ChunkOutcome, Spec
+from edge_node.lifecycle.deployer import Ask, Assembly, AssemblyError, ChunkOutcome, Spec
 from schemas.commands import split_artifact
 from schemas.messages import ModelChunk, ModelRef
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from edge_node.drift import DriftAccumulator, bin_counts, psi
+from edge_node.scoring.drift import DriftAccumulator, bin_counts, psi
 from schemas.manifest import Profile, ReferenceProfile
 
 MEANS = np.array([10.0, -3.0, 200.0])

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from edge_node.events import EpisodeChange, EpisodeConfig, EpisodeDetector
+from edge_node.scoring.events import EpisodeChange, EpisodeConfig, EpisodeDetector
 
 CHANNELS = ["a", "b", "c", "d"]
 T0 = 1_000.0

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from prometheus_client.registry import CollectorRegistry
 
-from cloud_hub.dedupe import Deduper
-from cloud_hub.fleet import FleetState
-from cloud_hub.ingest import Ingest
-from cloud_hub.metrics import HubCollector, new_registry
+from cloud_hub.ingest.dedupe import Deduper
+from cloud_hub.ingest.fleet import FleetState
+from cloud_hub.ingest.inbound import Ingest
+from cloud_hub.ingest.metrics import HubCollector, new_registry
 from schemas.codec import MESSAGE_TYPES, encode
 from schemas.messages import ChannelDrift, ModelRef, Percentiles, ScoreStats
 from schemas.packing import pack_f32, pack_flags

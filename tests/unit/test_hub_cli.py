@@ -15,13 +15,13 @@ import msgspec
 import numpy as np
 import pytest
 
-from cloud_hub.catalog import Catalog, CatalogEntry
-from cloud_hub.cli import main
-from cloud_hub.cli_commands import deploy, retrain
-from cloud_hub.cli_session import ProgressLine, Session
+from cloud_hub.cli.commands import deploy, retrain
+from cloud_hub.cli.main import main
+from cloud_hub.cli.session import ProgressLine, Session
+from cloud_hub.commands.ledger import Ledger
 from cloud_hub.config import HubConfig, StoreConfig
-from cloud_hub.ledger import Ledger
-from cloud_hub.transport import Received
+from cloud_hub.ingest.transport import Received
+from cloud_hub.models.catalog import Catalog, CatalogEntry
 from schemas.codec import decode, encode
 from schemas.commands import format_ranges
 from schemas.manifest import encode_manifest

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_hub.cli import main
+from cloud_hub.cli.main import main
 from cloud_hub.config import HubConfig, MqttConfig, load_hub_config, resolve_password
 from schemas.settings import SettingsError
 

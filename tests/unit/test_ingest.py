@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from cloud_hub.dedupe import Deduper
-from cloud_hub.fleet import FleetState
-from cloud_hub.ingest import REJECT_REASONS, Ingest, Outcome
+from cloud_hub.ingest.dedupe import Deduper
+from cloud_hub.ingest.fleet import FleetState
+from cloud_hub.ingest.inbound import REJECT_REASONS, Ingest, Outcome
 from schemas.codec import MESSAGE_TYPES, encode
 from schemas.messages import Ack, Capture, ChannelDrift
 from schemas.packing import pack_f32, pack_flags
@@ -145,7 +145,7 @@ def test_reject_is_logged_with_topic_and_reason_but_not_the_payload(
     raw = msgspec.msgpack.decode(encode(SAMPLES["telemetry"]))
     raw["rss_bytes"] = "SECRET-PAYLOAD-MARKER"
     topic = "edgeml/v1/pump-01/telemetry"
-    with caplog.at_level(logging.WARNING, logger="cloud_hub.ingest"):
+    with caplog.at_level(logging.WARNING, logger="cloud_hub.ingest.inbound"):
         ingest.handle(topic, msgspec.msgpack.encode(raw), NOW)
     [record] = caplog.records
     assert record.levelno == logging.WARNING

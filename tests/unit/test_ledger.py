@@ -9,7 +9,7 @@ from typing import Any, cast
 import msgspec
 import pytest
 
-from cloud_hub.ledger import NOT_RECORDED, Ledger, LedgerError, record_of
+from cloud_hub.commands.ledger import NOT_RECORDED, Ledger, LedgerError, record_of
 from schemas.messages import Ack, Deploy, ModelRef, Ping, Retrain
 from schemas.samples import SAMPLES
 

@@ -9,16 +9,16 @@ from typing import Any, cast
 import msgspec
 import pytest
 
-from cloud_hub.capture_store import CaptureStore
-from cloud_hub.catalog import UnknownModel
-from cloud_hub.chunks import ChunkServer, PublishOutcome
-from cloud_hub.dedupe import Deduper
-from cloud_hub.fleet import FleetState
-from cloud_hub.identity import HubIdentity
-from cloud_hub.ingest import Ingest
-from cloud_hub.ledger import CommandRecord, Ledger, LedgerError
-from cloud_hub.lifecycle import ACK_STATUSES, ACK_TYPES, AckTracker, lifecycle_counts
-from cloud_hub.metrics import HubCollector, new_registry
+from cloud_hub.commands.identity import HubIdentity
+from cloud_hub.commands.ledger import CommandRecord, Ledger, LedgerError
+from cloud_hub.commands.lifecycle import ACK_STATUSES, ACK_TYPES, AckTracker, lifecycle_counts
+from cloud_hub.ingest.dedupe import Deduper
+from cloud_hub.ingest.fleet import FleetState
+from cloud_hub.ingest.inbound import Ingest
+from cloud_hub.ingest.metrics import HubCollector, new_registry
+from cloud_hub.models.capture_store import CaptureStore
+from cloud_hub.models.catalog import UnknownModel
+from cloud_hub.models.chunks import ChunkServer, PublishOutcome
 from schemas.codec import encode
 from schemas.messages import Ack, ModelRef
 from schemas.samples import SAMPLES

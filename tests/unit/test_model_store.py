@@ -9,7 +9,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from edge_node.model_store import ModelStore, StoreError, StoreState
+from edge_node.lifecycle.model_store import ModelStore, StoreError, StoreState
 from schemas.manifest import Manifest, decode_manifest, encode_manifest
 from schemas.messages import ModelRef
 from schemas.samples import MANIFEST

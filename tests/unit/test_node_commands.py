@@ -11,23 +11,23 @@ import msgspec
 import numpy as np
 import pytest
 
-from cloud_hub.onnx_export import save_model, train_model
-from cloud_hub.trainer import TrainConfig
+from cloud_hub.models.onnx_export import save_model, train_model
+from cloud_hub.models.trainer import TrainConfig
 from edge_node.app import EdgeNode, Timers
-from edge_node.batcher import ResultBatcher
-from edge_node.control import Control, ControlSettings
-from edge_node.events import EpisodeConfig
-from edge_node.ledger import Ledger
-from edge_node.model_store import ModelStore
-from edge_node.outbox import Outbox
-from edge_node.outgoing import Sequencer
-from edge_node.pipeline import Pipeline, Scorer
-from edge_node.probation import ProbationPolicy
-from edge_node.runtime import ModelRuntime
+from edge_node.delivery.outbox import Outbox
+from edge_node.delivery.outgoing import Sequencer
+from edge_node.delivery.transport import Connected, Event, Incoming, PubAck, Published
+from edge_node.lifecycle.control import Control, ControlSettings
+from edge_node.lifecycle.ledger import Ledger
+from edge_node.lifecycle.model_store import ModelStore
+from edge_node.lifecycle.probation import ProbationPolicy
+from edge_node.lifecycle.switcher import Switcher
+from edge_node.scoring.batcher import ResultBatcher
+from edge_node.scoring.events import EpisodeConfig
+from edge_node.scoring.pipeline import Pipeline, Scorer
+from edge_node.scoring.runtime import ModelRuntime
 from edge_node.sources.simulator import PumpSimulator
-from edge_node.switcher import Switcher
-from edge_node.telemetry import PowerModel
-from edge_node.transport import Connected, Event, Incoming, PubAck, Published
+from edge_node.telemetry.stats import PowerModel
 from schemas.codec import decode, encode
 from schemas.commands import split_artifact
 from schemas.manifest import Manifest

@@ -9,7 +9,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edge_node.transport import Connected, MqttSettings, NodeTransport
+from edge_node.delivery.transport import Connected, MqttSettings, NodeTransport
 
 
 @dataclass

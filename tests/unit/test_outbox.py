@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_node.outbox import Outbox, OutboxError, Priority
+from edge_node.delivery.outbox import Outbox, OutboxError, Priority
 
 
 def test_messages_survive_reopen_until_removed(tmp_path: Path) -> None:

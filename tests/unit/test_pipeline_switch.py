@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from edge_node.batcher import PendingBatch, ResultBatcher
-from edge_node.events import EpisodeConfig
-from edge_node.pipeline import ChannelMismatch, Pipeline, Scored
-from edge_node.probation import ProbationPolicy
+from edge_node.lifecycle.probation import ProbationPolicy
+from edge_node.scoring.batcher import PendingBatch, ResultBatcher
+from edge_node.scoring.events import EpisodeConfig
+from edge_node.scoring.pipeline import ChannelMismatch, Pipeline, Scored
 from edge_node.sources.base import Block
 from schemas.manifest import InputSpec, Profile, ReferenceProfile
 from schemas.messages import ModelRef

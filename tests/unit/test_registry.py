@@ -9,9 +9,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from cloud_hub.cli import ago, format_nodes, main
-from cloud_hub.fleet import FleetState, NodeState
-from cloud_hub.registry import NodeRow, Registry, RegistryError
+from cloud_hub.cli.main import ago, format_nodes, main
+from cloud_hub.ingest.fleet import FleetState, NodeState
+from cloud_hub.ingest.registry import NodeRow, Registry, RegistryError
 from schemas.messages import Drift, Status, Telemetry
 from schemas.samples import SAMPLES
 

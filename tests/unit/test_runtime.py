@@ -12,9 +12,9 @@ import pytest
 from numpy.typing import NDArray
 from onnx import TensorProto, helper
 
-from cloud_hub.onnx_export import save_model, train_model
-from cloud_hub.trainer import TrainConfig, fit, score_numpy, sliding_windows
-from edge_node.runtime import ModelError, ModelRuntime
+from cloud_hub.models.onnx_export import save_model, train_model
+from cloud_hub.models.trainer import TrainConfig, fit, score_numpy, sliding_windows
+from edge_node.scoring.runtime import ModelError, ModelRuntime
 from schemas.manifest import Manifest, OutputSpec
 from schemas.messages import ModelRef
 

@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 from numpy.typing import NDArray
 
-from cloud_hub.onnx_export import build_onnx, save_model, train_model
-from cloud_hub.trainer import (
+from cloud_hub.models.onnx_export import build_onnx, save_model, train_model
+from cloud_hub.models.trainer import (
     FittedModel,
     TrainConfig,
     fit,

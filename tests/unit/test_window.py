@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from edge_node.window import Windower
+from edge_node.scoring.window import Windower
 
 F32 = NDArray[np.float32]
 

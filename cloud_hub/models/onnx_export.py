@@ -18,7 +18,7 @@ import psutil
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from cloud_hub.trainer import (
+from cloud_hub.models.trainer import (
     ALGORITHM,
     FittedModel,
     TrainConfig,

@@ -13,9 +13,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cloud_hub.captures import CaptureAssembly, CaptureData, CaptureError
-from cloud_hub.catalog import Catalog, CatalogEntry
-from cloud_hub.cli_args import (
+from cloud_hub.cli.args import (
     UsageError,
     model_name,
     model_version,
@@ -24,8 +22,8 @@ from cloud_hub.cli_args import (
     positive,
     positive_int,
 )
-from cloud_hub.cli_session import Session, load_config
-from cloud_hub.commander import (
+from cloud_hub.cli.session import Session, load_config
+from cloud_hub.commands.commander import (
     DEFAULT_EXPIRES_IN_S,
     DEFAULT_SETTLE_S,
     EXIT_FAILED,
@@ -39,7 +37,9 @@ from cloud_hub.commander import (
     new_command_id,
 )
 from cloud_hub.config import HubConfig
-from cloud_hub.registry import Registry, RegistryError
+from cloud_hub.ingest.registry import Registry, RegistryError
+from cloud_hub.models.captures import CaptureAssembly, CaptureData, CaptureError
+from cloud_hub.models.catalog import Catalog, CatalogEntry
 from schemas.commands import DEFAULT_CHUNK_SIZE
 from schemas.messages import Capture, Command
 from schemas.topics import ROOT, Kind
@@ -255,8 +255,8 @@ def _train_and_register(
     config: HubConfig, data: CaptureData, name: str, now: float
 ) -> CatalogEntry:
     """Train ``name`` at its next version on the capture and register it (ValueError: data)."""
-    from cloud_hub.onnx_export import train_model
-    from cloud_hub.trainer import TrainConfig
+    from cloud_hub.models.onnx_export import train_model
+    from cloud_hub.models.trainer import TrainConfig
 
     values = data.values[np.isfinite(data.values).all(axis=1)]
     if len(values) < len(data.values):

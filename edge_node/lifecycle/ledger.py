@@ -11,7 +11,7 @@ import os
 import time
 from pathlib import Path
 
-from edge_node.commands import BOOK_CAPACITY, CommandBook
+from edge_node.lifecycle.commands import BOOK_CAPACITY, CommandBook
 from schemas.files import atomic_write
 
 log = logging.getLogger(__name__)

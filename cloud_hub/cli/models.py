@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cloud_hub.catalog import Catalog, CatalogEntry
-from cloud_hub.cli_args import UsageError, node_id, positive_int
-from cloud_hub.cli_session import load_config
-from cloud_hub.commander import EXIT_OK
-from cloud_hub.ledger import CommandHistory, Ledger
+from cloud_hub.cli.args import UsageError, node_id, positive_int
+from cloud_hub.cli.session import load_config
+from cloud_hub.commands.commander import EXIT_OK
+from cloud_hub.commands.ledger import CommandHistory, Ledger
+from cloud_hub.models.catalog import Catalog, CatalogEntry
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from cloud_hub.fleet import NodeState
+from cloud_hub.ingest.fleet import NodeState
 
 SCHEMA_VERSION: Final = 1
 

@@ -11,8 +11,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
-from cloud_hub.dedupe import Deduper
-from cloud_hub.fleet import FleetState
+from cloud_hub.ingest.dedupe import Deduper
+from cloud_hub.ingest.fleet import FleetState
 from schemas.codec import DecodeError, decode
 from schemas.messages import Ack, Capture, Drift, Event, ResultBatch, Status, Telemetry
 from schemas.packing import unpack_flags

@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from cloud_hub.dedupe import DEFAULT_MAX_BOOTS, Coverage
+from cloud_hub.ingest.dedupe import DEFAULT_MAX_BOOTS, Coverage
 from schemas.messages import (
     Capabilities,
     Drift,

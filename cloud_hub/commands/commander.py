@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from cloud_hub.identity import HubIdentity
+from cloud_hub.commands.identity import HubIdentity
 from schemas.commands import DUPLICATE, NEED, UPTIME_S, parse_ranges
 from schemas.manifest import Manifest
 from schemas.messages import Ack, Command, Deploy, ModelRef, Ping, Retrain, Rollback

@@ -1,7 +1,8 @@
 """The I/O of one CLI command: its MQTT connection, its ledger lines and its terminal output.
 
 The decisions (which ack moves which node where, when to stop, what to print) are in
-:mod:`cloud_hub.commander`; this module only moves messages and text between it and the world.
+:mod:`cloud_hub.commands.commander`; this module only moves messages and text between it and
+the world.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Protocol, TextIO
 
-from cloud_hub.commander import Tracker, no_chunks_warning
+from cloud_hub.commands.commander import Tracker, no_chunks_warning
+from cloud_hub.commands.identity import HubIdentity, sender_id
+from cloud_hub.commands.ledger import Ledger, LedgerError, record_of
 from cloud_hub.config import HubConfig, load_hub_config, resolve_password
-from cloud_hub.identity import HubIdentity, sender_id
-from cloud_hub.ledger import Ledger, LedgerError, record_of
-from cloud_hub.transport import CommandClient, Received
+from cloud_hub.ingest.transport import CommandClient, Received
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import Ack, Capture, Command
 from schemas.topics import ROOT, Kind, TopicError, node_topic, parse_node_topic
@@ -84,7 +85,7 @@ class ProgressLine:
 
 
 class CommandPort(Protocol):
-    """The broker as a CLI command sees it (:class:`~cloud_hub.transport.CommandClient`)."""
+    """The broker as a CLI command sees it (:class:`~cloud_hub.ingest.transport.CommandClient`)."""
 
     client_id: str
 

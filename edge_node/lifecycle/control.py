@@ -1,7 +1,7 @@
 """The node's command handler: commands and model chunks in, acks and captures out.
 
 Runs on the main thread and never blocks it: messages arrive as calls from the loop, slow
-work (installing, loading) goes to the :class:`~edge_node.switcher.Switcher`'s worker, and
+work (installing, loading) goes to the :class:`~edge_node.lifecycle.switcher.Switcher`'s worker, and
 timeouts are checked on :meth:`Control.tick` with the loop's clock. Every method returns the
 messages to queue, in order, so the loop stays the only one that touches the outbox.
 """
@@ -13,15 +13,15 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge_node.capture import CaptureRing, NextCapture, Segment, upload_chunks
-from edge_node.commands import AckDraft, CommandBook, NodeView, decide, draft
-from edge_node.deployer import Assembly, AssemblyError, ChunkOutcome, Spec
-from edge_node.ledger import Ledger, LedgerError
-from edge_node.model_store import StoreError
-from edge_node.outgoing import Outgoing, Sequencer, scored_messages
-from edge_node.pipeline import RolledBack, Scored
+from edge_node.delivery.outgoing import Outgoing, Sequencer, scored_messages
+from edge_node.lifecycle.capture import CaptureRing, NextCapture, Segment, upload_chunks
+from edge_node.lifecycle.commands import AckDraft, CommandBook, NodeView, decide, draft
+from edge_node.lifecycle.deployer import Assembly, AssemblyError, ChunkOutcome, Spec
+from edge_node.lifecycle.ledger import Ledger, LedgerError
+from edge_node.lifecycle.model_store import StoreError
+from edge_node.lifecycle.switcher import Switched, Switcher
+from edge_node.scoring.pipeline import RolledBack, Scored
 from edge_node.sources.base import Block
-from edge_node.switcher import Switched, Switcher
 from schemas.codec import DecodeError, decode
 from schemas.commands import CHUNKS, NEED, READINGS, UPTIME_S
 from schemas.messages import (
@@ -44,7 +44,7 @@ MODELS_PREFIX = f"{ROOT}/models/"
 
 
 class Subscriber(Protocol):
-    """The part of the MQTT port that subscribes (edge_node.transport.NodeTransport)."""
+    """The part of the MQTT port that subscribes (edge_node.delivery.transport.NodeTransport)."""
 
     def subscribe(self, topic: str) -> None: ...
 

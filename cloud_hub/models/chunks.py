@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
-from cloud_hub.catalog import CatalogError, UnknownModel
-from cloud_hub.identity import HubIdentity
+from cloud_hub.commands.identity import HubIdentity
+from cloud_hub.models.catalog import CatalogError, UnknownModel
 from schemas.codec import encode
 from schemas.commands import DEFAULT_CHUNK_SIZE, NEED, parse_ranges
 from schemas.messages import Ack, ModelChunk, ModelRef

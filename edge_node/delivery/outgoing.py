@@ -7,10 +7,10 @@ from typing import TypedDict
 
 import msgspec
 
-from edge_node.batcher import PendingBatch
-from edge_node.drift import DriftReport
-from edge_node.events import EpisodeChange
-from edge_node.pipeline import Scored
+from edge_node.scoring.batcher import PendingBatch
+from edge_node.scoring.drift import DriftReport
+from edge_node.scoring.events import EpisodeChange
+from edge_node.scoring.pipeline import Scored
 from schemas.messages import ChannelShare, Drift, Event, ModelRef, ResultBatch
 from schemas.packing import pack_f32, pack_flags
 from schemas.topics import Kind

@@ -22,9 +22,9 @@ from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from cloud_hub.fleet import DriftSummary, NodeState
-from cloud_hub.ingest import MESSAGE_KINDS, Ingest
-from cloud_hub.lifecycle import ACK_STATUSES, ACK_TYPES, LifecycleCounts
+from cloud_hub.commands.lifecycle import ACK_STATUSES, ACK_TYPES, LifecycleCounts
+from cloud_hub.ingest.fleet import DriftSummary, NodeState
+from cloud_hub.ingest.inbound import MESSAGE_KINDS, Ingest
 from schemas.messages import ModelRef, Telemetry
 
 _NODE = ["node"]

@@ -7,9 +7,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from cloud_hub.capture_store import CaptureStore
-from cloud_hub.chunks import ChunkServer
-from cloud_hub.ledger import LedgerError
+from cloud_hub.commands.ledger import LedgerError
+from cloud_hub.models.capture_store import CaptureStore
+from cloud_hub.models.chunks import ChunkServer
 from schemas.messages import Ack
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from edge_node.model_store import StoreError, StoreState
-from edge_node.pipeline import ChannelMismatch, Pipeline, RolledBack, Scored, Scorer
-from edge_node.probation import ProbationPolicy
+from edge_node.lifecycle.model_store import StoreError, StoreState
+from edge_node.lifecycle.probation import ProbationPolicy
+from edge_node.scoring.pipeline import ChannelMismatch, Pipeline, RolledBack, Scored, Scorer
 from schemas.manifest import Manifest
 from schemas.messages import ModelRef
 
@@ -28,7 +28,7 @@ Loader = Callable[[Path], Scorer]
 
 
 class Store(Protocol):
-    """The model store port (edge_node.model_store.ModelStore)."""
+    """The model store port (edge_node.lifecycle.model_store.ModelStore)."""
 
     def path(self, ref: ModelRef) -> Path: ...
 

@@ -1,7 +1,7 @@
 """PCA anomaly detector: fitting, the reference scorer and the reference profile (numpy only).
 
 The model scores a window of raw readings ``[W, C]`` in four steps, all of which the ONNX graph
-(cloud_hub.onnx_export) repeats exactly:
+(cloud_hub.models.onnx_export) repeats exactly:
 
 1. ``m`` = per-channel mean over the window (smooths sensor noise);
 2. ``z = (m - mean) / scale`` with the training mean and standard deviation of ``m``;

@@ -1,8 +1,8 @@
 """The ``cloud-hub`` command line.
 
 ``serve``, ``nodes`` and ``train`` live here; the catalog and ledger tables (``models``,
-``register``, ``commands``) in :mod:`cloud_hub.cli_models`; the commands sent to nodes
-(``deploy``, ``rollback``, ``ping``, ``retrain``) in :mod:`cloud_hub.cli_commands`.
+``register``, ``commands``) in :mod:`cloud_hub.cli.models`; the commands sent to nodes
+(``deploy``, ``rollback``, ``ping``, ``retrain``) in :mod:`cloud_hub.cli.commands`.
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from cloud_hub import cli_commands, cli_models
 from cloud_hub.app import StartupError, serve
-from cloud_hub.catalog import Catalog, CatalogError
-from cloud_hub.cli_args import UsageError, model_name, model_version, positive, positive_int
-from cloud_hub.cli_session import load_config
-from cloud_hub.commander import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from cloud_hub.cli import commands, models
+from cloud_hub.cli.args import UsageError, model_name, model_version, positive, positive_int
+from cloud_hub.cli.session import load_config
+from cloud_hub.commands.commander import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from cloud_hub.commands.ledger import LedgerError
 from cloud_hub.config import IngestConfig
-from cloud_hub.ledger import LedgerError
-from cloud_hub.registry import NodeRow, Registry, RegistryError
-from cloud_hub.transport import TransportError
+from cloud_hub.ingest.registry import NodeRow, Registry, RegistryError
+from cloud_hub.ingest.transport import TransportError
+from cloud_hub.models.catalog import Catalog, CatalogError
 from schemas.manifest import Manifest
 from schemas.settings import SettingsError
 
@@ -80,9 +80,9 @@ def _common(log_level: str, *, with_config: bool, with_timeout: bool) -> argpars
         common.add_argument(
             "--timeout",
             type=positive,
-            default=cli_commands.DEFAULT_TIMEOUT_S,
+            default=commands.DEFAULT_TIMEOUT_S,
             metavar="S",
-            help=f"wait at most S seconds for answers (default {cli_commands.DEFAULT_TIMEOUT_S:g})",
+            help=f"wait at most S seconds for answers (default {commands.DEFAULT_TIMEOUT_S:g})",
         )
     return common
 
@@ -121,8 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     # Client commands print results; they log only when something is wrong.
-    cli_models.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=False))
-    cli_commands.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=True))
+    models.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=False))
+    commands.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=True))
     return parser
 
 
@@ -204,8 +204,8 @@ def _num(value: float | None, spec: str) -> str:
 
 def _train(args: argparse.Namespace) -> int:
     # Imported here: onnx and onnxruntime are heavy and only this command needs them.
-    from cloud_hub.onnx_export import save_model, train_model
-    from cloud_hub.trainer import TrainConfig
+    from cloud_hub.models.onnx_export import save_model, train_model
+    from cloud_hub.models.trainer import TrainConfig
 
     if args.version is None and not args.register:
         raise UsageError("--version is required unless --register picks the next free one")

@@ -19,12 +19,12 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from edge_node.batcher import PendingBatch, ResultBatcher
-from edge_node.drift import DriftAccumulator, DriftReport
-from edge_node.events import EpisodeChange, EpisodeConfig, EpisodeDetector
-from edge_node.probation import Probation, ProbationPolicy
+from edge_node.lifecycle.probation import Probation, ProbationPolicy
+from edge_node.scoring.batcher import PendingBatch, ResultBatcher
+from edge_node.scoring.drift import DriftAccumulator, DriftReport
+from edge_node.scoring.events import EpisodeChange, EpisodeConfig, EpisodeDetector
+from edge_node.scoring.window import RecentRows, Windower
 from edge_node.sources.base import Block
-from edge_node.window import RecentRows, Windower
 from schemas.manifest import Manifest
 from schemas.messages import ModelRef
 
@@ -35,7 +35,7 @@ HISTORY_ROWS = 256
 
 
 class Scorer(Protocol):
-    """A loaded model (edge_node.runtime.ModelRuntime in production)."""
+    """A loaded model (edge_node.scoring.runtime.ModelRuntime in production)."""
 
     @property
     def manifest(self) -> Manifest: ...

@@ -16,7 +16,7 @@ from typing import Final
 
 import numpy as np
 
-from cloud_hub.captures import CaptureAssembly, CaptureData, CaptureError
+from cloud_hub.models.captures import CaptureAssembly, CaptureData, CaptureError
 from schemas.codec import DecodeError, decode, encode
 from schemas.files import atomic_write
 from schemas.messages import Capture

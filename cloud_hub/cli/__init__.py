@@ -1,0 +1,1 @@
+"""The ``cloud-hub`` command line, one module per command group."""

@@ -1,0 +1,1 @@
+"""What nodes send: MQTT adapter, validation, dedupe, fleet state, registry, metrics."""

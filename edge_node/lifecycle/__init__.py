@@ -1,0 +1,1 @@
+"""Model lifecycle: commands, deploys, switches, probation, model store, command book, capture."""

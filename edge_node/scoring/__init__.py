@@ -1,0 +1,1 @@
+"""The scoring path: windows, the model runtime, result batches, episodes and drift."""

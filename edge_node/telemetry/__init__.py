@@ -1,0 +1,1 @@
+"""The node's own health: latency and power arithmetic, process and board readings."""
