@@ -80,8 +80,10 @@ class BatchSection(_Section):
 
 
 class EventsSection(_Section):
-    open_after: AtLeastOne = 3
-    close_after: AtLeastOne = 10
+    # Flags already follow the model's alarm rule (its manifest), so by default an episode is
+    # one alarm; larger values only delay or merge episode reports, never the flags.
+    open_after: AtLeastOne = 1
+    close_after: AtLeastOne = 1
     critical_ratio: Positive = 2.0
 
 

@@ -9,6 +9,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from schemas.alarm import AlarmSpec
+
 MANIFEST_SCHEMA = 1
 
 # A model folder (node store, hub catalog, trainer output) holds exactly these two files.
@@ -64,6 +66,39 @@ class Resources(msgspec.Struct, kw_only=True):
     opset: int
 
 
+class Validation(msgspec.Struct, kw_only=True):
+    """How the training recipe scored on labelled data, and under which protocol."""
+
+    protocol: str
+    files: int
+    readings: int
+    f1: float
+    far: float
+    mar: float
+
+
+class TrainingData(msgspec.Struct, kw_only=True):
+    """What the model was fitted on."""
+
+    readings: int
+    sources: list[str] = []
+    period_s: float | None = None
+
+
+class ModelCard(msgspec.Struct, kw_only=True):
+    """What a person needs to judge a model: its features, threshold rule, validation figures,
+    cost per reading and training data."""
+
+    features: list[str]
+    threshold_rule: str
+    training: TrainingData
+    latency_us_per_reading: float
+    memory_mb: float
+    size_bytes: int
+    validation: Validation | None = None
+    precision: Literal["fp32", "int8"] = "fp32"
+
+
 class Manifest(msgspec.Struct, kw_only=True):
     """Everything about one model version except its weights."""
 
@@ -81,6 +116,10 @@ class Manifest(msgspec.Struct, kw_only=True):
     sha256: str
     training: dict[str, float | int | str] = {}
     signature: bytes | None = None
+    # The alarm rule turning exceedances of ``threshold`` into flags; the default flags exactly
+    # the readings over the threshold (manifests written before the rule existed).
+    alarm: AlarmSpec = msgspec.field(default_factory=AlarmSpec)
+    card: ModelCard | None = None
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

@@ -6,13 +6,17 @@ from typing import Final, TypedDict
 
 import msgspec
 
+from schemas.alarm import AlarmSpec
 from schemas.manifest import (
     InputSpec,
     Manifest,
+    ModelCard,
     OutputSpec,
     Profile,
     ReferenceProfile,
     Resources,
+    TrainingData,
+    Validation,
 )
 from schemas.messages import (
     Ack,
@@ -73,6 +77,23 @@ MANIFEST: Final = Manifest(
     ),
     sha256="0" * 64,
     training={"readings": 400, "components": 3},
+    alarm=AlarmSpec(open_after=1, open_within=1, close_after=30),
+    card=ModelCard(
+        features=["level(current)", "slope(temperature)", "spread(current)"],
+        threshold_rule="2 x the 99% quantile of scores on the last 30% of the training readings",
+        training=TrainingData(readings=400, sources=["pump-01.csv"], period_s=1.0),
+        latency_us_per_reading=0.9,
+        memory_mb=1.5,
+        size_bytes=2847,
+        validation=Validation(
+            protocol="per recording: fit on the first 400 readings, score the rest",
+            files=16,
+            readings=11760,
+            f1=0.85,
+            far=0.06,
+            mar=0.22,
+        ),
+    ),
 )
 
 _COMMAND = _Env(node="pump-01", boot="hub-7d1e", ts=1767225601.0)

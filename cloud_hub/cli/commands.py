@@ -22,6 +22,7 @@ from cloud_hub.cli.args import (
     positive,
     positive_int,
 )
+from cloud_hub.cli.cards import format_side_by_side
 from cloud_hub.cli.session import Session, load_config
 from cloud_hub.commands.commander import (
     DEFAULT_EXPIRES_IN_S,
@@ -41,6 +42,7 @@ from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.models.captures import CaptureAssembly, CaptureData, CaptureError
 from cloud_hub.models.catalog import Catalog, CatalogEntry
 from schemas.commands import DEFAULT_CHUNK_SIZE
+from schemas.manifest import Manifest
 from schemas.messages import Capture, Command
 from schemas.topics import ROOT, Kind
 
@@ -171,16 +173,19 @@ def retrain(session: Session, config: HubConfig, args: Any) -> int:
         session.print_report(tracker.report())
         return EXIT_FAILED
     session.print_report([_captured_line(args.node, data, session.clock() - tracker.started)])
-    name = args.name or _model_name(config, args.node, tracker)
+    active_name, active_version = _active_model(config, args.node, tracker)
+    name = args.name or active_name
     if name is None:
         session.print_report([f"{args.node}: cannot tell which model to retrain: pass --name"])
         return EXIT_FAILED
     try:
-        entry = _train_and_register(config, data, name, session.clock())
+        entry, current = _train_and_register(
+            config, data, name, active_version if name == active_name else None, session.clock()
+        )
     except ValueError as exc:
         session.print_report([f"cannot train {name} on the capture: {exc}"])
         return EXIT_FAILED
-    session.print_report([f"registered {entry.ref}"])
+    session.print_report([format_side_by_side(current, entry.manifest), f"registered {entry.ref}"])
     if not args.deploy:
         return EXIT_OK
     return deploy(session, entry, [args.node], args)
@@ -234,8 +239,8 @@ def _captured_line(node: str, data: CaptureData, elapsed: float) -> str:
     return f"{node}  captured  {rows} readings of {cols} channels   {elapsed:.2f} s"
 
 
-def _model_name(config: HubConfig, node: str, tracker: Tracker) -> str | None:
-    """The node's active model: from the fleet registry, else from its ack."""
+def _active_model(config: HubConfig, node: str, tracker: Tracker) -> tuple[str | None, str | None]:
+    """The node's active model (name, version): from the fleet registry, else from its ack."""
     try:
         registry = Registry(config.store.db, readonly=True)
     except RegistryError:
@@ -246,23 +251,25 @@ def _model_name(config: HubConfig, node: str, tracker: Tracker) -> str | None:
         finally:
             registry.close()
         if node in rows and rows[node].active_model:
-            return rows[node].active_model
+            return rows[node].active_model, rows[node].active_version
     model = tracker.nodes[node].model
-    return model.name if model is not None else None
+    return (model.name, model.version) if model is not None else (None, None)
 
 
 def _train_and_register(
-    config: HubConfig, data: CaptureData, name: str, now: float
-) -> CatalogEntry:
-    """Train ``name`` at its next version on the capture and register it (ValueError: data)."""
+    config: HubConfig, data: CaptureData, name: str, current: str | None, now: float
+) -> tuple[CatalogEntry, Manifest | None]:
+    """Train ``name`` at its next version on the capture and register it (ValueError: data);
+    also the manifest of version ``current`` (else the newest one) to compare it with."""
     from cloud_hub.models.onnx_export import train_model
-    from cloud_hub.models.trainer import TrainConfig
+    from cloud_hub.models.trainer import DEFAULTS
 
     values = data.values[np.isfinite(data.values).all(axis=1)]
     if len(values) < len(data.values):
         log.warning("dropped %d readings with missing values", len(data.values) - len(values))
     catalog = Catalog(config.store.models_path())
     try:
+        before = (catalog.get(name, current) if current else None) or catalog.latest(name)
         version = catalog.next_version(name)
         onnx_bytes, manifest = train_model(
             values,
@@ -270,10 +277,12 @@ def _train_and_register(
             name=name,
             version=version,
             trained_by=f"retrain {data.command} on {data.node}",
-            config=TrainConfig(),
+            config=DEFAULTS["pca"],
             now=now,
+            sources=[f"capture {data.command} from {data.node}"],
         )
-        return catalog.add(onnx_bytes, manifest, now, source=f"retrain {data.command}")
+        entry = catalog.add(onnx_bytes, manifest, now, source=f"retrain {data.command}")
+        return entry, before.manifest if before is not None else None
     finally:
         catalog.close()
 

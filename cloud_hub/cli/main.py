@@ -1,8 +1,9 @@
 """The ``cloud-hub`` command line.
 
-``serve``, ``nodes`` and ``train`` live here; the catalog and ledger tables (``models``,
-``register``, ``commands``) in :mod:`cloud_hub.cli.models`; the commands sent to nodes
-(``deploy``, ``rollback``, ``ping``, ``retrain``) in :mod:`cloud_hub.cli.commands`.
+``serve`` and ``nodes`` live here; ``train`` in :mod:`cloud_hub.cli.training`; the catalog
+and ledger tables (``models``, ``register``, ``commands``) in :mod:`cloud_hub.cli.models`; the
+commands sent to nodes (``deploy``, ``rollback``, ``ping``, ``retrain``) in
+:mod:`cloud_hub.cli.commands`.
 """
 
 from __future__ import annotations
@@ -14,20 +15,16 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-from numpy.typing import NDArray
-
 from cloud_hub.app import StartupError, serve
-from cloud_hub.cli import commands, models
-from cloud_hub.cli.args import UsageError, model_name, model_version, positive, positive_int
+from cloud_hub.cli import commands, models, training
+from cloud_hub.cli.args import UsageError, positive
 from cloud_hub.cli.session import load_config
 from cloud_hub.commands.commander import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from cloud_hub.commands.ledger import LedgerError
 from cloud_hub.config import IngestConfig
 from cloud_hub.ingest.registry import NodeRow, Registry, RegistryError
 from cloud_hub.ingest.transport import TransportError
-from cloud_hub.models.catalog import Catalog, CatalogError
-from schemas.manifest import Manifest
+from cloud_hub.models.catalog import CatalogError
 from schemas.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -105,20 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.add_argument("--watch", type=positive, metavar="SECONDS", help="refresh every SECONDS")
     nodes.set_defaults(run=_nodes)
 
-    train = sub.add_parser("train", parents=[common], help="train a model from healthy CSV data")
-    train.add_argument(
-        "--csv", type=Path, action="append", required=True, metavar="FILE", help="repeatable"
-    )
-    train.add_argument("--rows", type=positive_int, metavar="N", help="use the first N rows")
-    train.add_argument("--name", required=True, type=model_name, help="model name")
-    train.add_argument(
-        "--version", type=model_version, help="model version (with --register: the next free)"
-    )
-    train.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    train.add_argument("--window", type=positive_int, metavar="W", help="readings per window")
-    train.add_argument("--register", action="store_true", help="add the model to the catalog")
-    train.add_argument("--config", type=Path, help="TOML settings file (for the catalog)")
-    train.set_defaults(run=_train)
+    training.add_parser(sub, common)
 
     # Client commands print results; they log only when something is wrong.
     models.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=False))
@@ -200,74 +184,3 @@ def ago(seconds: float) -> str:
 
 def _num(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
-
-
-def _train(args: argparse.Namespace) -> int:
-    # Imported here: onnx and onnxruntime are heavy and only this command needs them.
-    from cloud_hub.models.onnx_export import save_model, train_model
-    from cloud_hub.models.trainer import TrainConfig
-
-    if args.version is None and not args.register:
-        raise UsageError("--version is required unless --register picks the next free one")
-    catalog = Catalog(load_config(args.config).store.models_path()) if args.register else None
-    try:
-        version = args.version or (catalog.next_version(args.name) if catalog else "1")
-        try:
-            channels, parts = _healthy_readings(args.csv, args.rows)
-            values = np.concatenate(parts)
-            config = TrainConfig() if args.window is None else TrainConfig(window=args.window)
-            onnx_bytes, manifest = train_model(
-                values,
-                channels,
-                name=args.name,
-                version=version,
-                trained_by="cloud-hub train",
-                config=config,
-                now=time.time(),
-            )
-        except ValueError as exc:  # bad data or parameters; the message names file or field
-            return _fail("train", exc, EXIT_USAGE)
-        save_model(args.out, onnx_bytes, manifest)
-        _print_trained(manifest, args.out, len(values), len(parts))
-        if catalog is not None:
-            print(f"registered  {catalog.register(args.out, time.time()).ref}")
-    finally:
-        if catalog is not None:
-            catalog.close()
-    return EXIT_OK
-
-
-def _print_trained(manifest: Manifest, out: Path, readings: int, files: int) -> None:
-    res = manifest.resources
-    print(f"model       {manifest.name}@{manifest.version} -> {out}")
-    print(f"readings    {readings} from {files} file(s), window {manifest.input.window}")
-    print(f"threshold   {manifest.threshold:.6g}")
-    print(f"latency     p50 {res.latency_ms_p50:.4f} ms, p99 {res.latency_ms_p99:.4f} ms")
-    print(f"size        {res.size_bytes} bytes, opset {res.opset}")
-
-
-def _healthy_readings(
-    files: Sequence[Path], rows: int | None
-) -> tuple[list[str], list[NDArray[np.float32]]]:
-    """Readings of each file (the first ``rows`` if given); refuse labelled anomalies."""
-    from schemas.readings_csv import read_csv
-
-    channels: list[str] | None = None
-    parts: list[NDArray[np.float32]] = []
-    for path in files:
-        data = read_csv(path)
-        if channels is None:
-            channels = data.channels
-        elif data.channels != channels:
-            raise ValueError(f"{path}: channels {data.channels} differ from {channels}")
-        end = len(data.values) if rows is None else min(rows, len(data.values))
-        if data.anomaly is not None and data.anomaly[:end].any():
-            first = int(data.anomaly[:end].argmax())
-            raise ValueError(
-                f"{path}: reading {first} of the {end} used is labelled anomalous; "
-                "train on healthy data only (use --rows to take the healthy start)"
-            )
-        parts.append(data.values[:end])
-    if channels is None:
-        raise ValueError("no --csv file given")
-    return channels, parts

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud_hub.cli.args import UsageError, node_id, positive_int
+from cloud_hub.cli.cards import format_card
 from cloud_hub.cli.session import load_config
 from cloud_hub.commands.commander import EXIT_OK
 from cloud_hub.commands.ledger import CommandHistory, Ledger
@@ -18,6 +19,9 @@ from cloud_hub.models.catalog import Catalog, CatalogEntry
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the catalog and ledger subcommands to ``sub``."""
     models = sub.add_parser("models", parents=[common], help="show the model catalog")
+    models.add_argument(
+        "--card", metavar="NAME@VERSION", help="show this model's card instead of the table"
+    )
     models.set_defaults(run=run_models)
 
     register = sub.add_parser(
@@ -36,7 +40,15 @@ def run_models(args: argparse.Namespace) -> int:
     """``cloud-hub models``."""
     catalog = Catalog(load_config(args.config).store.models_path())
     try:
-        print(format_models(catalog.list()))
+        if args.card is None:
+            print(format_models(catalog.list()))
+            return EXIT_OK
+        name, _, version = args.card.partition("@")
+        entry = catalog.get(name, version)
+        if entry is None:
+            known = ", ".join(e.ref for e in catalog.list()) or "none"
+            raise UsageError(f"{args.card} is not in the catalog (it has: {known})")
+        print(format_card(entry.manifest))
     finally:
         catalog.close()
     return EXIT_OK
@@ -72,7 +84,18 @@ def run_commands(args: argparse.Namespace) -> int:
 
 def format_models(entries: Sequence[CatalogEntry]) -> str:
     """The ``models`` table."""
-    header = ("MODEL", "VERSION", "ALGORITHM", "SIZE", "CHANNELS", "THRESHOLD", "CREATED", "BY")
+    header = (
+        "MODEL",
+        "VERSION",
+        "ALGORITHM",
+        "SIZE",
+        "CHANNELS",
+        "THRESHOLD",
+        "VALIDATION",
+        "US/READING",
+        "CREATED",
+        "BY",
+    )
     rows = [
         (
             e.name,
@@ -81,12 +104,21 @@ def format_models(entries: Sequence[CatalogEntry]) -> str:
             str(e.size),
             str(len(e.channels)),
             f"{e.threshold:.4g}",
+            _validation(e),
+            f"{e.manifest.card.latency_us_per_reading:.3g}" if e.manifest.card else "-",
             _time(e.created_at),
             e.trained_by,
         )
         for e in entries
     ]
     return _table(header, rows, "(no models: cloud-hub register DIR adds one)")
+
+
+def _validation(entry: CatalogEntry) -> str:
+    card = entry.manifest.card
+    if card is None or card.validation is None:
+        return "-"
+    return f"F1 {card.validation.f1:.3f} FAR {card.validation.far:.1%}"
 
 
 def format_commands(history: Sequence[CommandHistory]) -> str:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,23 +20,20 @@ import psutil
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from cloud_hub.models.trainer import (
-    ALGORITHM,
-    FittedModel,
-    TrainConfig,
-    fit,
-    reference_profile,
-    score_numpy,
-    sliding_windows,
-)
+from cloud_hub.models.features import onnx_nodes as feature_nodes
+from cloud_hub.models.reference import reference_profile
+from cloud_hub.models.trainer import FittedModel, TrainConfig, fit, score_numpy, sliding_windows
 from schemas.files import atomic_write
 from schemas.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
     InputSpec,
     Manifest,
+    ModelCard,
     OutputSpec,
     Resources,
+    TrainingData,
+    Validation,
     encode_manifest,
 )
 
@@ -42,9 +41,8 @@ log = logging.getLogger(__name__)
 
 SCORE = "score"
 CONTRIBUTIONS = "contributions"
-# ReduceSum takes its axes as an input from opset 13, ReduceMean only from opset 18.
+# ReduceSum and Squeeze take their axes as an input from opset 13.
 MIN_OPSET = 13
-_AXES_AS_INPUT_MEAN = 18
 _CHECK_RTOL = 1e-3
 _CHECK_ATOL = 1e-4
 _MB = 1024 * 1024
@@ -54,24 +52,17 @@ def build_onnx(model: FittedModel, *, input_name: str = "window", opset: int = 1
     """Scoring graph of ``model``: raw windows ``[batch, W, C]`` in, score and contributions out."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is not supported; need >= {MIN_OPSET}")
+    nodes, inits = feature_nodes(model.spec, input_name, "z", opset)
+    detector_nodes, detector_inits = model.detector.onnx_nodes("z", SCORE, "terms")
+    nodes += [
+        *detector_nodes,
+        helper.make_node("MatMul", ["terms", "owner"], [CONTRIBUTIONS]),
+    ]
+    inits += [*detector_inits, numpy_helper.from_array(model.spec.owner_matrix(), "owner")]
     c = len(model.channels)
-    inits = [
-        numpy_helper.from_array(model.mean.astype(np.float32), "mean"),
-        numpy_helper.from_array(model.scale.astype(np.float32), "scale"),
-        numpy_helper.from_array(model.root.astype(np.float32), "root"),
-        numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
-    ]
-    nodes = [
-        _reduce_mean(input_name, "window_mean", opset),
-        helper.make_node("Sub", ["window_mean", "mean"], ["centred"]),
-        helper.make_node("Div", ["centred", "scale"], ["z"]),
-        helper.make_node("MatMul", ["z", "root"], ["y"]),
-        helper.make_node("Mul", ["y", "y"], [CONTRIBUTIONS]),
-        helper.make_node("ReduceSum", [CONTRIBUTIONS, "axis1"], [SCORE], keepdims=0),
-    ]
     graph = helper.make_graph(
         nodes,
-        ALGORITHM,
+        f"edgeml-{model.config.algorithm}",
         [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", model.window, c])],
         [
             helper.make_tensor_value_info(SCORE, TensorProto.FLOAT, ["batch"]),
@@ -135,6 +126,9 @@ def train_model(
     trained_by: str,
     config: TrainConfig,
     now: float,
+    sources: list[str] | None = None,
+    period_s: float | None = None,
+    validation: Validation | None = None,
 ) -> tuple[bytes, Manifest]:
     """Fit, export, check the export against numpy, measure, and describe: (onnx, manifest)."""
     model = fit(values, channels, config)
@@ -142,36 +136,88 @@ def train_model(
     windows = sliding_windows(np.asarray(values, dtype=np.float32), model.window)
     scores, _ = score_numpy(model, windows)
     _check_export(onnx_bytes, windows, scores)
+    resources = measure(onnx_bytes, model.window, len(channels))
     manifest = Manifest(
         name=name,
         version=version,
         created_at=now,
         trained_by=trained_by,
-        algorithm=ALGORITHM,
+        algorithm=config.algorithm,
         input=InputSpec(name="window", channels=list(channels), window=model.window),
         output=OutputSpec(score=SCORE, contributions=CONTRIBUTIONS),
         threshold=model.threshold,
         reference=reference_profile(values, scores, list(channels)),
-        resources=measure(onnx_bytes, model.window, len(channels)),
+        resources=resources,
         sha256=hashlib.sha256(onnx_bytes).hexdigest(),
-        training={
-            "readings": len(values),
-            "windows": model.training_windows,
-            "components": model.components,
-            "explained_variance": round(model.explained_variance, 6),
-            "threshold_quantile": config.threshold_quantile,
-            "threshold_margin": config.threshold_margin,
-        },
+        training=_training_facts(model),
+        alarm=config.alarm,
+        card=ModelCard(
+            features=model.feature_names(),
+            threshold_rule=config.threshold_rule(),
+            training=TrainingData(readings=len(values), sources=sources or [], period_s=period_s),
+            latency_us_per_reading=_per_reading_us(resources),
+            memory_mb=resources.memory_mb,
+            size_bytes=resources.size_bytes,
+            validation=validation,
+        ),
     )
     log.info(
-        "trained %s/%s: %d readings, %d components, threshold %.4g",
+        "trained %s/%s (%s): %d readings, threshold %.4g",
         name,
         version,
+        config.algorithm,
         len(values),
-        model.components,
         model.threshold,
     )
     return onnx_bytes, manifest
+
+
+def _training_facts(model: FittedModel) -> dict[str, float | int | str]:
+    config = model.config
+    return {
+        "windows": model.training_windows,
+        "features": config.features,
+        "drift_limit": config.drift_limit,
+        "target_far": config.target_far,
+        "margin": config.margin,
+        "holdout": config.holdout,
+        **model.detector.facts(),
+    }
+
+
+def _per_reading_us(resources: Resources) -> float:
+    return round(resources.latency_ms_p50 * 1000.0 / resources.measured_batch, 3)
+
+
+def int8_variant(onnx_bytes: bytes, manifest: Manifest) -> tuple[bytes, Manifest]:
+    """The model with int8 weights (onnxruntime dynamic quantisation), re-measured, as version
+    ``<version>-int8``; its threshold and alarm stay those of the fp32 model."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        source, target = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
+        source.write_bytes(onnx_bytes)
+        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+        quantized = target.read_bytes()
+    resources = measure(quantized, manifest.input.window, len(manifest.input.channels))
+    card = manifest.card
+    if card is not None:
+        card = msgspec.structs.replace(
+            card,
+            precision="int8",
+            latency_us_per_reading=_per_reading_us(resources),
+            memory_mb=resources.memory_mb,
+            size_bytes=resources.size_bytes,
+            validation=None,  # measured for fp32; the int8 figure is bench/skab_f1.py's
+        )
+    variant = msgspec.structs.replace(
+        manifest,
+        version=f"{manifest.version}-int8",
+        resources=resources,
+        sha256=hashlib.sha256(quantized).hexdigest(),
+        card=card,
+    )
+    return quantized, variant
 
 
 def save_model(directory: Path, onnx_bytes: bytes, manifest: Manifest) -> None:
@@ -179,12 +225,6 @@ def save_model(directory: Path, onnx_bytes: bytes, manifest: Manifest) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     atomic_write(directory / MODEL_FILE, onnx_bytes)
     atomic_write(directory / MANIFEST_FILE, encode_manifest(manifest))
-
-
-def _reduce_mean(source: str, target: str, opset: int) -> onnx.NodeProto:
-    if opset >= _AXES_AS_INPUT_MEAN:
-        return helper.make_node("ReduceMean", [source, "axis1"], [target], keepdims=0)
-    return helper.make_node("ReduceMean", [source], [target], axes=[1], keepdims=0)
 
 
 def _session(onnx_bytes: bytes) -> Any:

@@ -1,4 +1,7 @@
-"""The scoring path of one node: window -> model -> result batches, episodes, drift.
+"""The scoring path of one node: window -> model -> alarm -> result batches, episodes, drift.
+
+A reading is flagged when the model's alarm rule (schemas.alarm, from its manifest) is open
+after it: the flags a node publishes are exactly those the trainer validated.
 
 No I/O of its own: the model is a port (:class:`Scorer`), time comes in as arguments.
 
@@ -25,6 +28,7 @@ from edge_node.scoring.drift import DriftAccumulator, DriftReport
 from edge_node.scoring.events import EpisodeChange, EpisodeConfig, EpisodeDetector
 from edge_node.scoring.window import RecentRows, Windower
 from edge_node.sources.base import Block
+from schemas.alarm import AlarmFilter
 from schemas.manifest import Manifest
 from schemas.messages import ModelRef
 
@@ -118,6 +122,7 @@ class _Lane:
         self.windower = Windower(manifest.input.window, fill)
         self.drift = DriftAccumulator(manifest.reference, channels)
         self.episodes = EpisodeDetector(episodes, channels)
+        self.alarm = AlarmFilter(manifest.alarm)
 
     def prime(self, recent: F32) -> None:
         """Feed the windower history it never scored, so the next windows are real ones."""
@@ -196,7 +201,9 @@ class Pipeline:
         out.error = run.error
         lane = self._lane
         threshold = lane.scorer.manifest.threshold
-        flags = np.isfinite(run.scores) & (run.scores > threshold)
+        # The model's alarm rule decides the flags; an unscored (NaN) reading is never flagged.
+        scored = np.isfinite(run.scores)
+        flags = lane.alarm.update(scored & (run.scores > threshold)) & scored
         lane.drift.add(block.t0, block.period, run.values, run.scores, flags)
         changes = lane.episodes.update(
             block.t0, block.period, run.scores, flags, run.contributions, threshold=threshold

@@ -60,16 +60,15 @@ def padded(source: Path, folder: Path, version: str, size: int) -> Path:
 
 
 def nan_on_real_data(source: Path, folder: Path, version: str) -> Path:
-    """Loads and warms up fine (reference means give z = 0) but scores NaN once any channel
-    is half a standard deviation from its training mean, as real readings soon are."""
+    """Loads and warms up fine (warm-up windows are constant, so every channel's spread is 0)
+    but scores NaN as soon as a window's readings vary, as real readings always do."""
     proto = onnx.load_from_string((source / "model.onnx").read_bytes())
     graph = proto.graph
     score = graph.output[0].name
     graph.initializer.extend(
         [
-            numpy_helper.from_array(np.array(0.5, np.float32), "half"),
             numpy_helper.from_array(np.array(0.0, np.float32), "zero"),
-            numpy_helper.from_array(np.array([1], np.int64), "axis_c"),
+            numpy_helper.from_array(np.array([1, 2], np.int64), "axes_wc"),
         ]
     )
     for node in graph.node:  # rename the score so the new tail produces it
@@ -77,10 +76,10 @@ def nan_on_real_data(source: Path, folder: Path, version: str) -> Path:
         node.input[:] = ["raw_score" if i == score else i for i in node.input]
     graph.node.extend(
         [
-            helper.make_node("Abs", ["z"], ["abs_z"]),
-            helper.make_node("Sub", ["half", "abs_z"], ["room"]),
-            helper.make_node("Sqrt", ["room"], ["root_room"]),
-            helper.make_node("ReduceSum", ["root_room", "axis_c"], ["poison"], keepdims=0),
+            # feat_spread [B, 1, C] is the features' per-channel window spread (>= 0).
+            helper.make_node("ReduceSum", ["feat_spread", "axes_wc"], ["spread"], keepdims=0),
+            helper.make_node("Neg", ["spread"], ["minus_spread"]),
+            helper.make_node("Sqrt", ["minus_spread"], ["poison"]),  # NaN once spread > 0
             helper.make_node("Mul", ["poison", "zero"], ["nothing_or_nan"]),
             helper.make_node("Add", ["raw_score", "nothing_or_nan"], [score]),
         ]

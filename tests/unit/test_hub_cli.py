@@ -299,8 +299,12 @@ def test_retrain_session_trains_registers_and_deploys(config: HubConfig) -> None
         assert retrain(s, config, args) == 0
     lines = out.getvalue().splitlines()
     assert lines[0].startswith("pump-1  captured  240 readings of 3 channels")
-    assert lines[1] == "registered pump-pca@1"
-    assert lines[2].startswith("pump-1  applied   pump-pca@1")
+    # The candidate's card beside the current model's (none in the catalog here), then the rest.
+    assert lines[1].split() == ["CURRENT", "CANDIDATE"]
+    assert lines[2].split() == ["model", "-", "pump-pca@1"]
+    assert any(line.startswith("alarm ") and "close after 30" in line for line in lines)
+    registered = lines.index("registered pump-pca@1")
+    assert lines[registered + 1].startswith("pump-1  applied   pump-pca@1")
     catalog = Catalog(config.store.models_path())
     try:
         trained = catalog.get("pump-pca", "1")

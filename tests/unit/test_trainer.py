@@ -1,52 +1,46 @@
-"""The PCA trainer, its ONNX export and the model folder it writes."""
+"""The trainer: drift-robust features, detector families, out-of-sample thresholds."""
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import numpy as np
-import onnxruntime as ort
 import pytest
 from numpy.typing import NDArray
 
-from cloud_hub.models.onnx_export import build_onnx, save_model, train_model
+from cloud_hub.models.reference import profile, reference_profile
 from cloud_hub.models.trainer import (
+    ALGORITHMS,
+    DEFAULTS,
     FittedModel,
     TrainConfig,
     fit,
-    profile,
-    reference_profile,
     score_numpy,
     sliding_windows,
 )
-from schemas.manifest import decode_manifest, encode_manifest
+from schemas.alarm import apply
+from schemas.readings_csv import read_csv
 from tests.skab import skab_file
 
 CHANNELS = ["current", "pressure", "voltage", "vibration"]
 
 
-def healthy(n: int, seed: int = 0) -> NDArray[np.float32]:
-    """Correlated readings at realistic levels: two latent factors drive four sensors."""
+def healthy(n: int, seed: int = 0, drift_per_reading: float = 0.0) -> NDArray[np.float32]:
+    """Correlated readings at realistic levels: two latent factors drive four sensors; with
+    ``drift_per_reading`` the voltage level wanders up slowly, as temperatures do."""
     rng = np.random.default_rng(seed)
     latent = rng.normal(size=(n, 2))
     mixing = np.array([[1.0, 0.5, 0.0, 0.8], [0.0, 0.7, 1.0, -0.3]])
     noise = 0.2 * rng.normal(size=(n, 4))
     level = np.array([2.4, 0.1, 228.0, 0.02])
     spread = np.array([0.5, 0.25, 10.0, 0.001])
-    readings: NDArray[np.float32] = ((latent @ mixing + noise) * spread + level).astype(np.float32)
-    return readings
+    readings = (latent @ mixing + noise) * spread + level
+    readings[:, 2] += drift_per_reading * np.arange(n)
+    out: NDArray[np.float32] = readings.astype(np.float32)
+    return out
 
 
-def onnx_scores(onnx_bytes: bytes, windows: NDArray[np.float32]) -> list[NDArray[np.float32]]:
-    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    result: list[NDArray[np.float32]] = session.run(["score", "contributions"], {"window": windows})
-    return result
-
-
-@pytest.fixture(scope="module")
-def model() -> FittedModel:
-    return fit(healthy(600), CHANNELS, TrainConfig())
+@pytest.fixture(scope="module", params=ALGORITHMS)
+def model(request: pytest.FixtureRequest) -> FittedModel:
+    return fit(healthy(600), CHANNELS, DEFAULTS[request.param])
 
 
 def test_windows_are_consecutive_rows() -> None:
@@ -56,54 +50,58 @@ def test_windows_are_consecutive_rows() -> None:
     np.testing.assert_array_equal(windows[1], values[1:5])
 
 
-@pytest.mark.parametrize("opset", [17, 18])
-def test_onnx_graph_scores_like_numpy(model: FittedModel, opset: int) -> None:
-    normal = sliding_windows(healthy(200, seed=1), model.window)
-    broken = normal.copy()
-    broken[:, :, 1] += 2.0  # pressure off its correlation with the others
-    windows = np.concatenate([normal, broken])
-    scores, contributions = onnx_scores(build_onnx(model, opset=opset), windows)
-    expected_scores, expected_contributions = score_numpy(model, windows)
-    np.testing.assert_allclose(scores, expected_scores, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(contributions, expected_contributions, rtol=1e-4, atol=1e-5)
-
-
 def test_contributions_are_non_negative_and_add_up_to_the_score(model: FittedModel) -> None:
     windows = sliding_windows(healthy(100, seed=2), model.window)
     windows[:, :, 2] -= 30.0
     scores, contributions = score_numpy(model, windows)
     assert contributions.min() >= 0.0
-    np.testing.assert_allclose(contributions.sum(axis=1), scores, rtol=1e-5)
-    assert np.all(contributions.argmax(axis=1) == 2)  # the shifted channel drives the score
+    np.testing.assert_allclose(contributions.sum(axis=1), scores, rtol=1e-4)
+    assert np.mean(contributions.argmax(axis=1) == 2) > 0.9  # the shifted channel drives it
 
 
-def test_threshold_is_the_training_quantile_times_the_margin() -> None:
+def test_threshold_is_chosen_on_readings_the_model_was_not_fitted_on() -> None:
     values = healthy(1000, seed=3)
-    plain = fit(values, CHANNELS, TrainConfig(threshold_quantile=0.95, threshold_margin=1.0))
-    scores, _ = score_numpy(plain, sliding_windows(values, plain.window))
-    above = float(np.mean(scores > plain.threshold))
-    assert above == pytest.approx(0.05, abs=2 / len(scores))
-    doubled = fit(values, CHANNELS, TrainConfig(threshold_quantile=0.95, threshold_margin=2.0))
-    assert doubled.threshold == pytest.approx(2 * plain.threshold, rel=1e-6)
+    config = TrainConfig(target_far=0.05, margin=1.0, holdout=0.3)
+    model = fit(values, CHANNELS, config)
+    # The rule by hand: fit on the first 70 %, score the windows ending in the last 30 %.
+    early = fit(values[:700], CHANNELS, config)
+    held_out, _ = score_numpy(early, sliding_windows(values[700 - model.window + 1 :], 16))
+    assert model.threshold == pytest.approx(float(np.quantile(held_out, 0.95)), rel=1e-6)
+    doubled = fit(values, CHANNELS, TrainConfig(target_far=0.05, margin=2.0))
+    assert doubled.threshold == pytest.approx(2 * model.threshold, rel=1e-6)
 
 
-def test_default_threshold_rarely_flags_new_healthy_readings(model: FittedModel) -> None:
+def test_default_models_rarely_flag_new_healthy_readings(model: FittedModel) -> None:
     scores, _ = score_numpy(model, sliding_windows(healthy(5000, seed=4), model.window))
-    assert np.mean(scores > model.threshold) < 0.01
+    flags = apply(model.config.alarm, scores > model.threshold)
+    assert flags.mean() < 0.03
 
 
-def test_components_as_count_and_fraction() -> None:
-    values = healthy(600)
-    assert fit(values, CHANNELS, TrainConfig(components=1)).components == 1
-    two = fit(values, CHANNELS, TrainConfig(components=0.8))
-    assert two.components == 2  # two latent factors explain most of the variance
-    assert two.explained_variance >= 0.8
+def test_slow_healthy_drift_does_not_raise_alarms_but_a_fault_does() -> None:
+    """A channel that wanders while healthy (as pump temperatures do) is judged by its slope,
+    so its level may move on after training without alarms; a real fault still shows."""
+    values = healthy(3000, seed=5, drift_per_reading=0.2)  # 8 SDs over the 400 fitted
+    train, later = values[:400], values[400 - 15 :]
+    robust = fit(train, CHANNELS, TrainConfig())
+    assert "slope(voltage)" in robust.feature_names()
+    level = fit(train, CHANNELS, TrainConfig(features="level"))
+    windows = sliding_windows(later, 16)
+
+    def flagged(m: FittedModel, w: NDArray[np.float32]) -> float:
+        scores, _ = score_numpy(m, w)
+        return float(apply(m.config.alarm, scores > m.threshold).mean())
+
+    assert flagged(robust, windows) < 0.05
+    assert flagged(level, windows) > 0.5
+    faulty = windows.copy()
+    faulty[:, :, 1] += 1.0  # pressure off its correlation with the others
+    assert flagged(robust, faulty) > 0.9
 
 
 @pytest.mark.parametrize(
     ("values", "channels", "message"),
     [
-        (healthy(20), CHANNELS, "too few training rows: 20"),
+        (healthy(100), CHANNELS, "too few training rows: 100"),
         (healthy(600)[:, :3], CHANNELS, "3 columns, 4 channels"),
         (healthy(600), ["a", "b", "a", "c"], "channel names repeat"),
         (healthy(600)[:, 0], CHANNELS, r"must be \[n, C\]"),
@@ -133,14 +131,15 @@ def test_fit_rejects_a_constant_channel_by_name() -> None:
 @pytest.mark.parametrize(
     "config",
     [
-        {"window": 0},
+        {"window": 1},
+        {"algorithm": "forest"},
         {"components": 1.5},
-        {"components": 0},
-        {"threshold_quantile": 1.0},
-        {"threshold_margin": 0.0},
+        {"target_far": 1.0},
+        {"margin": 0.0},
+        {"holdout": 0.0},
     ],
 )
-def test_config_rejects_out_of_range_values(config: dict[str, float]) -> None:
+def test_config_rejects_out_of_range_values(config: dict[str, object]) -> None:
     field = next(iter(config))
     with pytest.raises(ValueError, match=field):
         TrainConfig(**config)  # type: ignore[arg-type]
@@ -169,53 +168,14 @@ def test_profile_of_a_constant_sample_is_one_bin() -> None:
     assert prof.edges[0] < 3.0 < prof.edges[1]
 
 
-def test_train_model_manifest_describes_the_onnx_bytes() -> None:
-    values = healthy(600)
-    config = TrainConfig(window=4)
-    onnx_bytes, manifest = train_model(
-        values, CHANNELS, name="pump", version="7", trained_by="test", config=config, now=1.5e9
-    )
-    assert manifest.sha256 == hashlib.sha256(onnx_bytes).hexdigest()
-    assert manifest.input.channels == CHANNELS
-    assert manifest.input.window == 4
-    assert manifest.created_at == 1.5e9
-    assert manifest.threshold == pytest.approx(fit(values, CHANNELS, config).threshold)
-    assert manifest.resources.size_bytes == len(onnx_bytes)
-    assert manifest.resources.opset == 17
-    assert 0 < manifest.resources.latency_ms_p50 <= manifest.resources.latency_ms_p99
-    assert manifest.resources.memory_mb > 0
-    assert decode_manifest(encode_manifest(manifest)) == manifest
-
-
-def test_save_model_writes_both_files_and_no_temporaries(tmp_path: Path) -> None:
-    onnx_bytes, manifest = train_model(
-        healthy(600),
-        CHANNELS,
-        name="pump",
-        version="1",
-        trained_by="t",
-        config=TrainConfig(),
-        now=0,
-    )
-    folder = tmp_path / "pump" / "1"
-    save_model(folder, onnx_bytes, manifest)
-    save_model(folder, onnx_bytes, manifest)  # overwriting is fine
-    assert sorted(p.name for p in folder.iterdir()) == ["manifest.json", "model.onnx"]
-    assert (folder / "model.onnx").read_bytes() == onnx_bytes
-    assert decode_manifest((folder / "manifest.json").read_bytes()) == manifest
-
-
 def _skab(relative: str) -> tuple[list[str], NDArray[np.float32], NDArray[np.bool_] | None]:
-    from schemas.readings_csv import read_csv
-
     data = read_csv(skab_file(relative))
     return data.channels, data.values, data.anomaly
 
 
 def _flagged(model: FittedModel, values: NDArray[np.float32]) -> NDArray[np.bool_]:
     scores, _ = score_numpy(model, sliding_windows(values, model.window))
-    flags: NDArray[np.bool_] = scores > model.threshold
-    return flags
+    return apply(model.config.alarm, scores > model.threshold)
 
 
 def test_skab_healthy_readings_from_the_fitted_period_are_rarely_flagged() -> None:
