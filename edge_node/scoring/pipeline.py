@@ -102,6 +102,7 @@ class _Run:
     contributions: F32 | None
     ms: float
     error: str
+    complete: npt.NDArray[np.bool_]  # windows with no start-up padding in them
 
 
 class _Lane:
@@ -132,7 +133,8 @@ class _Lane:
 
     def run(self, raw: F32, clock: Callable[[], float]) -> _Run:
         values = np.ascontiguousarray(raw[:, self.columns], dtype=np.float32)
-        windows = self.windower.push(values).windows
+        batch = self.windower.push(values)
+        windows = batch.windows
         error = ""
         contributions: F32 | None
         start = clock()
@@ -145,7 +147,7 @@ class _Lane:
         ms = (clock() - start) * 1000.0
         if not error and not np.isfinite(scores).all():
             error = "model produced NaN or infinite scores"
-        return _Run(values, scores, contributions, ms, error)
+        return _Run(values, scores, contributions, ms, error, batch.complete)
 
 
 @dataclass
@@ -201,9 +203,10 @@ class Pipeline:
         out.error = run.error
         lane = self._lane
         threshold = lane.scorer.manifest.threshold
-        # The model's alarm rule decides the flags; an unscored (NaN) reading is never flagged.
+        # The model's alarm rule decides the flags. An unscored (NaN) reading is never flagged,
+        # and a window still padded at start-up (the node's first readings) cannot raise one.
         scored = np.isfinite(run.scores)
-        flags = lane.alarm.update(scored & (run.scores > threshold)) & scored
+        flags = lane.alarm.update(scored & run.complete & (run.scores > threshold)) & scored
         lane.drift.add(block.t0, block.period, run.values, run.scores, flags)
         changes = lane.episodes.update(
             block.t0, block.period, run.scores, flags, run.contributions, threshold=threshold

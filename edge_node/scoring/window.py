@@ -11,10 +11,12 @@ from numpy.typing import ArrayLike, NDArray
 
 @dataclass(frozen=True)
 class WindowBatch:
-    """``windows`` float32 ``[n, window, C]`` (oldest first); ``imputed[i]``: reading i had NaN."""
+    """``windows`` float32 ``[n, window, C]`` (oldest first); ``imputed[i]``: reading i had NaN;
+    ``complete[i]``: window i holds only readings seen (none of the start's padding)."""
 
     windows: NDArray[np.float32]
     imputed: NDArray[np.bool_]
+    complete: NDArray[np.bool_]
 
 
 class Windower:
@@ -35,6 +37,7 @@ class Windower:
         self._window = window
         self._last = fill_row.copy()
         self._history: NDArray[np.float32] | None = None
+        self._seen = 0  # readings pushed so far (capped: only "at least window" matters)
 
     @property
     def window(self) -> int:
@@ -58,9 +61,11 @@ class Windower:
         missing = np.isnan(block)
         imputed = np.asarray(missing.any(axis=1), dtype=np.bool_)
         n = block.shape[0]
+        complete = np.arange(self._seen + 1, self._seen + n + 1) >= self._window
+        self._seen = min(self._seen + n, self._window)
         if n == 0:
             empty = np.empty((0, self._window, self.channels), dtype=np.float32)
-            return WindowBatch(windows=empty, imputed=imputed)
+            return WindowBatch(windows=empty, imputed=imputed, complete=complete)
         filled = self._forward_fill(block, missing)
         if self._history is None:
             self._history = np.repeat(filled[:1], self._window - 1, axis=0)
@@ -69,7 +74,7 @@ class Windower:
         self._last = filled[-1].copy()
         views = sliding_window_view(series, self._window, axis=0)  # [n, C, window]
         windows = np.ascontiguousarray(views.transpose(0, 2, 1))
-        return WindowBatch(windows=windows, imputed=imputed)
+        return WindowBatch(windows=windows, imputed=imputed, complete=complete)
 
     def _forward_fill(
         self, block: NDArray[np.float32], missing: NDArray[np.bool_]

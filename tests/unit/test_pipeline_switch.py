@@ -16,6 +16,7 @@ from edge_node.scoring.batcher import PendingBatch, ResultBatcher
 from edge_node.scoring.events import EpisodeConfig
 from edge_node.scoring.pipeline import ChannelMismatch, Pipeline, Scored
 from edge_node.sources.base import Block
+from schemas.alarm import AlarmSpec
 from schemas.manifest import InputSpec, Profile, ReferenceProfile
 from schemas.messages import ModelRef
 from schemas.samples import MANIFEST
@@ -146,8 +147,9 @@ def test_a_switch_closes_the_old_models_episode_and_reports_its_drift() -> None:
     opened = feed.block(5)
     assert [c.change.state for c in opened.changes] == ["open"]
     out = feed.pipeline.switch(FakeScorer("2", ["a"], 2), 0.0)
+    # Reading 0's window is start-up padding, so it cannot raise the alarm: 4 flagged readings.
     assert [(c.model, c.change.state, c.change.readings) for c in out.changes] == [
-        (old.ref, "close", 5)
+        (old.ref, "close", 4)
     ]
     assert [(d.model, d.report.n) for d in out.drift] == [(old.ref, 5)]
     assert feed.pipeline.drift_report() is None, "the new model starts a fresh report"
@@ -256,3 +258,30 @@ def test_after_probation_a_failing_model_is_reported_not_rolled_back() -> None:
     out = feed.block(1)
     assert out.rolled_back is None and "NaN" in out.error
     assert feed.pipeline.scorer is new
+
+
+def test_start_up_padding_never_raises_an_alarm_and_the_model_rule_decides_flags() -> None:
+    """Windows padded at start-up look nothing like real ones; they are scored, not alarmed on.
+    After that the model's alarm rule (here: open on 2 of 3, hold 3) gives the flags."""
+    spiky = np.array([9, 9, 9, 0, 9, 0, 0, 9, 9, 0, 0, 0, 0, 0], np.float32)
+    scorer = FakeScorer("1", ["a"], 3, fn=lambda w: spiky[w[:, -1, 0].astype(int)], threshold=1.0)
+    scorer.manifest = msgspec.structs.replace(
+        scorer.manifest, alarm=AlarmSpec(open_after=2, open_within=3, close_after=3)
+    )
+    feed = Feed(pipeline(scorer))
+    for size in (2, 5, 7):
+        feed.block(size)
+    flags = np.concatenate([b.flags for b in feed.flushed()])
+    # Readings 0 and 1 have padded windows; from reading 2 on: 9 at 2, 4 -> open at 4, ...
+    assert flags.astype(int).tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0]
+
+
+def test_a_switched_in_model_with_real_history_can_alarm_at_once() -> None:
+    old = FakeScorer("1", ["a"], 2)
+    feed = Feed(pipeline(old))
+    feed.block(6)
+    hot = FakeScorer("2", ["a"], 4, fn=lambda w: np.full(len(w), 9.0, np.float32), threshold=1.0)
+    feed.switch(hot)
+    out = feed.block(3)
+    assert [c.change.state for c in out.changes] == ["open"]
+    assert out.changes[0].change.started == 6.0  # the first reading the new model scored

@@ -93,3 +93,10 @@ def test_channel_count_mismatch_names_both_counts() -> None:
 def test_bad_parameters(window: int, fill: list[float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         Windower(window, np.array(fill, dtype=np.float32))
+
+
+def test_windows_are_complete_once_a_whole_window_of_readings_was_seen() -> None:
+    windower = Windower(4, [0.0])
+    blocks = [windower.push(np.arange(n, dtype=np.float32)[:, None]) for n in (2, 0, 3, 2)]
+    complete = np.concatenate([b.complete for b in blocks])
+    assert complete.tolist() == [False, False, False, True, True, True, True]
