@@ -1,216 +1,177 @@
-"""SKAB valve1 outlier benchmark through the real export and the real edge runtime.
+"""SKAB valve1 through the real exporter and the real edge runtime, per detector family.
 
-Protocol (SKAB's outlier problem): in each file, fit on the first 400 readings, score the rest,
-and pool TP/FP/FN/TN over all files; F1 = TP / (TP + (FP + FN) / 2). A z-score baseline and the
-"flag everything" F1 are measured in the same run so the figure has reference points. A model
-fitted on the first 400 readings of anomaly-free.csv then scores the rest: its FAR is printed.
+Protocol (SKAB's outlier problem): per file, fit on the first 400 readings, score the rest, pool
+TP/FP/FN/TN over files; F1 = TP / (TP + (FP + FN) / 2). Each file's model is trained by
+``train_model`` (the hub's code), saved, loaded by the node's ``ModelRuntime`` (onnxruntime),
+fed block by block, and flagged by the model's alarm rule exactly as a node does. Measured in
+the same run for reference: a z-score baseline, flagging every reading, the int8 twin of the
+default, SKAB's changepoint (NAB) score of alarm openings, and false alarms on anomaly-free.csv
+(whole, and cut into recordings of SKAB's length). The headline, cross-validated figure is
+bench/skab_cv.py's; this one uses the shipped defaults on all 16 files.
 
-    .venv/bin/python bench/skab_f1.py [--skab-dir DIR] [--window N] [--margin M] [--per-file]
+    .venv/bin/python bench/skab_f1.py [--skab-dir DIR] [--algorithm pca ...] [--per-file]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from cloud_hub.models.onnx_export import save_model, train_model
-from cloud_hub.models.trainer import TrainConfig, sliding_windows
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.skab import DEFAULT_DIR, Recording, load, nab_score, valve1
+from cloud_hub.models.onnx_export import int8_variant, save_model, train_model
+from cloud_hub.models.trainer import ALGORITHMS, DEFAULTS, sliding_windows
+from cloud_hub.models.validation import Counts, Labelled
 from edge_node.scoring.runtime import ModelRuntime
-from schemas.readings_csv import CsvData, read_csv
+from schemas.alarm import AlarmFilter, openings
+from schemas.manifest import Manifest
 
-DEFAULT_SKAB = Path(__file__).resolve().parents[2] / "shared" / "data" / "skab"
+TRAIN_ROWS = 400
+BLOCK = 37  # odd-sized blocks: the alarm state must carry across block edges
 BoolArray = NDArray[np.bool_]
+NO_CPS = np.zeros(0, dtype=np.int64)
 
 
-@dataclass
-class Counts:
-    """Pooled confusion counts."""
-
-    tp: int = 0
-    fp: int = 0
-    fn: int = 0
-    tn: int = 0
-
-    def add(self, flags: BoolArray, labels: BoolArray) -> None:
-        """Count one file's flags against its labels."""
-        self.tp += int(np.sum(flags & labels))
-        self.fp += int(np.sum(flags & ~labels))
-        self.fn += int(np.sum(~flags & labels))
-        self.tn += int(np.sum(~flags & ~labels))
-
-    def f1(self) -> float:
-        """SKAB's F1: TP / (TP + (FP + FN) / 2)."""
-        return _ratio(self.tp, self.tp + (self.fp + self.fn) / 2)
-
-    def far(self) -> float:
-        """False-alarm rate: FP / (FP + TN)."""
-        return _ratio(self.fp, self.fp + self.tn)
-
-    def mar(self) -> float:
-        """Missed-alarm rate: FN / (FN + TP)."""
-        return _ratio(self.fn, self.fn + self.tp)
-
-    def line(self, label: str) -> str:
-        """One printed row."""
-        return (
-            f"{label:<28} F1 {self.f1():.3f}   FAR {self.far():6.1%}   MAR {self.mar():6.1%}   "
-            f"(TP {self.tp}, FP {self.fp}, FN {self.fn}, TN {self.tn})"
-        )
+def node_flags(folder: Path, manifest: Manifest, values: NDArray[np.float32]) -> BoolArray:
+    """Flags of the test readings as a node raises them: runtime scores, alarm per block."""
+    runtime = ModelRuntime.load(folder, sensors=manifest.input.channels)
+    window = manifest.input.window
+    windows = sliding_windows(values[TRAIN_ROWS - window + 1 :], window)
+    alarm = AlarmFilter(manifest.alarm)
+    flags = []
+    for start in range(0, len(windows), BLOCK):
+        scores, _ = runtime.score(windows[start : start + BLOCK])
+        flags.append(alarm.update(np.isfinite(scores) & (scores > manifest.threshold)))
+    return np.concatenate(flags)
 
 
-@dataclass
-class Result:
-    """Flags of the model and of the baseline for the test part of one file."""
-
-    model: BoolArray
-    baseline: BoolArray
-    train_s: float
-    score_s: float
-
-
-def _ratio(num: float, den: float) -> float:
-    return num / den if den else float("nan")
-
-
-def evaluate(
-    data: CsvData, args: argparse.Namespace, config: TrainConfig, workdir: Path, tag: str
-) -> Result:
-    """Fit on the first rows with the real exporter, score the rest with the real runtime."""
-    rows, window = args.train_rows, config.window
-    start = time.perf_counter()
+def train(recording: Recording, algorithm: str, folder: Path) -> tuple[bytes, Manifest]:
+    """The file's model from its first 400 readings, saved into ``folder``."""
     onnx_bytes, manifest = train_model(
-        data.values[:rows],
-        data.channels,
+        recording.labelled.values[:TRAIN_ROWS],
+        recording.channels,
         name="skab",
-        version=tag,
+        version="1",
         trained_by="bench/skab_f1.py",
-        config=config,
+        config=DEFAULTS[algorithm],  # type: ignore[index]
         now=time.time(),
     )
-    save_model(workdir / tag, onnx_bytes, manifest)
-    runtime = ModelRuntime.load(workdir / tag, sensors=data.channels)
-    trained = time.perf_counter()
-    # Windows ending at each test reading; the first ones reach back into the training rows.
-    windows = sliding_windows(data.values[rows - window + 1 :], window)
-    scores, _ = runtime.score(windows)
-    scored = time.perf_counter()
-    return Result(
-        model=scores > manifest.threshold,
-        baseline=zscore_flags(data.values[:rows], windows, args.z),
-        train_s=trained - start,
-        score_s=scored - trained,
-    )
+    save_model(folder, onnx_bytes, manifest)
+    return onnx_bytes, manifest
 
 
-def zscore_flags(train: NDArray[np.float32], windows: NDArray[np.float32], z: float) -> BoolArray:
-    """Baseline: any channel's window mean more than ``z`` training std from its training mean."""
-    window = windows.shape[1]
-    reference = sliding_windows(train, window).astype(np.float64).mean(axis=1)
-    mean, std = reference.mean(axis=0), reference.std(axis=0)
-    deviation = np.abs(windows.astype(np.float64).mean(axis=1) - mean) / np.where(std > 0, std, 1)
+def zscore_flags(values: NDArray[np.float32], z: float = 3.0, window: int = 16) -> BoolArray:
+    """Baseline: any channel's window mean more than ``z`` training SDs from its training mean."""
+    reference = sliding_windows(values[:TRAIN_ROWS], window).astype(np.float64).mean(axis=1)
+    test = sliding_windows(values[TRAIN_ROWS - window + 1 :], window).astype(np.float64)
+    deviation = np.abs(test.mean(axis=1) - reference.mean(axis=0)) / reference.std(axis=0)
     flags: BoolArray = deviation.max(axis=1) > z
     return flags
 
 
-def parse_args() -> argparse.Namespace:
-    """Command-line options."""
-    defaults = TrainConfig()
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--skab-dir", type=Path, default=Path(os.environ.get("SKAB_DIR", DEFAULT_SKAB))
+def line(label: str, counts: Counts) -> str:
+    """One printed row."""
+    return (
+        f"{label:<34} F1 {counts.f1():.3f}  FAR {counts.far():6.1%}  MAR {counts.mar():6.1%}  "
+        f"(TP {counts.tp}, FP {counts.fp}, FN {counts.fn}, TN {counts.tn})"
     )
-    parser.add_argument("--window", type=int, default=defaults.window)
-    parser.add_argument("--components", type=float, default=defaults.components)
-    parser.add_argument("--quantile", type=float, default=defaults.threshold_quantile)
-    parser.add_argument("--margin", type=float, default=defaults.threshold_margin)
-    parser.add_argument("--train-rows", type=int, default=400)
-    parser.add_argument("--z", type=float, default=3.0, help="baseline z-score limit")
-    parser.add_argument("--per-file", action="store_true", help="print each file's counts")
-    return parser.parse_args()
+
+
+def family(recordings: list[Recording], algorithm: str, tmp: Path, per_file: bool) -> None:
+    """Score every file with the family's default recipe; int8 and NAB for the default."""
+    total, total_int8 = Counts(), Counts()
+    flags_by_file = []
+    latency, size, latency8, size8 = [], [], [], []
+    for recording in recordings:
+        labels = recording.labelled.anomaly[TRAIN_ROWS:]
+        folder = tmp / algorithm / recording.labelled.name
+        onnx_bytes, manifest = train(recording, algorithm, folder)
+        values = np.asarray(recording.labelled.values, dtype=np.float32)
+        flags = node_flags(folder, manifest, values)
+        flags_by_file.append(flags)
+        single = Counts().add(flags, labels)
+        total += single
+        latency.append(manifest.resources.latency_ms_p50 / manifest.resources.measured_batch)
+        size.append(manifest.resources.size_bytes)
+        if per_file:
+            print(line(f"  {recording.labelled.name} ({len(openings(flags))} alarms)", single))
+        if algorithm == "pca":
+            quantized, twin = int8_variant(onnx_bytes, manifest)
+            twin_folder = folder.with_name(folder.name + "-int8")
+            save_model(twin_folder, quantized, twin)
+            total_int8.add(node_flags(twin_folder, twin, values), labels)
+            latency8.append(twin.resources.latency_ms_p50 / twin.resources.measured_batch)
+            size8.append(twin.resources.size_bytes)
+    us = 1000 * float(np.median(latency))
+    cost = f"  {us:.2f} us/reading, {int(np.median(size))} B"
+    print(line(f"{algorithm} (runtime + alarm rule)", total) + cost)
+    if algorithm == "pca":
+        us8 = 1000 * float(np.median(latency8))
+        cost8 = f"  {us8:.2f} us/reading, {int(np.median(size8))} B"
+        print(line("pca int8 twin", total_int8) + cost8)
+        print(
+            f"int8 / fp32: latency {us8 / us:.2f}x, "
+            f"size {np.median(size8) / np.median(size):.2f}x, "
+            f"F1 {total_int8.f1() - total.f1():+.3f}, FAR {total_int8.far() - total.far():+.1%}"
+        )
+        nab = nab_score(recordings, flags_by_file, TRAIN_ROWS)
+        print(f"NAB standard score of the alarm openings: {nab:.2f} (null detector 0, perfect 100)")
+
+
+def healthy_far(free: Recording, algorithm: str, tmp: Path) -> str:
+    """False alarms on anomaly-free.csv: whole (hours after 400 s of training) and in pieces."""
+    whole = Counts()
+    folder = tmp / f"free-{algorithm}"
+    _, manifest = train(free, algorithm, folder)
+    values = np.asarray(free.labelled.values, dtype=np.float32)
+    whole.add(node_flags(folder, manifest, values), free.labelled.anomaly[TRAIN_ROWS:])
+    pieces = Counts()
+    for start in range(0, len(values) - 1150 + 1, 1150):
+        piece = values[start : start + 1150]
+        part = Recording(Labelled("piece", piece, np.zeros(1150, bool)), free.channels, NO_CPS)
+        _, piece_manifest = train(part, algorithm, folder)
+        pieces.add(node_flags(folder, piece_manifest, piece), np.zeros(1150 - TRAIN_ROWS, bool))
+    return (
+        f"anomaly-free.csv, {algorithm}: FAR {whole.far():.1%} over the {whole.readings} readings "
+        f"after the first 400 ({whole.readings / 3600:.1f} h); FAR {pieces.far():.1%} in "
+        f"{len(values) // 1150} recordings of 1150 readings"
+    )
 
 
 def main() -> None:
     """Run the benchmark and print the figures."""
-    args = parse_args()
-    components = int(args.components) if args.components >= 1 else args.components
-    config = TrainConfig(
-        window=args.window,
-        components=components,
-        threshold_quantile=args.quantile,
-        threshold_margin=args.margin,
-    )
-    files = sorted((args.skab_dir / "valve1").glob("*.csv"), key=lambda p: int(p.stem))
-    if not files:
-        raise SystemExit(f"no SKAB valve1 files under {args.skab_dir} (set --skab-dir)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skab-dir", type=Path, default=DEFAULT_DIR)
+    parser.add_argument("--algorithm", nargs="+", choices=ALGORITHMS, default=list(ALGORITHMS))
+    parser.add_argument("--per-file", action="store_true", help="print each file's counts")
+    args = parser.parse_args()
+    recordings = valve1(args.skab_dir)
     began = time.perf_counter()
-    model, baseline = Counts(), Counts()
-    train_s = score_s = 0.0
+    labels = np.concatenate([r.labelled.anomaly[TRAIN_ROWS:] for r in recordings])
+    print(
+        f"SKAB valve1: {len(recordings)} files, {labels.size} test readings "
+        f"({labels.mean():.1%} anomalous); fit on the first {TRAIN_ROWS} readings of each"
+    )
+    baseline = Counts()
+    for recording in recordings:
+        values = np.asarray(recording.labelled.values, dtype=np.float32)
+        baseline.add(zscore_flags(values), recording.labelled.anomaly[TRAIN_ROWS:])
+    print(line("flag every reading", Counts(tp=int(labels.sum()), fp=int((~labels).sum()))))
+    print(line("z-score baseline (W16, 3 SD)", baseline))
+    free = load(args.skab_dir / "anomaly-free" / "anomaly-free.csv", healthy=True)
     with tempfile.TemporaryDirectory(prefix="skab-bench-") as tmp:
-        for path in files:
-            data = read_csv(path)
-            if data.anomaly is None:
-                raise SystemExit(f"{path}: no anomaly column")
-            labels = data.anomaly[args.train_rows :]
-            result = evaluate(data, args, config, Path(tmp), path.stem)
-            model.add(result.model, labels)
-            baseline.add(result.baseline, labels)
-            train_s, score_s = train_s + result.train_s, score_s + result.score_s
-            if args.per_file:
-                single = Counts()
-                single.add(result.model, labels)
-                print(single.line(f"  valve1/{path.name}"))
-        free = read_csv(args.skab_dir / "anomaly-free" / "anomaly-free.csv")
-        free_result = evaluate(free, args, config, Path(tmp), "anomaly-free")
-    wall = time.perf_counter() - began
-    report(
-        args,
-        config,
-        files=files,
-        model=model,
-        baseline=baseline,
-        free=free_result,
-        free_rows=len(free.values),
-    )
-    print(
-        f"wall time {wall:.2f} s (fit+export+measure+load {train_s:.2f} s, score {score_s:.3f} s)"
-    )
-
-
-def report(
-    args: argparse.Namespace,
-    config: TrainConfig,
-    *,
-    files: list[Path],
-    model: Counts,
-    baseline: Counts,
-    free: Result,
-    free_rows: int,
-) -> None:
-    """Print the pooled figures."""
-    readings = model.tp + model.fp + model.fn + model.tn
-    positives = model.tp + model.fn
-    everything = Counts(tp=positives, fp=readings - positives)
-    print(
-        f"SKAB valve1: {len(files)} files, {readings} test readings ({positives / readings:.1%} "
-        f"anomalous), fit on the first {args.train_rows} readings of each file"
-    )
-    print(f"model: {config}")
-    print(model.line("PCA T²/k+Q/θ (ONNX runtime)"))
-    print(baseline.line(f"z-score max > {args.z:g}"))
-    print(everything.line("flag every reading"))
-    print(f"F1 ratio model / z-score baseline: {_ratio(model.f1(), baseline.f1()):.3f}")
-    print(
-        f"anomaly-free.csv ({free_rows - args.train_rows} readings after the first "
-        f"{args.train_rows}): FAR model {free.model.mean():.1%}, "
-        f"z-score baseline {free.baseline.mean():.1%}"
-    )
+        for algorithm in args.algorithm:
+            family(recordings, algorithm, Path(tmp), args.per_file)
+        for algorithm in args.algorithm:
+            print(healthy_far(free, algorithm, Path(tmp)))
+    print(f"wall time {time.perf_counter() - began:.0f} s")
 
 
 if __name__ == "__main__":

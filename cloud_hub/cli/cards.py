@@ -64,7 +64,7 @@ def _training(manifest: Manifest) -> str:
     data = manifest.card.training
     text = f"{data.readings} readings"
     if data.period_s:
-        text += f" ({data.readings * data.period_s / 3600:.2g} h at {data.period_s:g} s)"
+        text += f" ({data.readings * data.period_s / 3600:.2g} h at {data.period_s:.3g} s)"
     if data.sources:
         shown = ", ".join(data.sources[:3])
         text += f" from {shown}" + (

@@ -1,6 +1,8 @@
 """Export a fitted detector to ONNX, measure it, and write the model folder.
 
-The only hub module that imports ``onnx`` (and, to measure, ``onnxruntime``).
+The graph builders of features and detectors sit beside their numpy code; this module puts the
+graph together and is the only hub module that runs it (onnxruntime: export check, measurement,
+int8 quantisation).
 """
 
 from __future__ import annotations

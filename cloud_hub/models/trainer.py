@@ -121,13 +121,23 @@ class FittedModel:
 def fit(values: NDArray[np.floating], channels: list[str], config: TrainConfig) -> FittedModel:
     """Fit on HEALTHY, time-ordered readings ``[n, C]`` with an out-of-sample threshold;
     ValueError naming the problem if the readings cannot make a model."""
+    return fit_with_held_out(values, channels, config)[0]
+
+
+def fit_with_held_out(
+    values: NDArray[np.floating], channels: list[str], config: TrainConfig
+) -> tuple[FittedModel, F32]:
+    """:func:`fit`, plus the held-out scores its threshold came from: the scores that a model
+    fitted on the first ``1 - holdout`` of the readings gives the windows ending in the rest."""
     data = _checked(values, channels, config)
-    cut = round(len(data) * (1.0 - config.holdout))
-    calibration = _fit_detector(data[:cut], channels, config)
-    held_out = sliding_windows(data[cut - config.window + 1 :], config.window)
-    scores, _ = score_numpy(calibration, held_out)
-    threshold = float(np.quantile(scores, 1.0 - config.target_far)) * config.margin
-    return replace(_fit_detector(data, channels, config), threshold=threshold)
+    held_out = _held_out_scores(data, channels, config)
+    model = _fit_detector(data, channels, config)
+    return replace(model, threshold=threshold_of(held_out, config)), held_out
+
+
+def threshold_of(held_out: NDArray[np.floating], config: TrainConfig) -> float:
+    """``margin`` x the ``1 - target_far`` quantile of the held-out scores."""
+    return float(np.quantile(held_out, 1.0 - config.target_far)) * config.margin
 
 
 def score_numpy(model: FittedModel, windows: NDArray[np.floating]) -> tuple[F32, F32]:
@@ -140,6 +150,15 @@ def score_numpy(model: FittedModel, windows: NDArray[np.floating]) -> tuple[F32,
         )
     scores, terms = model.detector.score(transform(model.spec, x))
     return scores, (terms @ model.spec.owner_matrix()).astype(np.float32)
+
+
+def _held_out_scores(data: F64, channels: list[str], config: TrainConfig) -> F32:
+    cut = round(len(data) * (1.0 - config.holdout))
+    calibration = _fit_detector(data[:cut], channels, config)
+    scores, _ = score_numpy(
+        calibration, sliding_windows(data[cut - config.window + 1 :], config.window)
+    )
+    return scores
 
 
 def _fit_detector(data: F64, channels: list[str], config: TrainConfig) -> FittedModel:

@@ -1,0 +1,1 @@
+"""Benchmarks and chaos runs: each prints ratios against a baseline measured in the same run."""
