@@ -196,11 +196,16 @@ def int8_variant(onnx_bytes: bytes, manifest: Manifest) -> tuple[bytes, Manifest
     ``<version>-int8``; its threshold and alarm stay those of the fp32 model."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with tempfile.TemporaryDirectory() as tmp:
-        source, target = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
-        source.write_bytes(onnx_bytes)
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8)
-        quantized = target.read_bytes()
+    root, hint = logging.getLogger(), _NoPreprocessingHint()
+    root.addFilter(hint)  # the quantiser's advice on shape inference does not apply here
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            source, target = Path(tmp, "fp32.onnx"), Path(tmp, "int8.onnx")
+            source.write_bytes(onnx_bytes)
+            quantize_dynamic(source, target, weight_type=QuantType.QInt8)
+            quantized = target.read_bytes()
+    finally:
+        root.removeFilter(hint)
     resources = measure(quantized, manifest.input.window, len(manifest.input.channels))
     card = manifest.card
     if card is not None:
@@ -220,6 +225,11 @@ def int8_variant(onnx_bytes: bytes, manifest: Manifest) -> tuple[bytes, Manifest
         card=card,
     )
     return quantized, variant
+
+
+class _NoPreprocessingHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
 
 
 def save_model(directory: Path, onnx_bytes: bytes, manifest: Manifest) -> None:
