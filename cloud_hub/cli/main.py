@@ -12,15 +12,17 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
+import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
 from cloud_hub.app import StartupError, serve
 from cloud_hub.cli import commands, models
 from cloud_hub.cli.args import UsageError, model_name, model_version, positive, positive_int
-from cloud_hub.cli.session import load_config
+from cloud_hub.cli.session import load_config, settings_source
 from cloud_hub.commands.commander import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from cloud_hub.commands.ledger import LedgerError
 from cloud_hub.config import IngestConfig
@@ -34,29 +36,40 @@ log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _CLEAR = "\x1b[H\x1b[2J"
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, set up logging, run the subcommand; return the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    level = args.log_level or args.global_log_level or args.default_log_level
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     try:
         code: int = args.run(args)
     except (SettingsError, UsageError) as exc:
         return _fail(args.command, exc, EXIT_USAGE)
+    except TransportError as exc:
+        # "cannot reach 127.0.0.1:1883" is often the wrong settings, not the wrong broker.
+        return _fail(args.command, f"{exc} (settings: {_settings_note(args)})", EXIT_FAILED)
     except (
         RegistryError,
         StartupError,
         CatalogError,
         LedgerError,
-        TransportError,
         OSError,
     ) as exc:
         return _fail(args.command, exc, EXIT_FAILED)
     return code
 
 
-def _fail(command: str, error: Exception, code: int) -> int:
+def _settings_note(args: argparse.Namespace) -> str:
+    try:
+        return settings_source(getattr(args, "config", None)).how
+    except SettingsError as exc:
+        return str(exc)
+
+
+def _fail(command: str, error: Exception | str, code: int) -> int:
     """One line on stderr, no traceback: these are the user's to fix, not bugs."""
     print(f"cloud-hub {command}: {error}", file=sys.stderr)
     return code
@@ -67,11 +80,12 @@ def _common(log_level: str, *, with_config: bool, with_timeout: bool) -> argpars
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--log-level",
-        default=log_level,
+        default=None,
         type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        choices=LOG_LEVELS,
         help=f"logging level (default {log_level})",
     )
+    common.set_defaults(default_log_level=log_level)
     if with_config:
         common.add_argument(
             "--config", type=Path, help="TOML settings file (CLOUD_HUB__* variables override it)"
@@ -93,6 +107,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloud-hub", description="Fleet hub of the edgeml pipeline."
     )
+    # Also before the subcommand, as edge-node accepts it; one given after the subcommand wins.
+    parser.add_argument(
+        "--log-level",
+        dest="global_log_level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level (default: INFO for serve and train, WARNING for client commands)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", parents=[common], help="run the hub")
     serve.add_argument("--config", type=Path, help="TOML settings file")
@@ -103,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--config", type=Path, help="TOML settings file (for store.db)")
     where.add_argument("--db", type=Path, help="registry file (default: from the settings)")
     nodes.add_argument("--watch", type=positive, metavar="SECONDS", help="refresh every SECONDS")
+    nodes.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON array instead of the table (with --watch: one array per line)",
+    )
     nodes.set_defaults(run=_nodes)
 
     train = sub.add_parser("train", parents=[common], help="train a model from healthy CSV data")
@@ -139,7 +166,15 @@ def _nodes(args: argparse.Namespace) -> int:
     registry = Registry(db, readonly=True)
     try:
         while True:
-            table = format_nodes(registry.nodes(), time.time(), offline_after)
+            now = time.time()
+            if args.json:
+                print(nodes_json(registry.nodes(), now, offline_after, pretty=args.watch is None))
+                if args.watch is None:
+                    return EXIT_OK
+                sys.stdout.flush()
+                time.sleep(args.watch)
+                continue
+            table = format_nodes(registry.nodes(), now, offline_after)
             if args.watch is None:
                 print(table)
                 return EXIT_OK
@@ -149,6 +184,20 @@ def _nodes(args: argparse.Namespace) -> int:
         return EXIT_OK
     finally:
         registry.close()
+
+
+def nodes_json(
+    rows: Sequence[NodeRow], now: float, offline_after_s: float, *, pretty: bool = True
+) -> str:
+    """The registry rows as JSON, each with the ``state`` the table shows."""
+    items = [{**asdict(r), "state": _state(r, now, offline_after_s)} for r in rows]
+    data = msgspec.json.encode(items)
+    return (msgspec.json.format(data, indent=2) if pretty else data).decode()
+
+
+def _state(row: NodeRow, now: float, offline_after_s: float) -> str:
+    recent = row.last_seen is not None and now - row.last_seen <= offline_after_s
+    return "online" if row.online is not False and recent else "offline"
 
 
 def format_nodes(rows: Sequence[NodeRow], now: float, offline_after_s: float) -> str:
@@ -173,12 +222,10 @@ def format_nodes(rows: Sequence[NodeRow], now: float, offline_after_s: float) ->
 
 
 def _cells(row: NodeRow, now: float, offline_after_s: float) -> tuple[str, ...]:
-    recent = row.last_seen is not None and now - row.last_seen <= offline_after_s
-    online = row.online is not False and recent
     model = f"{row.active_model}@{row.active_version}" if row.active_model else "-"
     return (
         row.node,
-        "online" if online else "offline",
+        _state(row, now, offline_after_s),
         ago(now - row.last_seen) if row.last_seen is not None else "never",
         model,
         str(row.readings),

@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from cloud_hub.cli.args import UsageError, node_id, positive_int
 from cloud_hub.cli.session import load_config
@@ -14,10 +17,18 @@ from cloud_hub.commands.commander import EXIT_OK
 from cloud_hub.commands.ledger import CommandHistory, Ledger
 from cloud_hub.models.catalog import Catalog, CatalogEntry
 
+JSON_HELP = "print a JSON array instead of the table (times as Unix seconds)"
+
+
+def to_json(value: object) -> str:
+    """``value`` (dataclasses, Structs, lists) as indented JSON."""
+    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
+
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the catalog and ledger subcommands to ``sub``."""
     models = sub.add_parser("models", parents=[common], help="show the model catalog")
+    models.add_argument("--json", action="store_true", help=JSON_HELP)
     models.set_defaults(run=run_models)
 
     register = sub.add_parser(
@@ -29,6 +40,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     commands = sub.add_parser("commands", parents=[common], help="show the command ledger")
     commands.add_argument("--node", type=node_id, help="only this node's commands")
     commands.add_argument("--limit", type=positive_int, default=50, help="default 50")
+    commands.add_argument("--json", action="store_true", help=JSON_HELP)
     commands.set_defaults(run=run_commands)
 
 
@@ -36,7 +48,14 @@ def run_models(args: argparse.Namespace) -> int:
     """``cloud-hub models``."""
     catalog = Catalog(load_config(args.config).store.models_path())
     try:
-        print(format_models(catalog.list()))
+        entries = catalog.list()
+        if args.json:
+            # The manifest is the model folder's own file; the table's columns are enough here.
+            print(
+                to_json([{k: v for k, v in asdict(e).items() if k != "manifest"} for e in entries])
+            )
+        else:
+            print(format_models(entries))
     finally:
         catalog.close()
     return EXIT_OK
@@ -64,7 +83,8 @@ def run_commands(args: argparse.Namespace) -> int:
     """``cloud-hub commands``."""
     ledger = Ledger(load_config(args.config).store.ledger_path())
     try:
-        print(format_commands(ledger.commands(args.node, args.limit)))
+        history = ledger.commands(args.node, args.limit)
+        print(to_json(history) if args.json else format_commands(history))
     finally:
         ledger.close()
     return EXIT_OK
