@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--db", type=Path, help="registry file (default: from the settings)")
     nodes.add_argument("--watch", type=positive, metavar="SECONDS", help="refresh every SECONDS")
     nodes.add_argument(
+        "--stale-after",
+        type=positive,
+        metavar="S",
+        help="if the hub has written nothing for S seconds, show states as unknown "
+        "(default: ingest.offline_after_s)",
+    )
+    nodes.add_argument(
         "--json",
         action="store_true",
         help="a JSON array instead of the table (with --watch: one array per line)",
@@ -163,22 +170,23 @@ def _nodes(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config)
         db, offline_after = Path(config.store.db), config.ingest.offline_after_s
+    stale_after = args.stale_after or offline_after
+    if args.watch is not None:
+        _wait_for_registry(Path(db), args.watch)
     registry = Registry(db, readonly=True)
     try:
         while True:
             now = time.time()
+            rows = registry.nodes()
             if args.json:
-                print(nodes_json(registry.nodes(), now, offline_after, pretty=args.watch is None))
-                if args.watch is None:
-                    return EXIT_OK
-                sys.stdout.flush()
-                time.sleep(args.watch)
-                continue
-            table = format_nodes(registry.nodes(), now, offline_after)
+                print(nodes_json(rows, now, offline_after, stale_after, pretty=args.watch is None))
+            else:
+                clear = _CLEAR if args.watch is not None and sys.stdout.isatty() else ""
+                header = nodes_header(rows, now, stale_after)
+                print(f"{clear}{header}\n{format_nodes(rows, now, offline_after, stale_after)}")
             if args.watch is None:
-                print(table)
                 return EXIT_OK
-            print((_CLEAR if sys.stdout.isatty() else "") + table, flush=True)
+            sys.stdout.flush()
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -186,22 +194,62 @@ def _nodes(args: argparse.Namespace) -> int:
         registry.close()
 
 
+def _wait_for_registry(db: Path, every: float) -> None:
+    """``nodes --watch`` started before ``serve``: wait for the registry rather than fail."""
+    if not db.exists():
+        print(f"waiting for the fleet registry {db.resolve()} (cloud-hub serve creates it)")
+        while not db.exists():
+            time.sleep(every)
+
+
+def hub_silent(rows: Sequence[NodeRow], now: float, stale_after_s: float) -> bool:
+    """True when the hub has written no row for ``stale_after_s``: its states may be stale."""
+    return bool(rows) and now - max(r.updated_at for r in rows) > stale_after_s
+
+
+def nodes_header(rows: Sequence[NodeRow], now: float, stale_after_s: float) -> str:
+    """The line above the table: the time now, and when the hub last wrote the registry."""
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    if not rows:
+        return clock
+    written = ago(now - max(r.updated_at for r in rows))
+    if hub_silent(rows, now, stale_after_s):
+        return f"{clock}  hub last wrote {written}: is cloud-hub serve running? states unknown"
+    return f"{clock}  hub last wrote {written}"
+
+
 def nodes_json(
-    rows: Sequence[NodeRow], now: float, offline_after_s: float, *, pretty: bool = True
+    rows: Sequence[NodeRow],
+    now: float,
+    offline_after_s: float,
+    stale_after_s: float | None = None,
+    *,
+    pretty: bool = True,
 ) -> str:
     """The registry rows as JSON, each with the ``state`` the table shows."""
-    items = [{**asdict(r), "state": _state(r, now, offline_after_s)} for r in rows]
+    silent = stale_after_s is not None and hub_silent(rows, now, stale_after_s)
+    items = [{**asdict(r), "state": _state(r, now, offline_after_s, silent)} for r in rows]
     data = msgspec.json.encode(items)
     return (msgspec.json.format(data, indent=2) if pretty else data).decode()
 
 
-def _state(row: NodeRow, now: float, offline_after_s: float) -> str:
+def _state(row: NodeRow, now: float, offline_after_s: float, silent: bool = False) -> str:
     recent = row.last_seen is not None and now - row.last_seen <= offline_after_s
-    return "online" if row.online is not False and recent else "offline"
+    if row.online is not False and recent:
+        # Online by the hub's last word, but the hub has gone quiet: nobody knows any more.
+        return "unknown" if silent else "online"
+    return "offline"
 
 
-def format_nodes(rows: Sequence[NodeRow], now: float, offline_after_s: float) -> str:
-    """The ``nodes`` table: one line per node, columns aligned."""
+def format_nodes(
+    rows: Sequence[NodeRow], now: float, offline_after_s: float, stale_after_s: float | None = None
+) -> str:
+    """The ``nodes`` table: one line per node, columns aligned.
+
+    With ``stale_after_s``, nodes the hub last saw online show as ``unknown`` when the hub has
+    written nothing for that long (it is probably not running).
+    """
+    silent = stale_after_s is not None and hub_silent(rows, now, stale_after_s)
     header = (
         "NODE",
         "STATE",
@@ -213,7 +261,7 @@ def format_nodes(rows: Sequence[NodeRow], now: float, offline_after_s: float) ->
         "OUTBOX",
         "PSI MAX",
     )
-    lines = [header] + [_cells(r, now, offline_after_s) for r in rows]
+    lines = [header] + [_cells(r, now, offline_after_s, silent) for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
@@ -221,11 +269,11 @@ def format_nodes(rows: Sequence[NodeRow], now: float, offline_after_s: float) ->
     return text if rows else text + "\n(no nodes yet)"
 
 
-def _cells(row: NodeRow, now: float, offline_after_s: float) -> tuple[str, ...]:
+def _cells(row: NodeRow, now: float, offline_after_s: float, silent: bool) -> tuple[str, ...]:
     model = f"{row.active_model}@{row.active_version}" if row.active_model else "-"
     return (
         row.node,
-        _state(row, now, offline_after_s),
+        _state(row, now, offline_after_s, silent),
         ago(now - row.last_seen) if row.last_seen is not None else "never",
         model,
         str(row.readings),
