@@ -19,10 +19,8 @@ from typing import Any
 
 import pytest
 
-from cloud_hub.models.onnx_export import save_model, train_model
-from cloud_hub.models.trainer import TrainConfig
-from edge_node.sources.simulator import PumpSimulator
 from tests.broker import REPO_ROOT, Broker, free_port
+from tests.integration.models import sim_model
 from tests.integration.observability import (
     Alertmanager,
     Prometheus,
@@ -99,7 +97,7 @@ def _site_alertmanager_config(receiver: WebhookReceiver) -> str:
 @pytest.fixture(scope="module")
 def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("observability")
-    model = _sim_model(work / "model")
+    model = sim_model(work / "model")
     receiver = WebhookReceiver()
     procs: list[Proc] = []
     try:
@@ -121,22 +119,6 @@ def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         for proc in reversed(procs):
             proc.stop()
         receiver.close()
-
-
-def _sim_model(folder: Path) -> Path:
-    """A model trained on simulated healthy readings, like the nodes here produce."""
-    sim = PumpSimulator(seed=11, rate_hz=20, speed=0, wall_start=0.0, faults=[], max_block=4096)
-    onnx_bytes, manifest = train_model(
-        sim.read(6000).values,
-        sim.channels,
-        name="pump-pca",
-        version="1",
-        trained_by="tests",
-        config=TrainConfig(),
-        now=time.time(),
-    )
-    save_model(folder, onnx_bytes, manifest)
-    return folder
 
 
 def _send_bad_results(broker: Broker, count: int) -> None:
