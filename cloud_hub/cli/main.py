@@ -171,9 +171,11 @@ def _nodes(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         db, offline_after = Path(config.store.db), config.ingest.offline_after_s
     stale_after = args.stale_after or offline_after
-    if args.watch is not None:
-        _wait_for_registry(Path(db), args.watch)
-    registry = Registry(db, readonly=True)
+    registry = (
+        Registry(db, readonly=True)
+        if args.watch is None
+        else _registry_when_ready(Path(db), args.watch)
+    )
     try:
         while True:
             now = time.time()
@@ -194,11 +196,21 @@ def _nodes(args: argparse.Namespace) -> int:
         registry.close()
 
 
-def _wait_for_registry(db: Path, every: float) -> None:
+def _registry_when_ready(db: Path, every: float) -> Registry:
     """``nodes --watch`` started before ``serve``: wait for the registry rather than fail."""
-    if not db.exists():
-        print(f"waiting for the fleet registry {db.resolve()} (cloud-hub serve creates it)")
-        while not db.exists():
+    said = False
+    while True:
+        registry: Registry | None = None
+        try:
+            registry = Registry(db, readonly=True)
+            registry.nodes()
+            return registry
+        except RegistryError as exc:
+            if registry is not None:
+                registry.close()
+            if not said:
+                print(f"waiting for the fleet registry (cloud-hub serve makes it): {exc}")
+                said = True
             time.sleep(every)
 
 
