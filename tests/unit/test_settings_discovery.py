@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from edge_node import __main__ as edge_main
 from edge_node.config import load_config
 from schemas.settings import SettingsError, find_settings
 
@@ -59,3 +60,15 @@ def test_an_unknown_choice_lists_the_valid_ones(tmp_path: Path) -> None:
     path = _file(tmp_path, text='[node]\nid = "p"\n[source]\nkind = "modbuss"\n')
     with pytest.raises(SettingsError, match=r"key source\.kind: .*'modbuss'; valid values: csv, "):
         load_config(path, {})
+
+
+def test_edge_node_run_without_settings_says_what_it_tried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(edge_main, "SYSTEM_CONFIG", tmp_path / "node.toml")
+    for var in (ENV, "EDGE_NODE__NODE__ID"):
+        monkeypatch.delenv(var, raising=False)
+    assert edge_main.main(["run", "--log-level", "error"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("edge-node run: no settings file: tried --config (not given), ")
+    assert f"{tmp_path / 'node.toml'}; and EDGE_NODE__NODE__ID is not set" in err
