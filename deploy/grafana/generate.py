@@ -385,6 +385,17 @@ def _node_variable() -> dict[str, Any]:
     }
 
 
+def panel_rows() -> list[str]:
+    """One Markdown table row per query: dashboard, panel, PromQL (deploy/README.md lists them)."""
+    rows = ["| dashboard | panel | query |", "|---|---|---|"]
+    for board in DASHBOARDS:
+        for panel in board.panels:
+            for query in panel.queries:
+                expr = query.expr.replace("|", "\\|")
+                rows.append(f"| {board.title.split(' / ')[1]} | {panel.title} | `{expr}` |")
+    return rows
+
+
 def files() -> dict[Path, str]:
     """Each dashboard's file and its text."""
     return {
@@ -397,13 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     """Write the dashboards, or with ``--check`` report those that differ."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the JSON is out of date")
-    parser.add_argument("--list", action="store_true", help="print each panel and its queries")
+    parser.add_argument(
+        "--list", action="store_true", help="print each panel and its queries (Markdown rows)"
+    )
     args = parser.parse_args(argv)
     if args.list:
-        for board in DASHBOARDS:
-            for panel in board.panels:
-                for query in panel.queries:
-                    print(f"{board.title} | {panel.title} | {query.expr}")
+        print("\n".join(panel_rows()))
         return 0
     stale = [p for p, text in files().items() if not p.is_file() or p.read_text() != text]
     if args.check:

@@ -83,3 +83,9 @@ def test_every_metric_a_panel_names_is_one_the_hub_exposes() -> None:
             for target in panel["targets"]:
                 for metric in re.findall(r"\b(edgeml_[a-z0-9_]+)", target["expr"]):
                     assert metric.removesuffix("_total") in exposed, (panel["title"], metric)
+
+
+def test_deploy_readme_lists_every_panel_query() -> None:
+    readme = (REPO / "deploy" / "README.md").read_text(encoding="utf-8")
+    missing = [row for row in _generator().panel_rows() if row not in readme.splitlines()]
+    assert not missing, "deploy/README.md: paste `generate.py --list`:\n" + "\n".join(missing)

@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 import pytest
 
+from cloud_hub.cli import session
 from cloud_hub.cli.commands import deploy, retrain
 from cloud_hub.cli.main import build_parser, main
 from cloud_hub.cli.session import ProgressLine, Session
@@ -47,6 +48,9 @@ def model_folder(root: Path, version: str, data: bytes) -> Path:
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Settings from the environment only, as the integration tests run the CLI."""
+    # Not this machine's settings file, if it has one.
+    monkeypatch.delenv("CLOUD_HUB_CONFIG", raising=False)
+    monkeypatch.setattr(session, "SYSTEM_CONFIG", tmp_path / "no-hub.toml")
     db = tmp_path / "hub" / "hub.db"
     monkeypatch.setenv("CLOUD_HUB__STORE__DB", str(db))
     return db.parent
