@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from cloud_hub.cli import session
+from cloud_hub.cli import session as session_module
 from cloud_hub.cli.commands import deploy, retrain
 from cloud_hub.cli.main import build_parser, main
 from cloud_hub.cli.session import ProgressLine, Session
@@ -50,7 +50,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Settings from the environment only, as the integration tests run the CLI."""
     # Not this machine's settings file, if it has one.
     monkeypatch.delenv("CLOUD_HUB_CONFIG", raising=False)
-    monkeypatch.setattr(session, "SYSTEM_CONFIG", tmp_path / "no-hub.toml")
+    monkeypatch.setattr(session_module, "SYSTEM_CONFIG", tmp_path / "no-hub.toml")
     db = tmp_path / "hub" / "hub.db"
     monkeypatch.setenv("CLOUD_HUB__STORE__DB", str(db))
     return db.parent
