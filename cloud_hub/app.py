@@ -66,6 +66,7 @@ class HubApp:
             lock=self._lock,
             per_node=config.metrics.per_node,
             lifecycle=self.lifecycle_counts,
+            backlog=self.inbox.qsize,
         )
         try:
             self.metrics = MetricsServer(

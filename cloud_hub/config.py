@@ -15,6 +15,20 @@ import msgspec
 from schemas.settings import SettingsError, load_settings
 
 ENV_PREFIX: Final = "CLOUD_HUB"
+# Where the settings come from: --config, then $CLOUD_HUB_CONFIG, then this file if it exists.
+CONFIG_ENV: Final = "CLOUD_HUB_CONFIG"
+SYSTEM_CONFIG: Final = Path("/etc/edgeml/hub.toml")
+# Keys holding file paths: relative ones written in a file are relative to the file's folder.
+PATH_KEYS: Final = (
+    "mqtt.password_file",
+    "mqtt.tls_ca",
+    "mqtt.tls_cert",
+    "mqtt.tls_key",
+    "store.db",
+    "store.ledger_db",
+    "store.models_dir",
+    "store.captures_dir",
+)
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 # 0 asks the OS for a free port (tests, several hubs on one host); the hub logs the one it got.
@@ -91,7 +105,7 @@ class HubConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 def load_hub_config(path: Path | None, environ: Mapping[str, str]) -> HubConfig:
     """Read ``path`` (optional) with overrides from ``environ``; SettingsError names the key."""
-    config = load_settings(HubConfig, path, environ, ENV_PREFIX)
+    config = load_settings(HubConfig, path, environ, ENV_PREFIX, PATH_KEYS)
     _check_tls(config.mqtt, str(path) if path else "defaults")
     return config
 

@@ -1,4 +1,8 @@
-"""``edge-node run --config node.toml`` and ``edge-node simulate``."""
+"""``edge-node run [--config node.toml]`` and ``edge-node simulate``.
+
+Options follow cloud-hub's conventions: ``--log-level`` after the subcommand (also accepted
+before it), ``--config`` on the subcommand that reads settings, exit 2 for the user's mistakes.
+"""
 
 from __future__ import annotations
 
@@ -14,30 +18,54 @@ from types import FrameType
 
 import numpy as np
 
-from edge_node.config import load_config
+from edge_node.config import CONFIG_ENV, PREFIX, SYSTEM_CONFIG, load_config
 from edge_node.lifecycle.model_store import StoreError
 from edge_node.scoring.pipeline import ChannelMismatch
 from edge_node.scoring.runtime import ModelError
 from edge_node.sources.base import SourceError
 from edge_node.sources.simulator import PumpSimulator, parse_fault
 from schemas.readings_csv import write_csv
-from schemas.settings import SettingsError
+from schemas.settings import SettingsError, find_settings
 
 log = logging.getLogger("edge_node")
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level (default INFO)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv``, set up logging, run the subcommand; return the exit code."""
     parser = argparse.ArgumentParser(prog="edge-node", description="edgeml edge node")
-    parser.add_argument("--log-level", default="INFO")
+    _log_level(parser, "INFO")
+    # After the subcommand too, as in cloud-hub; it wins over one given before.
+    common = argparse.ArgumentParser(add_help=False)
+    _log_level(common, argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="score the sensor stream and publish the results")
-    run.add_argument("--config", type=Path, help="TOML file (EDGE_NODE__SECTION__KEY overrides)")
+    run = sub.add_parser(
+        "run", parents=[common], help="score the sensor stream and publish the results"
+    )
+    run.add_argument(
+        "--config",
+        type=Path,
+        help=f"TOML settings file (default: ${CONFIG_ENV}, then {SYSTEM_CONFIG}); "
+        f"{PREFIX}__SECTION__KEY variables override it",
+    )
     run.add_argument(
         "--exit-when-drained",
         action="store_true",
         help="stop once a finite source is done and the broker has everything",
     )
-    sim = sub.add_parser("simulate", help="write simulated pump readings to a SKAB-style CSV")
+    sim = sub.add_parser(
+        "simulate", parents=[common], help="write simulated pump readings to a SKAB-style CSV"
+    )
     sim.add_argument("--out", type=Path, required=True)
     sim.add_argument("--seconds", type=float, default=3600.0, help="stream time to simulate")
     sim.add_argument("--seed", type=int, default=0)
@@ -47,21 +75,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         if args.command == "simulate":
             return _simulate(args.out, args.seconds, args.seed, args.rate_hz, args.fault)
         return _run(args.config, args.exit_when_drained)
     except (SettingsError, SourceError, ModelError, StoreError, ChannelMismatch) as exc:
-        print(f"edge-node: {exc}", file=sys.stderr)
+        print(f"edge-node {args.command}: {exc}", file=sys.stderr)
         return 2
 
 
 def _run(config_path: Path | None, exit_when_drained: bool) -> int:
     from edge_node.wiring import build_node
 
-    node = build_node(load_config(config_path, os.environ))
+    found = find_settings(config_path, os.environ, CONFIG_ENV, SYSTEM_CONFIG)
+    if found.path is None and f"{PREFIX}__NODE__ID" not in os.environ:
+        raise SettingsError(
+            f"{found.how}; and {PREFIX}__NODE__ID is not set. Give --config FILE, set "
+            f"{CONFIG_ENV}=FILE or write {SYSTEM_CONFIG} (deploy/host/node.toml is an example)"
+        )
+    log.info("settings: %s", found.how)
+    node = build_node(load_config(found.path, os.environ))
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:

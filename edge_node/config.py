@@ -135,9 +135,26 @@ class NodeConfig(_Section):
         return self.data_dir / "commands.json"
 
 
+# --- where the settings come from (edge-node run: --config, then $EDGE_NODE_CONFIG, then this) ---
+CONFIG_ENV = "EDGE_NODE_CONFIG"
+SYSTEM_CONFIG = Path("/etc/edgeml/node.toml")
+# Keys holding file paths: relative ones written in a file are relative to the file's folder.
+PATH_KEYS = (
+    "node.data_dir",
+    "mqtt.password_file",
+    "mqtt.tls_ca",
+    "mqtt.tls_cert",
+    "mqtt.tls_key",
+    "source.paths",
+    "model.store",
+    "model.initial",
+    "outbox.path",
+)
+
+
 def load_config(path: Path | None, environ: Mapping[str, str]) -> NodeConfig:
     """Load and check the node's settings; :class:`SettingsError` names the bad key."""
-    config = load_settings(NodeConfig, path, environ, PREFIX)
+    config = load_settings(NodeConfig, path, environ, PREFIX, PATH_KEYS)
     where = str(path) if path else "settings"
     try:
         check_id(config.node.id)

@@ -1,13 +1,16 @@
 """The demo: Mosquitto, cloud-hub and three simulated pumps, with a live fleet table.
 
-pump-3 develops a pressure fault about a minute in. Ctrl-C stops every process. Run it through
-scripts/demo.sh, which prepares the virtualenv and the broker first.
+pump-3 develops a pressure fault about a minute in. Ctrl-C stops every process, in the order
+that loses nothing: the nodes first (each sends what its outbox holds), then the hub once it has
+applied everything the broker delivered, then the broker. Run it through scripts/demo.sh, which
+prepares the virtualenv and the broker first.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -52,28 +55,75 @@ def main() -> int:
     users = {name: secrets.token_urlsafe(12) for name in ("hub", *PUMPS)}
     broker = Broker(work / "mosquitto", users)
     broker.start()
-    children: list[subprocess.Popen[bytes]] = []
+    nodes: list[subprocess.Popen[bytes]] = []
+    hub: subprocess.Popen[bytes] | None = None
+    metrics_port = free_port()
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
     try:
-        metrics_port = free_port()
-        children.append(_hub(work, broker, metrics_port))
+        hub = _hub(work, broker, metrics_port)
         for index, name in enumerate(PUMPS):
-            children.append(
-                _node(work, broker, name, index=index, model=model, rate_hz=args.rate_hz)
-            )
-        url = f"http://127.0.0.1:{metrics_port}/metrics"
+            nodes.append(_node(work, broker, name, index=index, model=model, rate_hz=args.rate_hz))
         print(f"broker mqtt://127.0.0.1:{broker.port}  metrics {url}  logs {work}/*.log")
-        _watch(work, url, args, stop, children)
+        _watch(work, url, args, stop, [hub, *nodes])
     finally:
-        for child in children:
-            child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(10)
-            except subprocess.TimeoutExpired:
-                child.kill()
-        broker.stop()
-        print("stopped broker, hub and nodes")
+        _stop_in_order(work, url, nodes, hub, broker)
     return 0
+
+
+def _stop_in_order(
+    work: Path,
+    url: str,
+    nodes: list[subprocess.Popen[bytes]],
+    hub: subprocess.Popen[bytes] | None,
+    broker: Broker,
+) -> None:
+    """Nodes, then the hub once it has applied everything, then the broker: nothing unsent."""
+    print("stopping the nodes (each sends what its outbox holds) ...", flush=True)
+    for node in nodes:
+        node.send_signal(signal.SIGTERM)
+    for node in nodes:
+        _wait(node, 20)
+    left = {name: _left_in_outbox(work / f"{name}.log") for name in PUMPS[: len(nodes)]}
+    unsent = {name: n for name, n in left.items() if n}
+    print(f"nodes stopped; left in their outboxes: {unsent or 'nothing'}", flush=True)
+    if hub is not None:
+        applied = _wait_until_hub_applied_all(url)
+        print(f"hub applied everything delivered ({applied:.0f} readings); stopping it ...")
+        hub.send_signal(signal.SIGTERM)
+        _wait(hub, 20)
+    broker.stop()
+    print("stopped broker, hub and nodes")
+
+
+def _wait(child: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        child.wait(timeout)
+    except subprocess.TimeoutExpired:
+        print(f"demo: {child.args!r} did not stop in {timeout:.0f} s; killing it")
+        child.kill()
+        child.wait()
+
+
+def _left_in_outbox(log: Path) -> int:
+    """What the node said it left in its outbox when it stopped (-1: it did not say)."""
+    said = re.findall(
+        r"stopping; (\d+) messages stay in the outbox", log.read_text(errors="replace")
+    )
+    return int(said[-1]) if said else -1
+
+
+def _wait_until_hub_applied_all(url: str, timeout: float = 15.0) -> float:
+    """Readings the hub counted once its backlog is empty and its count stops moving."""
+    deadline = time.monotonic() + timeout
+    last: float | None = None
+    while time.monotonic() < deadline:
+        values = _metrics(url)
+        readings = values.get("edgeml_readings_total")
+        if readings is not None and values.get("edgeml_ingest_backlog") == 0 and readings == last:
+            return readings
+        last = readings
+        time.sleep(0.5)
+    return last or 0.0
 
 
 def _train(work: Path, rate_hz: float) -> Path:
@@ -156,39 +206,45 @@ def _watch(
         if dead:
             print(f"demo: a process exited early: {dead}; see the logs in {work}")
             return
-        readings = _readings(url)
+        readings = _metrics(url).get("edgeml_readings_total")
         rate = ""
         if readings is not None:
             first = first or (now, readings)
             if now > first[0]:
                 rate = f"  end-to-end {(readings - first[1]) / (now - first[0]):.1f} readings/s"
+        # Nodes send telemetry every 5 s: a registry 12 s old means the hub is not writing.
         table = subprocess.run(
-            [str(BIN / "cloud-hub"), "nodes", "--db", str(work / "hub.db")],
+            [str(BIN / "cloud-hub"), "nodes", "--db", str(work / "hub.db"), "--stale-after", "12"],
             capture_output=True,
             text=True,
             check=False,
         )
         if not args.plain:
             print("\033[2J\033[H", end="")
-        print(f"t = {now - started:5.0f} s   hub counted {readings or 0:.0f} readings{rate}")
+        hub = (
+            f"hub alive, counted {readings:.0f} readings{rate}"
+            if readings is not None
+            else "hub NOT ANSWERING on /metrics"
+        )
+        print(f"{time.strftime('%H:%M:%S')}  t = {now - started:5.0f} s   {hub}")
         print(table.stdout or table.stderr)
         print(f"metrics: {url}   Ctrl-C stops everything")
         if args.duration and now - started >= args.duration:
             return
 
 
-def _readings(url: str) -> float | None:
+def _metrics(url: str) -> dict[str, float]:
+    """Each sample name's sum over its labels; empty when the hub does not answer."""
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
             text = response.read().decode()
     except OSError:
-        return None
-    return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == "edgeml_readings_total"
-    )
+        return {}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            sums[sample.name] = sums.get(sample.name, 0.0) + sample.value
+    return sums
 
 
 if __name__ == "__main__":

@@ -21,12 +21,13 @@ python=$(pick_python) || {
   exit 1
 }
 
-# Debian packages: the broker for both; promtool and docker-compose for the stack checks.
+# Debian packages: the broker for both; for the tests, Prometheus (and promtool), Alertmanager
+# (and amtool), docker-compose for the stack checks and systemd-analyze for the unit files.
 commands=(mosquitto mosquitto_passwd)
 packages=(mosquitto mosquitto-clients)
 if [ "$purpose" = test ]; then
-  commands+=(promtool docker-compose)
-  packages+=(prometheus docker-compose)
+  commands+=(prometheus promtool prometheus-alertmanager amtool docker-compose)
+  packages+=(prometheus prometheus-alertmanager docker-compose)
 fi
 missing=()
 for c in "${commands[@]}"; do

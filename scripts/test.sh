@@ -7,6 +7,6 @@ scripts/setup.sh test
 export PATH="/usr/sbin:$PATH"  # Debian installs mosquitto in /usr/sbin
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/mypy edge_node cloud_hub schemas bench tests scripts/demo.py
+.venv/bin/mypy edge_node cloud_hub schemas bench tests scripts/demo.py deploy/grafana/generate.py
 .venv/bin/python -m schemas.generate --check
 exec .venv/bin/python -m pytest "$@"

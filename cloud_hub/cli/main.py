@@ -13,12 +13,15 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
+
+import msgspec
 
 from cloud_hub.app import StartupError, serve
 from cloud_hub.cli import commands, models, training
 from cloud_hub.cli.args import UsageError, positive
-from cloud_hub.cli.session import load_config
+from cloud_hub.cli.session import load_config, settings_source
 from cloud_hub.commands.commander import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from cloud_hub.commands.ledger import LedgerError
 from cloud_hub.config import IngestConfig
@@ -31,29 +34,40 @@ log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _CLEAR = "\x1b[H\x1b[2J"
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, set up logging, run the subcommand; return the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    level = args.log_level or args.global_log_level or args.default_log_level
+    logging.basicConfig(level=level, format=LOG_FORMAT)
     try:
         code: int = args.run(args)
     except (SettingsError, UsageError) as exc:
         return _fail(args.command, exc, EXIT_USAGE)
+    except TransportError as exc:
+        # "cannot reach 127.0.0.1:1883" is often the wrong settings, not the wrong broker.
+        return _fail(args.command, f"{exc} (settings: {_settings_note(args)})", EXIT_FAILED)
     except (
         RegistryError,
         StartupError,
         CatalogError,
         LedgerError,
-        TransportError,
         OSError,
     ) as exc:
         return _fail(args.command, exc, EXIT_FAILED)
     return code
 
 
-def _fail(command: str, error: Exception, code: int) -> int:
+def _settings_note(args: argparse.Namespace) -> str:
+    try:
+        return settings_source(getattr(args, "config", None)).how
+    except SettingsError as exc:
+        return str(exc)
+
+
+def _fail(command: str, error: Exception | str, code: int) -> int:
     """One line on stderr, no traceback: these are the user's to fix, not bugs."""
     print(f"cloud-hub {command}: {error}", file=sys.stderr)
     return code
@@ -64,11 +78,12 @@ def _common(log_level: str, *, with_config: bool, with_timeout: bool) -> argpars
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--log-level",
-        default=log_level,
+        default=None,
         type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        choices=LOG_LEVELS,
         help=f"logging level (default {log_level})",
     )
+    common.set_defaults(default_log_level=log_level)
     if with_config:
         common.add_argument(
             "--config", type=Path, help="TOML settings file (CLOUD_HUB__* variables override it)"
@@ -90,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cloud-hub", description="Fleet hub of the edgeml pipeline."
     )
+    # Also before the subcommand, as edge-node accepts it; one given after the subcommand wins.
+    parser.add_argument(
+        "--log-level",
+        dest="global_log_level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="logging level (default: INFO for serve and train, WARNING for client commands)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", parents=[common], help="run the hub")
     serve.add_argument("--config", type=Path, help="TOML settings file")
@@ -100,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--config", type=Path, help="TOML settings file (for store.db)")
     where.add_argument("--db", type=Path, help="registry file (default: from the settings)")
     nodes.add_argument("--watch", type=positive, metavar="SECONDS", help="refresh every SECONDS")
+    nodes.add_argument(
+        "--stale-after",
+        type=positive,
+        metavar="S",
+        help="if the hub has written nothing for S seconds, show states as unknown "
+        "(default: ingest.offline_after_s)",
+    )
+    nodes.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON array instead of the table (with --watch: one array per line)",
+    )
     nodes.set_defaults(run=_nodes)
 
     training.add_parser(sub, common)
@@ -120,14 +155,25 @@ def _nodes(args: argparse.Namespace) -> int:
     else:
         config = load_config(args.config)
         db, offline_after = Path(config.store.db), config.ingest.offline_after_s
-    registry = Registry(db, readonly=True)
+    stale_after = args.stale_after or offline_after
+    registry = (
+        Registry(db, readonly=True)
+        if args.watch is None
+        else _registry_when_ready(Path(db), args.watch)
+    )
     try:
         while True:
-            table = format_nodes(registry.nodes(), time.time(), offline_after)
+            now = time.time()
+            rows = registry.nodes()
+            if args.json:
+                print(nodes_json(rows, now, offline_after, stale_after, pretty=args.watch is None))
+            else:
+                clear = _CLEAR if args.watch is not None and sys.stdout.isatty() else ""
+                header = nodes_header(rows, now, stale_after)
+                print(f"{clear}{header}\n{format_nodes(rows, now, offline_after, stale_after)}")
             if args.watch is None:
-                print(table)
                 return EXIT_OK
-            print((_CLEAR if sys.stdout.isatty() else "") + table, flush=True)
+            sys.stdout.flush()
             time.sleep(args.watch)
     except KeyboardInterrupt:
         return EXIT_OK
@@ -135,8 +181,72 @@ def _nodes(args: argparse.Namespace) -> int:
         registry.close()
 
 
-def format_nodes(rows: Sequence[NodeRow], now: float, offline_after_s: float) -> str:
-    """The ``nodes`` table: one line per node, columns aligned."""
+def _registry_when_ready(db: Path, every: float) -> Registry:
+    """``nodes --watch`` started before ``serve``: wait for the registry rather than fail."""
+    said = False
+    while True:
+        registry: Registry | None = None
+        try:
+            registry = Registry(db, readonly=True)
+            registry.nodes()
+            return registry
+        except RegistryError as exc:
+            if registry is not None:
+                registry.close()
+            if not said:
+                print(f"waiting for the fleet registry (cloud-hub serve makes it): {exc}")
+                said = True
+            time.sleep(every)
+
+
+def hub_silent(rows: Sequence[NodeRow], now: float, stale_after_s: float) -> bool:
+    """True when the hub has written no row for ``stale_after_s``: its states may be stale."""
+    return bool(rows) and now - max(r.updated_at for r in rows) > stale_after_s
+
+
+def nodes_header(rows: Sequence[NodeRow], now: float, stale_after_s: float) -> str:
+    """The line above the table: the time now, and when the hub last wrote the registry."""
+    clock = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    if not rows:
+        return clock
+    written = ago(now - max(r.updated_at for r in rows))
+    if hub_silent(rows, now, stale_after_s):
+        return f"{clock}  hub last wrote {written}: is cloud-hub serve running? states unknown"
+    return f"{clock}  hub last wrote {written}"
+
+
+def nodes_json(
+    rows: Sequence[NodeRow],
+    now: float,
+    offline_after_s: float,
+    stale_after_s: float | None = None,
+    *,
+    pretty: bool = True,
+) -> str:
+    """The registry rows as JSON, each with the ``state`` the table shows."""
+    silent = stale_after_s is not None and hub_silent(rows, now, stale_after_s)
+    items = [{**asdict(r), "state": _state(r, now, offline_after_s, silent)} for r in rows]
+    data = msgspec.json.encode(items)
+    return (msgspec.json.format(data, indent=2) if pretty else data).decode()
+
+
+def _state(row: NodeRow, now: float, offline_after_s: float, silent: bool = False) -> str:
+    recent = row.last_seen is not None and now - row.last_seen <= offline_after_s
+    if row.online is not False and recent:
+        # Online by the hub's last word, but the hub has gone quiet: nobody knows any more.
+        return "unknown" if silent else "online"
+    return "offline"
+
+
+def format_nodes(
+    rows: Sequence[NodeRow], now: float, offline_after_s: float, stale_after_s: float | None = None
+) -> str:
+    """The ``nodes`` table: one line per node, columns aligned.
+
+    With ``stale_after_s``, nodes the hub last saw online show as ``unknown`` when the hub has
+    written nothing for that long (it is probably not running).
+    """
+    silent = stale_after_s is not None and hub_silent(rows, now, stale_after_s)
     header = (
         "NODE",
         "STATE",
@@ -148,7 +258,7 @@ def format_nodes(rows: Sequence[NodeRow], now: float, offline_after_s: float) ->
         "OUTBOX",
         "PSI MAX",
     )
-    lines = [header] + [_cells(r, now, offline_after_s) for r in rows]
+    lines = [header] + [_cells(r, now, offline_after_s, silent) for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     text = "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
@@ -156,13 +266,11 @@ def format_nodes(rows: Sequence[NodeRow], now: float, offline_after_s: float) ->
     return text if rows else text + "\n(no nodes yet)"
 
 
-def _cells(row: NodeRow, now: float, offline_after_s: float) -> tuple[str, ...]:
-    recent = row.last_seen is not None and now - row.last_seen <= offline_after_s
-    online = row.online is not False and recent
+def _cells(row: NodeRow, now: float, offline_after_s: float, silent: bool) -> tuple[str, ...]:
     model = f"{row.active_model}@{row.active_version}" if row.active_model else "-"
     return (
         row.node,
-        "online" if online else "offline",
+        _state(row, now, offline_after_s, silent),
         ago(now - row.last_seen) if row.last_seen is not None else "never",
         model,
         str(row.readings),

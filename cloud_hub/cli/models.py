@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from cloud_hub.cli.args import UsageError, node_id, positive_int
 from cloud_hub.cli.cards import format_card
@@ -15,6 +18,13 @@ from cloud_hub.commands.commander import EXIT_OK
 from cloud_hub.commands.ledger import CommandHistory, Ledger
 from cloud_hub.models.catalog import Catalog, CatalogEntry
 
+JSON_HELP = "print a JSON array instead of the table (times as Unix seconds)"
+
+
+def to_json(value: object) -> str:
+    """``value`` (dataclasses, Structs, lists) as indented JSON."""
+    return msgspec.json.format(msgspec.json.encode(value), indent=2).decode()
+
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add the catalog and ledger subcommands to ``sub``."""
@@ -22,6 +32,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     models.add_argument(
         "--card", metavar="NAME@VERSION", help="show this model's card instead of the table"
     )
+    models.add_argument("--json", action="store_true", help=JSON_HELP)
     models.set_defaults(run=run_models)
 
     register = sub.add_parser(
@@ -33,6 +44,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     commands = sub.add_parser("commands", parents=[common], help="show the command ledger")
     commands.add_argument("--node", type=node_id, help="only this node's commands")
     commands.add_argument("--limit", type=positive_int, default=50, help="default 50")
+    commands.add_argument("--json", action="store_true", help=JSON_HELP)
     commands.set_defaults(run=run_commands)
 
 
@@ -40,18 +52,35 @@ def run_models(args: argparse.Namespace) -> int:
     """``cloud-hub models``."""
     catalog = Catalog(load_config(args.config).store.models_path())
     try:
-        if args.card is None:
-            print(format_models(catalog.list()))
+        if args.card is not None:
+            entry = _entry(catalog, args.card)
+            card = entry.manifest.card
+            print(to_json(card) if args.json else format_card(entry.manifest))
             return EXIT_OK
-        name, _, version = args.card.partition("@")
-        entry = catalog.get(name, version)
-        if entry is None:
-            known = ", ".join(e.ref for e in catalog.list()) or "none"
-            raise UsageError(f"{args.card} is not in the catalog (it has: {known})")
-        print(format_card(entry.manifest))
+        entries = catalog.list()
+        if args.json:
+            # The manifest is the model folder's own file; its card and the table's columns here.
+            print(to_json([_summary(e) for e in entries]))
+        else:
+            print(format_models(entries))
     finally:
         catalog.close()
     return EXIT_OK
+
+
+def _entry(catalog: Catalog, ref: str) -> CatalogEntry:
+    name, _, version = ref.partition("@")
+    entry = catalog.get(name, version)
+    if entry is None:
+        known = ", ".join(e.ref for e in catalog.list()) or "none"
+        raise UsageError(f"{ref} is not in the catalog (it has: {known})")
+    return entry
+
+
+def _summary(entry: CatalogEntry) -> dict[str, object]:
+    row: dict[str, object] = {k: v for k, v in asdict(entry).items() if k != "manifest"}
+    row["card"] = msgspec.to_builtins(entry.manifest.card)
+    return row
 
 
 def run_register(args: argparse.Namespace) -> int:
@@ -76,7 +105,8 @@ def run_commands(args: argparse.Namespace) -> int:
     """``cloud-hub commands``."""
     ledger = Ledger(load_config(args.config).store.ledger_path())
     try:
-        print(format_commands(ledger.commands(args.node, args.limit)))
+        history = ledger.commands(args.node, args.limit)
+        print(to_json(history) if args.json else format_commands(history))
     finally:
         ledger.close()
     return EXIT_OK

@@ -21,10 +21,17 @@ from typing import Final, Protocol, TextIO
 from cloud_hub.commands.commander import Tracker, no_chunks_warning
 from cloud_hub.commands.identity import HubIdentity, sender_id
 from cloud_hub.commands.ledger import Ledger, LedgerError, record_of
-from cloud_hub.config import HubConfig, load_hub_config, resolve_password
+from cloud_hub.config import (
+    CONFIG_ENV,
+    SYSTEM_CONFIG,
+    HubConfig,
+    load_hub_config,
+    resolve_password,
+)
 from cloud_hub.ingest.transport import CommandClient, Received
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import Ack, Capture, Command
+from schemas.settings import Found, find_settings
 from schemas.topics import ROOT, Kind, TopicError, node_topic, parse_node_topic
 
 log = logging.getLogger(__name__)
@@ -35,8 +42,16 @@ _MODELS_PREFIX: Final = f"{ROOT}/models/"
 
 
 def load_config(path: Path | None) -> HubConfig:
-    """The hub's settings: ``path`` (optional) plus ``CLOUD_HUB__*`` environment overrides."""
-    return load_hub_config(path, os.environ)
+    """The hub's settings: ``--config`` (else ``$CLOUD_HUB_CONFIG``, else /etc/edgeml/hub.toml
+    if it exists) plus ``CLOUD_HUB__*`` environment overrides."""
+    found = settings_source(path)
+    log.info("settings: %s", found.how)
+    return load_hub_config(found.path, os.environ)
+
+
+def settings_source(path: Path | None) -> Found:
+    """Which settings file a command reads, and how it was found."""
+    return find_settings(path, os.environ, CONFIG_ENV, SYSTEM_CONFIG)
 
 
 class ProgressLine:

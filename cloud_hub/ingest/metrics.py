@@ -41,8 +41,10 @@ class HubCollector(Collector):
         lock: threading.Lock | None = None,
         per_node: bool = True,
         lifecycle: Callable[[], LifecycleCounts] | None = None,
+        backlog: Callable[[], int] | None = None,
     ) -> None:
         self._lifecycle = lifecycle
+        self._backlog = backlog
         self._fleet = ingest.fleet
         self._ingest = ingest
         self._clock = clock
@@ -59,6 +61,13 @@ class HubCollector(Collector):
             families = self._fleet_wide(now)
             if self._lifecycle is not None:
                 families += _lifecycle_families(self._lifecycle())
+            if self._backlog is not None:
+                backlog = GaugeMetricFamily(
+                    "edgeml_ingest_backlog",
+                    "Messages the broker delivered that the hub has not applied yet (its lag).",
+                )
+                backlog.add_metric([], self._backlog())
+                families.append(backlog)
             snapshots = (
                 [self._snapshot(s, now) for s in self._fleet.nodes()] if self._per_node else []
             )

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -28,6 +30,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from cloud_hub.config import MqttConfig
+from schemas.connection import ConnectionReport, broker_url, explain, refused_by_broker
 from schemas.topics import NODE_TO_HUB, subscription
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,8 @@ class HubTransport:
         self._inbox = inbox
         self._connection = 0
         self._stopping = False
-        self._failures = 0
+        # Why the hub is not connected, at WARNING at most once a minute (network thread only).
+        self._report = ConnectionReport(broker_url(config.host, config.port, _tls(config)))
         self._receive_maximum = receive_maximum
         client = _new_client(config, password, config.client_id, manual_ack=True)
         client.max_queued_messages_set(MAX_QUEUED)
@@ -90,8 +94,7 @@ class HubTransport:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho lacks hints
         props.SessionExpiryInterval = c.session_expiry_s
         props.ReceiveMaximum = self._receive_maximum
-        scheme = "mqtts" if c.tls_ca or c.tls_cert else "mqtt"
-        log.info("connecting to %s://%s:%d as %s", scheme, c.host, c.port, c.username)
+        log.info("connecting to %s as %s", self._report.url, c.username)
         self._client.connect_async(
             c.host, c.port, keepalive=c.keepalive_s, clean_start=False, properties=props
         )
@@ -148,10 +151,11 @@ class HubTransport:
         properties: Properties | None,
     ) -> None:
         if reason_code.is_failure:
-            log.error("broker refused the connection: %s", reason_code)
+            self._warn(refused_by_broker(str(reason_code)))
             return
+        if (line := self._report.connected(time.monotonic())) is not None:
+            log.info("%s", line)
         self._connection += 1
-        self._failures = 0
         log.info("connected to the broker (session present: %s)", flags.session_present)
         topics = [(subscription(kind), SubscribeOptions(qos=1)) for kind in NODE_TO_HUB]
         result, _mid = client.subscribe(topics)
@@ -160,11 +164,13 @@ class HubTransport:
         self.connected.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
-        # Warn once per outage, not on every retry.
-        self._failures += 1
-        level = logging.WARNING if self._failures == 1 else logging.DEBUG
+        # paho calls this inside its `except OSError`, so the exception is still at hand.
         c = self._config
-        log.log(level, "cannot reach the broker at %s:%d; retrying", c.host, c.port)
+        self._warn(explain(sys.exc_info()[1], c.host, c.port, c.tls_ca))
+
+    def _warn(self, why: str) -> None:
+        line = self._report.failed(why, time.monotonic())
+        log.log(logging.DEBUG if line is None else logging.WARNING, "%s", line or why)
 
     def _on_disconnect(
         self,
@@ -213,7 +219,7 @@ def _new_client(
         manual_ack=manual_ack,
     )
     client.username_pw_set(config.username, password or None)
-    if config.tls_ca or config.tls_cert:
+    if _tls(config):
         client.tls_set(
             ca_certs=config.tls_ca or None,
             certfile=config.tls_cert or None,
@@ -221,6 +227,10 @@ def _new_client(
             tls_version=ssl.PROTOCOL_TLS_CLIENT,
         )
     return client
+
+
+def _tls(config: MqttConfig) -> bool:
+    return bool(config.tls_ca or config.tls_cert)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,7 +284,10 @@ class CommandClient:
                 with attempt:
                     self._client.connect(c.host, c.port, keepalive=c.keepalive_s, clean_start=True)
         except OSError as exc:
-            raise TransportError(f"cannot reach the broker at {c.host}:{c.port}: {exc}") from None
+            url = broker_url(c.host, c.port, _tls(c))
+            raise TransportError(
+                f"cannot connect to {url}: {explain(exc, c.host, c.port, c.tls_ca)}"
+            ) from None
         self._client.loop_start()
         with self._cond:
             self._cond.wait_for(lambda: self._connected or bool(self._refusal), timeout)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import queue
 import ssl
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
+
+from schemas.connection import ConnectionReport, broker_url, explain, refused_by_broker
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +116,20 @@ class NodeTransport:
         client.max_inflight_messages_set(settings.max_inflight)
         client.reconnect_delay_set(settings.reconnect_min_s, settings.reconnect_max_s)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         self._client = client
+        # Why the node is not connected, at WARNING at most once a minute (network thread only).
+        self._report = ConnectionReport(
+            broker_url(settings.host, settings.port, bool(settings.tls_ca))
+        )
 
     def start(self) -> None:
         """Connect in the background; paho reconnects with backoff from then on."""
         s = self._settings
-        log.info("connecting to mqtt://%s:%d as %s", s.host, s.port, s.username)
+        log.info("connecting to %s as %s", self._report.url, s.username)
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]  # paho lacks hints
         properties.SessionExpiryInterval = s.session_expiry_s
         self._client.connect_async(
@@ -178,8 +187,10 @@ class NodeTransport:
         _p: Properties | None,
     ) -> None:
         if reason.is_failure:
-            log.warning("broker refused connection: %s", reason)
+            self._warn(refused_by_broker(str(reason)))
             return
+        if (line := self._report.connected(time.monotonic())) is not None:
+            log.info("%s", line)
         with self._lock:
             for topic in sorted(self._stale):
                 client.unsubscribe(topic)
@@ -188,6 +199,15 @@ class NodeTransport:
                 client.subscribe(topic, qos=1)
             self.connected.set()
         self.events.put(Connected(flags.session_present))
+
+    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
+        # paho calls this inside its `except OSError`, so the exception is still at hand.
+        s = self._settings
+        self._warn(explain(sys.exc_info()[1], s.host, s.port, s.tls_ca))
+
+    def _warn(self, why: str) -> None:
+        line = self._report.failed(why, time.monotonic())
+        log.log(logging.DEBUG if line is None else logging.WARNING, "%s", line or why)
 
     def _on_disconnect(
         self,

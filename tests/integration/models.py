@@ -13,6 +13,7 @@ from onnx import helper, numpy_helper
 
 from cloud_hub.models.onnx_export import save_model, train_model
 from cloud_hub.models.trainer import TrainConfig
+from edge_node.sources.simulator import PumpSimulator
 from schemas.manifest import Manifest, decode_manifest
 from schemas.readings_csv import read_csv
 from tests.skab import skab_file
@@ -95,3 +96,19 @@ def wrong_window(folder: Path, version: str) -> Path:
     source_input = msgspec.structs.replace(manifest.input, window=8)
     proto = onnx.load_from_string((folder / "model.onnx").read_bytes())
     return _rewrite(folder, folder, version, proto, input=source_input)
+
+
+def sim_model(folder: Path) -> Path:
+    """``pump-pca@1`` trained on simulated healthy readings, like simulated nodes produce."""
+    sim = PumpSimulator(seed=11, rate_hz=20, speed=0, wall_start=0.0, faults=[], max_block=4096)
+    onnx_bytes, manifest = train_model(
+        sim.read(6000).values,
+        sim.channels,
+        name="pump-pca",
+        version="1",
+        trained_by="tests",
+        config=TrainConfig(),
+        now=time.time(),
+    )
+    save_model(folder, onnx_bytes, manifest)
+    return folder

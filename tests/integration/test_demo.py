@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -44,7 +45,15 @@ def test_demo_shows_the_fleet_and_ctrl_c_stops_everything(tmp_path: Path) -> Non
         log.close()
     out = (tmp_path / "demo.out").read_text()
     assert "metrics: http://127.0.0.1:" in out and "readings/s" in out
-    assert "stopped broker, hub and nodes" in out
+    # Nodes first, with nothing left unsent, then the hub once it applied everything, then the
+    # broker; the table had a clock and said the hub was alive.
+    order = [
+        out.index("nodes stopped; left in their outboxes: nothing"),
+        out.index("hub applied everything delivered"),
+        out.index("stopped broker, hub and nodes"),
+    ]
+    assert order == sorted(order), out[-2000:]
+    assert re.search(r"^\d\d:\d\d:\d\d  t = .* hub alive, counted \d+ readings", out, re.M)
     assert not [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
 

@@ -178,6 +178,8 @@ def _rule_tests() -> list[dict[str, Any]]:
                 _alert(
                     {"job": "cloud-hub", "instance": "hub:9100", "severity": "critical"},
                     "cloud-hub metrics endpoint hub:9100 is down",
+                    "Prometheus cannot scrape the hub: no fleet metric is current and no other "
+                    "edgeml alert can fire.",
                 )
             ],
         ),
@@ -242,6 +244,10 @@ def _rule_tests() -> list[dict[str, Any]]:
         ),
         ("10m", "HubRejects", []),
     ]
+    for _, name, expected in checks:
+        for alert in expected:
+            # Every alert points at its runbook section (docs/RUNBOOK.md).
+            alert["exp_annotations"]["runbook_url"] = f"docs/RUNBOOK.md#{name.lower()}"
     return [
         {
             "interval": "1m",

@@ -195,3 +195,12 @@ def test_every_family_has_help_text(fed: tuple[Ingest, CollectorRegistry, Clock]
     families = list(r.collect())
     assert len(families) >= 21
     assert all(f.documentation.strip() for f in families)
+
+
+def test_ingest_backlog_is_read_at_scrape_time() -> None:
+    ingest = Ingest(FleetState(offline_after_s=60.0), Deduper())
+    waiting = [3]
+    r = new_registry(HubCollector(ingest, clock=Clock(NOW), backlog=lambda: waiting[0]))
+    assert value(r, "edgeml_ingest_backlog") == 3
+    waiting[0] = 0
+    assert value(r, "edgeml_ingest_backlog") == 0

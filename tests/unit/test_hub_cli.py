@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,8 +16,9 @@ import msgspec
 import numpy as np
 import pytest
 
+from cloud_hub.cli import session as session_module
 from cloud_hub.cli.commands import deploy, retrain
-from cloud_hub.cli.main import main
+from cloud_hub.cli.main import build_parser, main
 from cloud_hub.cli.session import ProgressLine, Session
 from cloud_hub.commands.ledger import Ledger
 from cloud_hub.config import HubConfig, StoreConfig
@@ -46,6 +48,9 @@ def model_folder(root: Path, version: str, data: bytes) -> Path:
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Settings from the environment only, as the integration tests run the CLI."""
+    # Not this machine's settings file, if it has one.
+    monkeypatch.delenv("CLOUD_HUB_CONFIG", raising=False)
+    monkeypatch.setattr(session_module, "SYSTEM_CONFIG", tmp_path / "no-hub.toml")
     db = tmp_path / "hub" / "hub.db"
     monkeypatch.setenv("CLOUD_HUB__STORE__DB", str(db))
     return db.parent
@@ -349,3 +354,33 @@ def test_progress_on_a_terminal_rewrites_one_line() -> None:
     line.show("pump-1 applied", 0.3)
     line.close()
     assert stream.getvalue() == "\r[  0.0 s] pump-1 waiting\x1b[K\r[  0.3 s] pump-1 applied\x1b[K\n"
+
+
+def test_listings_as_json(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["register", str(model_folder(tmp_path / "src", "2", b"model bytes"))]) == 0
+    capsys.readouterr()
+    assert main(["models", "--json"]) == 0
+    (model,) = json.loads(capsys.readouterr().out)
+    assert (model["name"], model["version"], model["size"]) == ("pump-pca", "2", 11)
+    assert model["channels"] == list(MANIFEST.input.channels)
+    assert main(["commands", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_log_level_goes_before_or_after_the_subcommand(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    before = build_parser().parse_args(["--log-level", "debug", "models"])
+    after = build_parser().parse_args(["--log-level", "debug", "models", "--log-level", "error"])
+    default = build_parser().parse_args(["models"])
+    assert (before.global_log_level, before.log_level) == ("DEBUG", None)
+    assert after.log_level == "ERROR"  # after the subcommand wins
+    assert (default.log_level, default.global_log_level, default.default_log_level) == (
+        None,
+        None,
+        "WARNING",
+    )
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["models", "--log-level", "loud"])
+    assert exit_.value.code == 2
+    assert "choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR'" in capsys.readouterr().err

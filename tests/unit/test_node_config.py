@@ -90,6 +90,7 @@ def test_command_settings_have_defaults_and_overrides(tmp_path: Path) -> None:
     assert (c.chunk_timeout_s, c.chunk_retries, c.capture_buffer) == (1.5, 2, 20_000)
     assert (c.probation_runs, c.latency_factor) == (20, 20.0)
     assert config.mqtt.session_expiry_s == 3600
-    assert config.commands_path == Path("d/commands.json")
+    # A relative path in a file is relative to the file, not to the current folder.
+    assert config.commands_path == tmp_path / "d" / "commands.json"
     with pytest.raises(SettingsError, match=r"commands\.probation_runs"):
         load_config(_write(tmp_path, '[node]\nid = "p"\n[commands]\nprobation_runs = 0\n'), {})

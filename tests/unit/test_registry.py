@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
-from cloud_hub.cli.main import ago, format_nodes, main
+from cloud_hub.cli.main import ago, format_nodes, main, nodes_header, nodes_json
 from cloud_hub.ingest.fleet import FleetState, NodeState
 from cloud_hub.ingest.registry import NodeRow, Registry, RegistryError
 from schemas.messages import Drift, Status, Telemetry
@@ -206,3 +208,41 @@ def test_nodes_command_without_registry_fails_with_one_line(
     assert main(["nodes", "--db", str(tmp_path / "none.db")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "none.db" in err
+
+
+def _seen(node: str, online: bool, seen: float, updated: float) -> NodeRow:
+    return NodeRow(
+        node=node,
+        online=online,
+        boot="b",
+        started_at=None,
+        last_seen=seen,
+        active_model=None,
+        active_version=None,
+        capabilities=None,
+        readings=0,
+        anomalies=0,
+        latency_p99_ms=None,
+        outbox_depth=None,
+        drift_psi_max=None,
+        updated_at=updated,
+    )
+
+
+def test_a_silent_hub_makes_online_nodes_unknown_not_fresh() -> None:
+    rows = [_seen("pump-01", True, NOW - 50, NOW - 50), _seen("pump-02", False, NOW - 50, NOW - 50)]
+    # The hub wrote 50 s ago; with stale_after 30 s its word on pump-01 is no longer news.
+    lines = format_nodes(rows, NOW, offline_after_s=120.0, stale_after_s=30.0).splitlines()
+    assert lines[1].split()[:2] == ["pump-01", "unknown"]
+    assert lines[2].split()[:2] == ["pump-02", "offline"]
+    assert "is cloud-hub serve running?" in nodes_header(rows, NOW, 30.0)
+    assert [n["state"] for n in json.loads(nodes_json(rows, NOW, 120.0, 30.0))] == [
+        "unknown",
+        "offline",
+    ]
+    # A hub that wrote recently: states as the hub said, and the header says when it wrote.
+    lines = format_nodes(rows, NOW, offline_after_s=120.0, stale_after_s=60.0).splitlines()
+    assert lines[1].split()[:2] == ["pump-01", "online"]
+    header = nodes_header(rows, NOW, 60.0)
+    assert header.endswith("hub last wrote 50s ago")
+    assert header.startswith(time.strftime("%Y-%m-%d %H:%M", time.localtime(NOW)))

@@ -1,0 +1,431 @@
+"""Writes the Grafana dashboards in deploy/grafana/dashboards/ from the panel lists below.
+
+The dashboards are code: edit the lists here, run ``python deploy/grafana/generate.py``, and
+commit the JSON it writes (sorted keys, two-space indent, so a diff shows what changed).
+``--check`` fails when the committed JSON differs from what this file generates.
+
+Every query uses only what ``cloud-hub serve`` exposes (cloud_hub/ingest/metrics.py) and what
+Prometheus records about its scrape of it (``up``, ``scrape_duration_seconds``).
+``tests/integration/test_observability.py`` runs each query against a real Prometheus scraping
+a real hub fed by real nodes and requires data from every one.
+
+No dependency: a dashboard is a small JSON document, and grafana-foundation-sdk would add a
+package (and its release cadence) for what forty lines of dictionaries do here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUT = Path(__file__).resolve().parent / "dashboards"
+# The provisioned data source (deploy/grafana/provisioning/datasources/prometheus.yml).
+DATASOURCE = {"type": "prometheus", "uid": "edgeml-prometheus"}
+RATE = "$__rate_interval"
+NODE = 'node="$node"'
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL expression and how its series are named in the legend."""
+
+    expr: str
+    legend: str = ""
+
+
+@dataclass(frozen=True)
+class Panel:
+    """A panel: ``kind`` is a Grafana panel type (timeseries, stat, table, bargauge)."""
+
+    title: str
+    queries: tuple[Query, ...]
+    kind: str = "timeseries"
+    unit: str = "short"
+    width: int = 8
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Dashboard:
+    """A dashboard; ``node_variable`` adds the ``$node`` selector."""
+
+    uid: str
+    title: str
+    panels: tuple[Panel, ...]
+    node_variable: bool = False
+    links: tuple[str, ...] = field(default=())
+
+
+def q(expr: str, legend: str = "") -> Query:
+    """Shorthand for a query."""
+    return Query(expr, legend)
+
+
+FLEET = Dashboard(
+    uid="edgeml-fleet",
+    title="edgeml / Fleet overview",
+    links=("edgeml-node", "edgeml-hub"),
+    panels=(
+        Panel(
+            "Nodes online",
+            (q('edgeml_nodes{state="online"}', "online"),),
+            kind="stat",
+            width=4,
+        ),
+        Panel(
+            "Nodes offline",
+            (q('edgeml_nodes{state="offline"}', "offline"),),
+            kind="stat",
+            width=4,
+        ),
+        Panel(
+            "Readings/s (fleet)",
+            (q(f"sum(rate(edgeml_readings_total[{RATE}]))", "readings/s"),),
+            kind="stat",
+            unit="reqps",
+            width=4,
+        ),
+        Panel(
+            "Models in use",
+            (q("count by (model, version) (edgeml_node_info)", "{{model}}@{{version}}"),),
+            kind="bargauge",
+            width=6,
+            description="Nodes running each model version.",
+        ),
+        Panel(
+            "Command acks (rollouts)",
+            (
+                q(
+                    f"sum by (type, status) (increase(edgeml_command_acks_total[{RATE}]))",
+                    "{{type}} {{status}}",
+                ),
+            ),
+            width=6,
+            description="Deploys, rollbacks, retrains and pings answered by nodes.",
+        ),
+        Panel(
+            "Readings/s by node",
+            (q(f"sum by (node) (rate(edgeml_readings_total[{RATE}]))", "{{node}}"),),
+            unit="reqps",
+        ),
+        Panel(
+            "Anomaly rate by node",
+            (
+                q(
+                    f"sum by (node) (rate(edgeml_anomalous_readings_total[{RATE}]))"
+                    f" / sum by (node) (rate(edgeml_readings_total[{RATE}]))",
+                    "{{node}}",
+                ),
+            ),
+            unit="percentunit",
+            description="Share of readings the node's model flagged.",
+        ),
+        Panel(
+            "Open anomaly episodes by node",
+            (
+                q(
+                    'sum by (node) (edgeml_events_total{state="open"})'
+                    ' - sum by (node) (edgeml_events_total{state="close"})',
+                    "{{node}}",
+                ),
+            ),
+            kind="bargauge",
+            description="Episodes opened and not yet closed (counted since the hub started).",
+        ),
+        Panel(
+            "Drift: largest mean shift (reference SDs)",
+            (q("edgeml_drift_mean_shift_max_sd", "{{node}}"),),
+            width=12,
+            description="The DriftHigh alert fires above 4 for 15 minutes.",
+        ),
+        Panel(
+            "Drift: largest PSI",
+            (q("edgeml_drift_psi_max", "{{node}}"),),
+            width=12,
+            description="High on slowly moving channels even when healthy; read with mean shift.",
+        ),
+    ),
+)
+
+NODE_VIEW = Dashboard(
+    uid="edgeml-node",
+    title="edgeml / Node",
+    node_variable=True,
+    links=("edgeml-fleet", "edgeml-hub"),
+    panels=(
+        Panel("Online", (q(f"edgeml_node_up{{{NODE}}}", "up"),), kind="stat", width=4),
+        Panel(
+            "Active model",
+            (q(f"edgeml_node_info{{{NODE}}}", "{{model}}@{{version}}"),),
+            kind="stat",
+            width=8,
+        ),
+        Panel(
+            "Readings/s",
+            (q(f"rate(edgeml_readings_total{{{NODE}}}[{RATE}])", "readings/s"),),
+            kind="stat",
+            unit="reqps",
+            width=4,
+        ),
+        Panel(
+            "Seq gaps and missing readings",
+            (
+                q(f"edgeml_seq_gaps{{{NODE}}}", "messages never received"),
+                q(f"edgeml_missing_readings{{{NODE}}}", "readings never received"),
+            ),
+            kind="stat",
+            width=8,
+        ),
+        Panel(
+            "Anomaly score p99",
+            (q(f"edgeml_score_p99{{{NODE}}}", "score p99"),),
+            description="From the node's last drift report; compare with the model's threshold.",
+        ),
+        Panel(
+            "Flag rate",
+            (
+                q(
+                    f"rate(edgeml_anomalous_readings_total{{{NODE}}}[{RATE}])"
+                    f" / rate(edgeml_readings_total{{{NODE}}}[{RATE}])",
+                    "flagged share",
+                ),
+            ),
+            unit="percentunit",
+        ),
+        Panel(
+            "Anomaly episodes",
+            (
+                q(f"increase(edgeml_events_total{{{NODE}}}[{RATE}])", "{{state}}"),
+                q(
+                    f'edgeml_events_total{{{NODE},state="open"}}'
+                    f' - ignoring(state) edgeml_events_total{{{NODE},state="close"}}',
+                    "open now",
+                ),
+            ),
+        ),
+        Panel(
+            "Inference latency",
+            (
+                q(f'edgeml_inference_latency_ms{{{NODE},quantile="0.99"}}', "p99"),
+                q(f'edgeml_inference_latency_ms{{{NODE},quantile="0.5"}}', "p50"),
+            ),
+            unit="ms",
+        ),
+        Panel("Memory (RSS)", (q(f"edgeml_node_rss_bytes{{{NODE}}}", "rss"),), unit="bytes"),
+        Panel(
+            "CPU (% of one core)", (q(f"edgeml_node_cpu_percent{{{NODE}}}", "cpu"),), unit="percent"
+        ),
+        Panel("Power", (q(f"edgeml_node_power_watts{{{NODE}}}", "power"),), unit="watt"),
+        Panel(
+            "Outbox depth",
+            (q(f"edgeml_outbox_depth{{{NODE}}}", "messages waiting"),),
+            description="Messages kept on the node's disk until the broker has them.",
+        ),
+        Panel(
+            "Drops and errors",
+            (
+                q(f"increase(edgeml_outbox_dropped_total{{{NODE}}}[{RATE}])", "outbox drops"),
+                q(f"increase(edgeml_node_errors_total{{{NODE}}}[{RATE}])", "errors"),
+            ),
+            description="Any outbox drop is data lost: see the OutboxDropping runbook.",
+        ),
+        Panel(
+            "Drift",
+            (
+                q(f"edgeml_drift_mean_shift_max_sd{{{NODE}}}", "mean shift (SD)"),
+                q(f"edgeml_drift_psi_max{{{NODE}}}", "PSI"),
+            ),
+            width=12,
+        ),
+        Panel(
+            "Model rollbacks since boot",
+            (q(f"edgeml_model_rollbacks_total{{{NODE}}}", "rollbacks"),),
+            width=12,
+        ),
+    ),
+)
+
+HUB = Dashboard(
+    uid="edgeml-hub",
+    title="edgeml / Hub health",
+    links=("edgeml-fleet", "edgeml-node"),
+    panels=(
+        Panel("Hub up", (q('up{job="cloud-hub"}', "{{instance}}"),), kind="stat", width=4),
+        Panel(
+            "Ingest backlog",
+            (q("edgeml_ingest_backlog", "messages waiting"),),
+            kind="stat",
+            width=4,
+            description="Delivered by the broker, not yet applied: the hub's lag, in messages.",
+        ),
+        Panel(
+            "Scrape duration",
+            (q('scrape_duration_seconds{job="cloud-hub"}', "{{instance}}"),),
+            kind="stat",
+            unit="s",
+            width=4,
+            description="Grows with the fleet; set metrics.per_node = false for huge fleets.",
+        ),
+        Panel(
+            "Series per scrape",
+            (q('scrape_samples_scraped{job="cloud-hub"}', "{{instance}}"),),
+            kind="stat",
+            width=4,
+        ),
+        Panel(
+            "Duplicates dropped/s",
+            (q(f"rate(edgeml_duplicates_total[{RATE}])", "duplicates/s"),),
+            kind="stat",
+            unit="reqps",
+            width=8,
+        ),
+        Panel(
+            "Ingest rate by kind",
+            (q(f"sum by (kind) (rate(edgeml_messages_total[{RATE}]))", "{{kind}}"),),
+            unit="reqps",
+            width=12,
+        ),
+        Panel(
+            "Rejected messages by reason",
+            (
+                q(
+                    f"sum by (reason, type) (rate(edgeml_rejected_messages_total[{RATE}]))",
+                    "{{reason}} ({{type}})",
+                ),
+            ),
+            unit="reqps",
+            width=12,
+        ),
+        Panel(
+            "Model chunks",
+            (
+                q(f"rate(edgeml_chunks_published_total[{RATE}])", "published/s"),
+                q("edgeml_chunks_pending", "pending"),
+            ),
+            width=12,
+        ),
+        Panel(
+            "Ingest backlog over time",
+            (q("edgeml_ingest_backlog", "messages waiting"),),
+            width=12,
+        ),
+    ),
+)
+
+DASHBOARDS = (FLEET, NODE_VIEW, HUB)
+
+
+def render(board: Dashboard) -> dict[str, Any]:
+    """The Grafana JSON model of ``board`` (schema of Grafana 10/11)."""
+    panels = []
+    x = y = row_height = 0
+    for number, panel in enumerate(board.panels, start=1):
+        height = 4 if panel.kind == "stat" else 8
+        if x + panel.width > 24:
+            x, y, row_height = 0, y + row_height, 0
+        panels.append(_panel(number, panel, {"h": height, "w": panel.width, "x": x, "y": y}))
+        x += panel.width
+        row_height = max(row_height, height)
+    return {
+        "uid": board.uid,
+        "title": board.title,
+        "tags": ["edgeml"],
+        "editable": True,
+        "schemaVersion": 39,
+        "refresh": "10s",
+        "time": {"from": "now-1h", "to": "now"},
+        "timezone": "browser",
+        "links": [{"type": "dashboards", "tags": ["edgeml"], "asDropdown": True, "title": "edgeml"}]
+        if board.links
+        else [],
+        "templating": {"list": [_node_variable()] if board.node_variable else []},
+        "panels": panels,
+    }
+
+
+def _panel(number: int, panel: Panel, pos: dict[str, int]) -> dict[str, Any]:
+    return {
+        "id": number,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": DATASOURCE,
+        "gridPos": pos,
+        "fieldConfig": {"defaults": {"unit": panel.unit}, "overrides": []},
+        "options": {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True}},
+        "targets": [
+            {
+                "refId": chr(ord("A") + i),
+                "datasource": DATASOURCE,
+                "expr": query.expr,
+                "legendFormat": query.legend or "__auto",
+            }
+            for i, query in enumerate(panel.queries)
+        ],
+    }
+
+
+def _node_variable() -> dict[str, Any]:
+    query = "label_values(edgeml_node_up, node)"
+    return {
+        "name": "node",
+        "label": "Node",
+        "type": "query",
+        "datasource": DATASOURCE,
+        "query": {"query": query, "refId": "node"},
+        "definition": query,
+        "refresh": 2,  # on time-range change: new nodes appear without a reload
+        "sort": 1,
+        "includeAll": False,
+        "multi": False,
+    }
+
+
+def panel_rows() -> list[str]:
+    """One Markdown table row per query: dashboard, panel, PromQL (deploy/README.md lists them)."""
+    rows = ["| dashboard | panel | query |", "|---|---|---|"]
+    for board in DASHBOARDS:
+        for panel in board.panels:
+            for query in panel.queries:
+                expr = query.expr.replace("|", "\\|")
+                rows.append(f"| {board.title.split(' / ')[1]} | {panel.title} | `{expr}` |")
+    return rows
+
+
+def files() -> dict[Path, str]:
+    """Each dashboard's file and its text."""
+    return {
+        OUT / f"{board.uid}.json": json.dumps(render(board), indent=2, sort_keys=True) + "\n"
+        for board in DASHBOARDS
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the dashboards, or with ``--check`` report those that differ."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail if the JSON is out of date")
+    parser.add_argument(
+        "--list", action="store_true", help="print each panel and its queries (Markdown rows)"
+    )
+    args = parser.parse_args(argv)
+    if args.list:
+        print("\n".join(panel_rows()))
+        return 0
+    stale = [p for p, text in files().items() if not p.is_file() or p.read_text() != text]
+    if args.check:
+        for path in stale:
+            print(f"{path}: out of date; run python deploy/grafana/generate.py", file=sys.stderr)
+        return 1 if stale else 0
+    OUT.mkdir(exist_ok=True)
+    for path, text in files().items():
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
