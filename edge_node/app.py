@@ -35,7 +35,7 @@ from edge_node.sources.base import Source
 from edge_node.telemetry.procstats import ProcessSampler
 from edge_node.telemetry.stats import LatencyWindow, PowerModel
 from schemas.codec import encode
-from schemas.messages import Capabilities, Status, Telemetry
+from schemas.messages import Capabilities, SourceHealth, Status, Telemetry
 from schemas.topics import Kind, node_topic
 
 log = logging.getLogger(__name__)
@@ -186,6 +186,7 @@ class EdgeNode:
             self._handle_events(timeout=0.05)
         log.info("stopping; %d messages stay in the outbox for the next start", self.outbox.depth)
         self.control.close()
+        self.source.close()
         self.transport.stop(self.status_topic, self._status("offline"))
         self.outbox.close()
 
@@ -239,7 +240,19 @@ class EdgeNode:
                 errors=dict(self.errors + self.control.errors),
                 model=self.pipeline.scorer.ref,
                 rollbacks=self.control.rollbacks,
+                source=self._source_health(),
             ),
+        )
+
+    def _source_health(self) -> SourceHealth | None:
+        stats = self.source.stats()
+        if stats is None:
+            return None
+        return SourceHealth(
+            connected=stats.connected,
+            readings=stats.readings,
+            dropouts=stats.dropouts,
+            reconnects=stats.reconnects,
         )
 
     def _queue(self, kind: Kind, message: msgspec.Struct) -> None:
