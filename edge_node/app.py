@@ -1,7 +1,8 @@
 """The edge node's main loop: source -> pipeline -> outbox -> MQTT, plus timers and commands.
 
 Everything here runs on one thread; the MQTT client's network thread only feeds
-``transport.events`` and the model worker (edge_node.lifecycle.switcher) only loads models. A
+``transport.events``, the model worker (edge_node.lifecycle.switcher) only loads models, and a
+device source's reader thread (edge_node.sources.polling) only fills the buffer ``poll`` drains. A
 message counts as accepted once it is in the outbox, and leaves the outbox only on its PUBACK.
 Commands and model chunks arrive as transport events and go to :class:`Control`, which answers
 with messages to queue and never blocks the loop.
