@@ -65,7 +65,7 @@ def value_of(node: OpcNode, data: ua.DataValue) -> tuple[float, str, str]:
     if status is not None and not status.is_good():
         return math.nan, "bad_status", status.name
     raw: Any = data.Value.Value if data.Value is not None else None
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
+    if not isinstance(raw, int | float):  # bool is an int: a running flag reads 1.0 / 0.0
         return math.nan, "not_numeric", f"value {type(raw).__name__} is not a number"
     if not math.isfinite(raw):
         return math.nan, "nonfinite", f"value {raw!r}"

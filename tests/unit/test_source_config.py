@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
+from asyncua import ua
 
 from edge_node.config import SOURCE_KINDS, load_config, registers
 from edge_node.sources.base import SourceError
-from edge_node.sources.opcua import OpcNode, parse_node_ids
+from edge_node.sources.opcua import OpcNode, parse_node_ids, value_of
 from edge_node.wiring import SOURCES
 from schemas.settings import SettingsError
 
@@ -137,3 +139,24 @@ def test_an_opcua_node_id_that_is_not_node_id_notation_names_its_key() -> None:
     with pytest.raises(SourceError, match=r"key source\.nodes\[1\]\.node_id: 'ns=two;x=1'"):
         parse_node_ids(nodes)
     assert len(parse_node_ids(nodes[:1])) == 1
+
+
+def _data(value: object, status: int = ua.StatusCodes.Good) -> ua.DataValue:
+    return ua.DataValue(ua.Variant(value), StatusCode_=ua.StatusCode(status))
+
+
+def test_opcua_values_are_scaled_when_good_and_numeric_else_a_dropout_with_a_reason() -> None:
+    node = OpcNode("p", "ns=2;s=P", scale=0.001, offset=1.0)
+    for raw, expected in ((2500.0, 3.5), (2500, 3.5), (True, 1.001)):
+        value, reason, detail = value_of(node, _data(raw))
+        assert value == pytest.approx(expected) and reason == detail == ""
+    cases = [
+        (_data(2500.0, ua.StatusCodes.BadSensorFailure), "bad_status", "BadSensorFailure"),
+        (_data(2500.0, ua.StatusCodes.UncertainLastUsableValue), "bad_status", "Uncertain"),
+        (_data("2500"), "not_numeric", "str"),
+        (_data(None), "not_numeric", "NoneType"),
+        (_data(math.inf), "nonfinite", "inf"),
+    ]
+    for data, reason, detail in cases:
+        value, got_reason, got_detail = value_of(node, data)
+        assert math.isnan(value) and got_reason == reason and detail in got_detail
