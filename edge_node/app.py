@@ -1,7 +1,8 @@
 """The edge node's main loop: source -> pipeline -> outbox -> MQTT, plus timers and commands.
 
 Everything here runs on one thread; the MQTT client's network thread only feeds
-``transport.events`` and the model worker (edge_node.lifecycle.switcher) only loads models. A
+``transport.events``, the model worker (edge_node.lifecycle.switcher) only loads models, and a
+device source's reader thread (edge_node.sources.polling) only fills the buffer ``poll`` drains. A
 message counts as accepted once it is in the outbox, and leaves the outbox only on its PUBACK.
 Commands and model chunks arrive as transport events and go to :class:`Control`, which answers
 with messages to queue and never blocks the loop.
@@ -35,7 +36,7 @@ from edge_node.sources.base import Source
 from edge_node.telemetry.procstats import ProcessSampler
 from edge_node.telemetry.stats import LatencyWindow, PowerModel
 from schemas.codec import encode
-from schemas.messages import Capabilities, Status, Telemetry
+from schemas.messages import Capabilities, SourceHealth, Status, Telemetry
 from schemas.topics import Kind, node_topic
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ class EdgeNode:
             self._handle_events(timeout=0.05)
         log.info("stopping; %d messages stay in the outbox for the next start", self.outbox.depth)
         self.control.close()
+        self.source.close()
         self.transport.stop(self.status_topic, self._status("offline"))
         self.outbox.close()
 
@@ -239,7 +241,19 @@ class EdgeNode:
                 errors=dict(self.errors + self.control.errors),
                 model=self.pipeline.scorer.ref,
                 rollbacks=self.control.rollbacks,
+                source=self._source_health(),
             ),
+        )
+
+    def _source_health(self) -> SourceHealth | None:
+        stats = self.source.stats()
+        if stats is None:
+            return None
+        return SourceHealth(
+            connected=stats.connected,
+            readings=stats.readings,
+            dropouts=stats.dropouts,
+            reconnects=stats.reconnects,
         )
 
     def _queue(self, kind: Kind, message: msgspec.Struct) -> None:

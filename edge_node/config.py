@@ -5,12 +5,15 @@ Only the app reads this; each component receives just the part it needs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 
+from edge_node.sources.registers import Register, check_map
+from schemas.readings_csv import normalise_channel
 from schemas.settings import SettingsError, load_settings
 from schemas.topics import TopicError, check_id
 
@@ -51,15 +54,52 @@ class MqttSection(_Section):
     session_expiry_s: Annotated[int, msgspec.Meta(ge=0)] = 3600
 
 
+SOURCE_KINDS = ("csv", "sim", "modbus", "opcua")
+
+
+class RegisterEntry(_Section):
+    """``[[source.registers]]``: one Modbus value read as one channel."""
+
+    channel: str
+    address: Annotated[int, msgspec.Meta(ge=0, le=65535)]  # 0-based, as on the wire
+    table: Literal["holding", "input"] = "holding"
+    type: Literal["int16", "uint16", "int32", "uint32", "float32"] = "uint16"
+    word_order: Literal["big", "little"] = "big"  # of a 32-bit value: "big" = high word first
+    scale: float = 1.0  # channel value = raw * scale + offset
+    offset: float = 0.0
+    unit: str = ""
+
+
+class NodeEntry(_Section):
+    """``[[source.nodes]]``: one OPC UA variable read as one channel."""
+
+    channel: str
+    node_id: str  # e.g. "ns=2;s=Pump1.Pressure"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+
+
 class SourceSection(_Section):
-    kind: Literal["csv", "sim"] = "sim"
+    kind: str = "sim"  # one of SOURCE_KINDS
     paths: list[str] = []
     speed: Annotated[float, msgspec.Meta(ge=0)] = 1.0
     loop: bool = False
     seed: int = 0
-    rate_hz: Positive = 1.0
+    rate_hz: Positive = 1.0  # sim: readings per second; modbus, opcua: polls per second
     faults: list[str] = []
     max_block: AtLeastOne = 256
+    # modbus and opcua: the device, its map, and how to treat it when it does not answer.
+    host: str = "127.0.0.1"
+    port: Port = 502
+    unit_id: Annotated[int, msgspec.Meta(ge=0, le=255)] = 1
+    url: str = ""
+    registers: list[RegisterEntry] = []
+    nodes: list[NodeEntry] = []
+    timeout_s: Positive = 1.0
+    reconnect_min_s: Positive = 0.5
+    reconnect_max_s: Positive = 30.0
+    buffer: AtLeastOne = 4096  # readings waiting for the loop; the oldest go when full
 
 
 class ModelSection(_Section):
@@ -160,14 +200,85 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> NodeConfig:
         check_id(config.node.id)
     except TopicError as exc:
         raise SettingsError(f"{where}: key node.id: {exc}") from None
-    source = config.source
-    if source.kind == "csv" and not source.paths:
-        raise SettingsError(f"{where}: key source.paths: a csv source needs at least one file")
+    _check_source(config.source, where)
     if config.mqtt.password and config.mqtt.password_file:
         raise SettingsError(f"{where}: key mqtt.password_file: set password or password_file")
     if config.mqtt.reconnect_max_s < config.mqtt.reconnect_min_s:
         raise SettingsError(f"{where}: key mqtt.reconnect_max_s: below reconnect_min_s")
     return config
+
+
+def _check_source(source: SourceSection, where: str) -> None:
+    """Settings msgspec cannot check alone: the kind, what it needs, the channel maps."""
+    needs = {
+        "csv": ("paths", bool(source.paths), "a csv source needs at least one file"),
+        "modbus": ("registers", bool(source.registers), "a modbus source maps no register"),
+        "opcua": ("nodes", bool(source.nodes), "an opcua source maps no node"),
+    }
+    if source.kind not in SOURCE_KINDS:
+        raise SettingsError(
+            f"{where}: key source.kind: {source.kind!r} is not one of {', '.join(SOURCE_KINDS)}"
+        )
+    key, present, problem = needs.get(source.kind, ("", True, ""))
+    if not present:
+        raise SettingsError(f"{where}: key source.{key}: {problem}")
+    if source.kind == "opcua" and not source.url.startswith("opc.tcp://"):
+        raise SettingsError(
+            f"{where}: key source.url: an opcua source needs an opc.tcp:// endpoint, "
+            f"got {source.url!r}"
+        )
+    if source.reconnect_max_s < source.reconnect_min_s:
+        raise SettingsError(f"{where}: key source.reconnect_max_s: below reconnect_min_s")
+    if source.kind == "modbus":
+        _check_channels([r.channel for r in source.registers], "source.registers", where)
+        for i, field, problem in check_map(registers(source)):
+            raise SettingsError(f"{where}: key source.registers[{i}].{field}: {problem}")
+    if source.kind == "opcua":
+        _check_channels([n.channel for n in source.nodes], "source.nodes", where)
+        for i, node in enumerate(source.nodes):
+            if not (math.isfinite(node.scale) and node.scale != 0):
+                raise SettingsError(
+                    f"{where}: key source.nodes[{i}].scale: must be a finite non-zero number, "
+                    f"got {node.scale!r}"
+                )
+            if not math.isfinite(node.offset):
+                raise SettingsError(
+                    f"{where}: key source.nodes[{i}].offset: must be finite, got {node.offset!r}"
+                )
+
+
+def _check_channels(channels: list[str], key: str, where: str) -> None:
+    """Channel names as the model names them (normalised, like CSV headers), each once."""
+    seen: dict[str, int] = {}
+    for i, channel in enumerate(channels):
+        if not channel or channel != normalise_channel(channel):
+            raise SettingsError(
+                f"{where}: key {key}[{i}].channel: {channel!r} is not a channel name; use "
+                f"lowercase letters, digits and '_' (e.g. {normalise_channel(channel) or 'flow'!r})"
+            )
+        if channel in seen:
+            raise SettingsError(
+                f"{where}: key {key}[{i}].channel: {channel!r} is already mapped by "
+                f"{key}[{seen[channel]}]"
+            )
+        seen[channel] = i
+
+
+def registers(source: SourceSection) -> list[Register]:
+    """The ``[[source.registers]]`` map as the Modbus reader takes it."""
+    return [
+        Register(
+            channel=r.channel,
+            address=r.address,
+            table=r.table,
+            dtype=r.type,
+            word_order=r.word_order,
+            scale=r.scale,
+            offset=r.offset,
+            unit=r.unit,
+        )
+        for r in source.registers
+    ]
 
 
 def read_password(config: NodeConfig) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from edge_node.app import EdgeNode, Timers
-from edge_node.config import NodeConfig, SourceSection, read_password
+from edge_node.config import NodeConfig, SourceSection, read_password, registers
 from edge_node.delivery.outbox import Outbox
 from edge_node.delivery.outgoing import Sequencer
 from edge_node.delivery.transport import MqttSettings, NodeTransport
@@ -30,6 +30,7 @@ from edge_node.scoring.pipeline import Pipeline, Scorer
 from edge_node.scoring.runtime import ModelRuntime, runtime_info
 from edge_node.sources.base import Source
 from edge_node.sources.csv_replay import CsvReplay
+from edge_node.sources.polling import Backoff, PolledSource, Reader
 from edge_node.sources.simulator import PumpSimulator, parse_fault
 from edge_node.telemetry.stats import PowerModel
 from schemas.codec import encode
@@ -61,7 +62,48 @@ def _sim(section: SourceSection, wall_start: float) -> Source:
     )
 
 
-SOURCES: dict[str, Callable[[SourceSection, float], Source]] = {"csv": _csv, "sim": _sim}
+def _polled(section: SourceSection, wall_start: float, reader: Reader) -> Source:
+    log.info(
+        "%s: %d channels at %.6g Hz (%s)",
+        reader.name,
+        len(reader.channels),
+        section.rate_hz,
+        ", ".join(reader.channels),
+    )
+    return PolledSource(
+        reader,
+        rate_hz=section.rate_hz,
+        backoff=Backoff(section.reconnect_min_s, section.reconnect_max_s),
+        wall_start=wall_start,
+        max_block=section.max_block,
+        buffer=section.buffer,
+    )
+
+
+def _modbus(section: SourceSection, wall_start: float) -> Source:
+    from edge_node.sources.modbus import ModbusReader
+
+    reader = ModbusReader(
+        section.host, section.port, section.unit_id, registers(section), timeout=section.timeout_s
+    )
+    return _polled(section, wall_start, reader)
+
+
+def _opcua(section: SourceSection, wall_start: float) -> Source:
+    from edge_node.sources.opcua import OpcNode, OpcUaReader
+
+    nodes = [OpcNode(n.channel, n.node_id, n.scale, n.offset, n.unit) for n in section.nodes]
+    return _polled(section, wall_start, OpcUaReader(section.url, nodes, timeout=section.timeout_s))
+
+
+# The device libraries are imported only by a node that reads such a device (asyncua alone
+# takes over half a second to import).
+SOURCES: dict[str, Callable[[SourceSection, float], Source]] = {
+    "csv": _csv,
+    "sim": _sim,
+    "modbus": _modbus,
+    "opcua": _opcua,
+}
 
 
 def active_model(config: NodeConfig) -> tuple[ModelStore, ModelRef]:

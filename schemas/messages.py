@@ -115,6 +115,22 @@ class Percentiles(msgspec.Struct, frozen=True):
     max: float
 
 
+class SourceHealth(msgspec.Struct, kw_only=True):
+    """A networked source (Modbus, OPC UA): is the device answering, and what was lost.
+
+    ``dropouts`` counts channel values read as NaN since boot, by reason: ``disconnected``
+    (no connection), ``exception`` (Modbus exception response), ``bad_status`` (OPC UA status
+    not Good), ``not_numeric``, ``nonfinite``, ``late`` (the device answered slower than the
+    polling period), ``reader_error``; and ``overflow``: readings discarded, not NaN, because
+    the node's loop fell a whole buffer behind.
+    """
+
+    connected: bool
+    readings: Count
+    dropouts: dict[str, int] = {}
+    reconnects: Count = 0
+
+
 class Telemetry(Envelope, kw_only=True):
     """Health of the node over the last ``interval_s`` seconds; counters are since boot."""
 
@@ -132,6 +148,7 @@ class Telemetry(Envelope, kw_only=True):
     errors: dict[str, int] = {}
     model: ModelRef | None = None
     rollbacks: Count = 0
+    source: SourceHealth | None = None  # None for a CSV replay or the simulator
 
 
 class ChannelDrift(msgspec.Struct, kw_only=True):

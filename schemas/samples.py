@@ -35,6 +35,7 @@ from schemas.messages import (
     Retrain,
     Rollback,
     ScoreStats,
+    SourceHealth,
     Status,
     Telemetry,
 )
@@ -158,6 +159,9 @@ SAMPLES: Final[dict[str, msgspec.Struct]] = {
         dropped=0,
         errors={"decode": 1},
         model=_MODEL,
+        source=SourceHealth(
+            connected=True, readings=10, dropouts={"disconnected": 16}, reconnects=1
+        ),
     ),
     "drift": Drift(
         **_NODE,

@@ -1,4 +1,4 @@
-"""Sensor sources behind one small protocol: CSV replay and a pump simulator."""
+"""Sensor sources behind one small protocol: CSV replay, a pump simulator, Modbus and OPC UA."""
 
 from edge_node.sources.base import Block, Source, SourceError
 from edge_node.sources.csv_replay import CsvReplay

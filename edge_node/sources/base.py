@@ -17,6 +17,20 @@ class SourceError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class SourceStats:
+    """Health of a source that reads a device over the network (counters are since start).
+
+    ``dropouts`` counts channel values read as NaN, by reason (``disconnected``, ``exception``,
+    ``bad_status``, ...); one reading lost while disconnected counts once per channel.
+    """
+
+    connected: bool
+    readings: int
+    dropouts: dict[str, int]
+    reconnects: int
+
+
+@dataclass(frozen=True, slots=True)
 class Block:
     """Consecutive readings taken every ``period`` seconds from unix time ``t0``.
 
@@ -50,6 +64,14 @@ class Source(Protocol):
         ...
 
     def poll(self, now: float) -> Block | None: ...
+
+    def stats(self) -> SourceStats | None:
+        """Connection and dropout counters, or None for a source with no device behind it."""
+        ...
+
+    def close(self) -> None:
+        """Release the device connection and any reader thread (the node is stopping)."""
+        ...
 
 
 def check_pacing(*, speed: float, max_block: int, period: float) -> None:

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edge_node.sources.base import DEFAULT_MAX_BLOCK, Block, Pacer, SourceError
+from edge_node.sources.base import (
+    DEFAULT_MAX_BLOCK,
+    Block,
+    Pacer,
+    SourceError,
+    SourceStats,
+)
 from schemas.readings_csv import CsvData, CsvFormatError, read_csv
 
 log = logging.getLogger(__name__)
@@ -83,6 +89,13 @@ class CsvReplay:
         )
         self._emitted += n
         return block
+
+    def stats(self) -> SourceStats | None:
+        """None: no device connection behind this source."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def _warn_other_periods(self, paths: Sequence[Path], files: list[CsvData]) -> None:
         for path, data in zip(paths[1:], files[1:], strict=True):

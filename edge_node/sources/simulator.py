@@ -19,7 +19,13 @@ from typing import ClassVar, Literal, get_args
 import numpy as np
 from numpy.typing import NDArray
 
-from edge_node.sources.base import DEFAULT_MAX_BLOCK, Block, Pacer, SourceError
+from edge_node.sources.base import (
+    DEFAULT_MAX_BLOCK,
+    Block,
+    Pacer,
+    SourceError,
+    SourceStats,
+)
 from schemas.readings_csv import normalise_channel
 
 CHANNELS = (
@@ -283,6 +289,13 @@ class PumpSimulator:
         )
         self._emitted += n
         return block
+
+    def stats(self) -> SourceStats | None:
+        """None: no device connection behind this source."""
+        return None
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def fault_labels(self, first: int, n: int) -> NDArray[np.bool_]:
         """True for each of readings ``first .. first + n - 1`` inside any fault's window."""

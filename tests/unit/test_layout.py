@@ -52,6 +52,8 @@ def test_processes_share_only_the_contract(package: str, forbidden: str) -> None
     [
         ("edge_node", "paho", "edge_node/delivery/transport.py"),
         ("edge_node", "onnxruntime", "edge_node/scoring/runtime.py"),
+        ("edge_node", "pymodbus", "edge_node/sources/modbus.py"),
+        ("edge_node", "asyncua", "edge_node/sources/opcua.py"),
         ("cloud_hub", "paho", "cloud_hub/ingest/transport.py"),
         ("cloud_hub", "prometheus_client", "cloud_hub/ingest/metrics.py"),
     ],

@@ -236,6 +236,7 @@ def test_a_probation_rollback_is_reported_at_once(tmp_path: Path, models: dict[s
     assert acks[-1].reason.startswith("rolled back to pump@1")
     (telemetry,) = transport.taken("telemetry")
     assert telemetry.rollbacks == 1 and telemetry.errors == {"rollback": 1}
+    assert telemetry.source is None  # the simulator has no device connection to report
     results = transport.taken("result")
     assert all(np.isfinite(unpack_f32(r.scores)).all() for r in results)
     assert {r.model.version for r in results} == {"1"}

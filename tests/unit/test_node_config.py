@@ -48,7 +48,7 @@ def test_environment_overrides_file_with_type_conversion(tmp_path: Path) -> None
             {"EDGE_NODE__BATCH__MAX_AGE_S": "soon"},
             "EDGE_NODE__BATCH__MAX_AGE_S",
         ),
-        ('[node]\nid = "p"\n[source]\nkind = "modbus"\n', {}, "key source.kind"),
+        ('[node]\nid = "p"\n[source]\nkind = "profibus"\n', {}, "key source.kind"),
         ("[node\n", {}, "not valid TOML"),
     ],
 )
