@@ -1,9 +1,10 @@
 """The demo: Mosquitto, cloud-hub and three simulated pumps, with a live fleet table.
 
-pump-3 develops a pressure fault about a minute in. Ctrl-C stops every process, in the order
-that loses nothing: the nodes first (each sends what its outbox holds), then the hub once it has
-applied everything the broker delivered, then the broker. Run it through scripts/demo.sh, which
-prepares the virtualenv and the broker first.
+pump-2's node reads its sensors over Modbus TCP from a simulated device, as a node beside a
+real pump would; pump-3 develops a pressure fault about a minute in. Ctrl-C stops every process,
+in the order that loses nothing: the nodes first (each sends what its outbox holds), then the
+hub once it has applied everything the broker delivered, then the broker. Run it through
+scripts/demo.sh, which prepares the virtualenv and the broker first.
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ sys.path.insert(0, str(REPO))
 
 # The broker runner that the integration tests use: the project's own config, ACL and passwords.
 from tests.broker import Broker, free_port  # noqa: E402
+from tests.industrial import modbus_source_toml  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PUMPS = ("pump-1", "pump-2", "pump-3")
+MODBUS_PUMP = "pump-2"  # read through a simulated Modbus TCP device
 FAULT = "drift:pressure:60:1800:90"  # pump-3: pressure drifts 3 SD a minute from t = 60 s
 
 
@@ -59,14 +62,26 @@ def main() -> int:
     hub: subprocess.Popen[bytes] | None = None
     metrics_port = free_port()
     url = f"http://127.0.0.1:{metrics_port}/metrics"
+    device: subprocess.Popen[bytes] | None = None
     try:
         hub = _hub(work, broker, metrics_port)
+        device, device_port = _modbus_device(
+            work, seed=PUMPS.index(MODBUS_PUMP) + 1, rate_hz=args.rate_hz
+        )
         for index, name in enumerate(PUMPS):
-            nodes.append(_node(work, broker, name, index=index, model=model, rate_hz=args.rate_hz))
+            port = device_port if name == MODBUS_PUMP else None
+            nodes.append(
+                _node(
+                    work, broker, name, index=index, model=model, rate_hz=args.rate_hz, modbus=port
+                )
+            )
         print(f"broker mqtt://127.0.0.1:{broker.port}  metrics {url}  logs {work}/*.log")
         _watch(work, url, args, stop, [hub, *nodes])
     finally:
         _stop_in_order(work, url, nodes, hub, broker)
+        if device is not None:
+            device.send_signal(signal.SIGTERM)
+            _wait(device, 10)
     return 0
 
 
@@ -160,18 +175,44 @@ def _hub(work: Path, broker: Broker, metrics_port: int) -> subprocess.Popen[byte
     return _spawn([str(BIN / "cloud-hub"), "serve"], env, work / "hub.log")
 
 
+def _modbus_device(work: Path, *, seed: int, rate_hz: float) -> tuple[subprocess.Popen[bytes], int]:
+    """A simulated pump behind a Modbus TCP server on a free loopback port, ready to read."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "tests.industrial", "modbus", "--port", str(port)]
+    cmd += ["--rate-hz", str(rate_hz), "--seed", str(seed)]
+    log = work / "modbus-pump.log"
+    device = _spawn(cmd, {"PYTHONPATH": str(REPO)}, log)
+    deadline = time.monotonic() + 20
+    while b"ready" not in log.read_bytes():
+        if device.poll() is not None or time.monotonic() > deadline:
+            sys.exit(f"demo: the simulated Modbus device did not start:\n{log.read_text()}")
+        time.sleep(0.1)
+    return device, port
+
+
 def _node(
-    work: Path, broker: Broker, name: str, *, index: int, model: Path, rate_hz: float
+    work: Path,
+    broker: Broker,
+    name: str,
+    *,
+    index: int,
+    model: Path,
+    rate_hz: float,
+    modbus: int | None,
 ) -> subprocess.Popen[bytes]:
     faults = f'["{FAULT}"]' if name == "pump-3" else "[]"
+    source = (
+        modbus_source_toml("127.0.0.1", modbus, rate_hz)
+        if modbus is not None
+        else f'[source]\nkind = "sim"\nseed = {index + 1}\nrate_hz = {rate_hz}\nfaults = {faults}\n'
+    )
     config = work / f"{name}.toml"
     config.write_text(
         f'[node]\nid = "{name}"\ndata_dir = "{work / name}"\n'
         f'[mqtt]\nport = {broker.port}\npassword = "{broker.users[name]}"\n'
         f'[model]\ninitial = "{model}"\n'
         f"[batch]\nmax_age_s = 1.0\n"
-        f"[telemetry]\ninterval_s = 5.0\ndrift_interval_s = 60.0\n"
-        f'[source]\nkind = "sim"\nseed = {index + 1}\nrate_hz = {rate_hz}\nfaults = {faults}\n'
+        f"[telemetry]\ninterval_s = 5.0\ndrift_interval_s = 60.0\n" + source
     )
     return _spawn(
         [str(BIN / "edge-node"), "run", "--config", str(config)], {}, work / f"{name}.log"

@@ -3,8 +3,9 @@ OPC UA server, each on its own thread and event loop, on a loopback port.
 
 Values come from :class:`edge_node.sources.simulator.PumpSimulator` (``feed``) or are set by
 the test (``set``). ``stop`` and ``start`` again on the same port simulate a device restart.
-Run as ``python -m tests.industrial modbus|opcua --port N --rate-hz R`` for a separate process
-(the benchmark measures the node's side without the server's CPU).
+Run as ``python -m tests.industrial modbus|opcua --port N --rate-hz R [--seed S]`` for a
+separate process: the benchmark measures the node's side without the server's CPU, and the demo
+and the compose stack read one pump through Modbus from it.
 """
 
 from __future__ import annotations
@@ -68,8 +69,11 @@ class _LoopThread:
 class ModbusPump:
     """A Modbus TCP device (pymodbus server) holding ``registers``."""
 
-    def __init__(self, registers: Sequence[Register] = PUMP_REGISTERS, port: int = 0) -> None:
+    def __init__(
+        self, registers: Sequence[Register] = PUMP_REGISTERS, port: int = 0, host: str = "127.0.0.1"
+    ) -> None:
         self.registers = list(registers)
+        self.host = host
         self.port = port or free_port()
         self._loop = _LoopThread("modbus-server")
         self._server: ModbusTcpServer | None = None
@@ -88,7 +92,7 @@ class ModbusPump:
             return [SimData(0, count=1, values=False, datatype=DataType.BITS)]
 
         device = SimDevice(id=UNIT, simdata=(bits(), bits(), table(), table()))
-        self._server = ModbusTcpServer(device, address=("127.0.0.1", self.port))
+        self._server = ModbusTcpServer(device, address=(self.host, self.port))
         await self._server.serve_forever(background=True)
 
     def stop(self) -> None:
@@ -224,17 +228,48 @@ class Feeder:
             self._thread.join(5)
 
 
+def modbus_source_toml(host: str, port: int, rate_hz: float) -> str:
+    """The ``[source]`` section of a node reading :data:`PUMP_REGISTERS` from ``host:port``."""
+    lines = [
+        "[source]",
+        'kind = "modbus"',
+        f'host = "{host}"',
+        f"port = {port}",
+        f"unit_id = {UNIT}",
+        f"rate_hz = {rate_hz}",
+    ]
+    for reg in PUMP_REGISTERS:
+        lines += [
+            "[[source.registers]]",
+            f'channel = "{reg.channel}"',
+            f"address = {reg.address}",
+            f'table = "{reg.table}"',
+            f'type = "{reg.dtype}"',
+            f'word_order = "{reg.word_order}"',
+            f"scale = {reg.scale}",
+            f"offset = {reg.offset}",
+            f'unit = "{reg.unit}"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="a simulated pump behind a real server")
     parser.add_argument("kind", choices=["modbus", "opcua"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--rate-hz", type=float, default=10.0)
+    parser.add_argument("--seed", type=int, default=0, help="the simulated pump's seed")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="modbus: address to listen on (a container: 0.0.0.0)"
+    )
     args = parser.parse_args()
     device: ModbusPump | OpcUaPump = (
-        ModbusPump(port=args.port) if args.kind == "modbus" else OpcUaPump(port=args.port)
+        ModbusPump(port=args.port, host=args.host)
+        if args.kind == "modbus"
+        else OpcUaPump(port=args.port)
     )
     device.start()
-    feeder = Feeder(device, args.rate_hz).start()
+    feeder = Feeder(device, args.rate_hz, seed=args.seed).start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     print("ready", flush=True)

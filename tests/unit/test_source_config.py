@@ -160,3 +160,21 @@ def test_opcua_values_are_scaled_when_good_and_numeric_else_a_dropout_with_a_rea
     for data, reason, detail in cases:
         value, got_reason, got_detail = value_of(node, data)
         assert math.isnan(value) and got_reason == reason and detail in got_detail
+
+
+def test_the_compose_modbus_pump_config_maps_the_simulated_devices_registers() -> None:
+    """docker-compose.yml's pump-2 reads the modbus-pump service: its map must be the device's."""
+    from tests.industrial import PUMP_REGISTERS
+
+    path = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "pump-2-modbus.toml"
+    config = load_config(path, {"EDGE_NODE__NODE__ID": "pump-2"})
+    assert config.source.kind == "modbus"
+    assert (config.source.host, config.source.port) == ("modbus-pump", 5020)
+    mapped = [
+        (r.channel, r.address, r.table, r.type, r.word_order, r.scale, r.offset)
+        for r in config.source.registers
+    ]
+    assert mapped == [
+        (r.channel, r.address, r.table, r.dtype, r.word_order, r.scale, r.offset)
+        for r in PUMP_REGISTERS
+    ]
