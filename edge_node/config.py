@@ -31,6 +31,12 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class NodeSection(_Section):
     id: str
     data_dir: str = ""  # default: var/edge/<id>
+    # Announced in the birth for the fit check before a deploy (schemas.fit): the device's
+    # power budget for models (W), its price (the hub can pick the cheapest device that fits),
+    # and whether it must run without the hub.
+    power_budget_w: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    price: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    must_run_offline: bool = False
 
 
 class MqttSection(_Section):

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 
 from edge_node.app import EdgeNode, Timers
-from edge_node.config import NodeConfig, SourceSection, read_password, registers
+from edge_node.config import NodeConfig, NodeSection, SourceSection, read_password, registers
 from edge_node.delivery.outbox import Outbox
 from edge_node.delivery.outgoing import Sequencer
 from edge_node.delivery.transport import MqttSettings, NodeTransport
@@ -142,7 +142,9 @@ def build_node(config: NodeConfig) -> EdgeNode:
     seq = Sequencer(config.node.id, secrets.token_hex(4))
     will = encode(Status(**seq.peek(started), state="offline", started_at=started))
     transport = _transport(config, will)
-    control = _control(config, seq, _switcher(config, store, pipeline, load), transport)
+    capabilities = _capabilities(source, config.node)
+    switcher = _switcher(config, store, pipeline, load)
+    control = _control(config, seq, switcher, transport, capabilities)
     if fallback:
         control.errors["model_fallback"] += 1
     transport.subscribe(control.cmd_topic)
@@ -171,7 +173,7 @@ def build_node(config: NodeConfig) -> EdgeNode:
             config.mqtt.max_packet_bytes,
         ),
         power=PowerModel(config.power.idle_w, config.power.per_core_w),
-        capabilities=_capabilities(source),
+        capabilities=capabilities,
         started_at=started,
     )
 
@@ -191,13 +193,18 @@ def _switcher(
 
 
 def _control(
-    config: NodeConfig, seq: Sequencer, switcher: Switcher, transport: NodeTransport
+    config: NodeConfig,
+    seq: Sequencer,
+    switcher: Switcher,
+    transport: NodeTransport,
+    capabilities: Capabilities,
 ) -> Control:
     cmds = config.commands
     return Control(
         ControlSettings(
             node=config.node.id,
             channels=switcher.pipeline.source_channels,
+            capabilities=capabilities,
             chunk_timeout_s=cmds.chunk_timeout_s,
             chunk_retries=cmds.chunk_retries,
             capture_buffer=cmds.capture_buffer,
@@ -234,14 +241,19 @@ def _transport(config: NodeConfig, will: bytes) -> NodeTransport:
     )
 
 
-def _capabilities(source: Source) -> Capabilities:
+def _capabilities(source: Source, node: NodeSection) -> Capabilities:
     ort_version, opset = runtime_info()
+    memory = psutil.virtual_memory()
     return Capabilities(
         channels=source.channels,
         sample_hz=1.0 / source.period,
-        memory_mb=psutil.virtual_memory().total / 1e6,
+        memory_mb=memory.total / 1e6,
+        memory_available_mb=memory.available / 1e6,
         cpu_count=os.cpu_count() or 1,
         onnx_opset=opset,
         ort_version=ort_version,
         platform=f"{platform.system()}-{platform.machine()}",
+        power_budget_w=node.power_budget_w,
+        must_run_offline=node.must_run_offline,
+        price=node.price,
     )

@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from schemas.alarm import AlarmSpec
+from schemas.fit import Needs
 
 MANIFEST_SCHEMA = 1
 
@@ -120,6 +121,8 @@ class Manifest(msgspec.Struct, kw_only=True):
     # the readings over the threshold (manifests written before the rule existed).
     alarm: AlarmSpec = msgspec.field(default_factory=AlarmSpec)
     card: ModelCard | None = None
+    # What running the model needs of a node (schemas.fit); absent: not checked before deploy.
+    needs: Needs | None = None
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

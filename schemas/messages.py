@@ -51,6 +51,10 @@ class Capabilities(msgspec.Struct, kw_only=True):
     platform: str
     power_budget_w: float | None = None
     offline_capable: bool = True
+    # What the fit check (schemas.fit) reads besides the above.
+    memory_available_mb: float | None = None
+    must_run_offline: bool = False
+    price: float | None = None
 
 
 class Status(Envelope, kw_only=True):

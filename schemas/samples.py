@@ -7,6 +7,7 @@ from typing import Final, TypedDict
 import msgspec
 
 from schemas.alarm import AlarmSpec
+from schemas.fit import Needs
 from schemas.manifest import (
     InputSpec,
     Manifest,
@@ -79,6 +80,7 @@ MANIFEST: Final = Manifest(
     sha256="0" * 64,
     training={"readings": 400, "components": 3},
     alarm=AlarmSpec(open_after=1, open_within=1, close_after=30),
+    needs=Needs(memory_mb=1.5, power_w=0.001, opset=17, channels=["current", "pressure"]),
     card=ModelCard(
         features=["level(current)", "slope(temperature)", "spread(current)"],
         threshold_rule="2 x the 99% quantile of scores on the last 30% of the training readings",
@@ -116,6 +118,8 @@ SAMPLES: Final[dict[str, msgspec.Struct]] = {
             ort_version="1.20.0",
             platform="Linux-aarch64",
             power_budget_w=15.0,
+            memory_available_mb=2750.0,
+            price=120.0,
         ),
     ),
     "result": ResultBatch(

@@ -23,6 +23,7 @@ from cloud_hub.cli.args import (
     positive_int,
 )
 from cloud_hub.cli.cards import format_side_by_side
+from cloud_hub.cli.fit import node_capabilities
 from cloud_hub.cli.session import Session, load_config
 from cloud_hub.commands.commander import (
     DEFAULT_EXPIRES_IN_S,
@@ -37,6 +38,7 @@ from cloud_hub.commands.commander import (
     build_rollback,
     new_command_id,
 )
+from cloud_hub.commands.fit import fit_table
 from cloud_hub.config import HubConfig
 from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.models.captures import CaptureAssembly, CaptureData, CaptureError
@@ -59,6 +61,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     _add_nodes(deploy)
     _add_expiry(deploy)
     _add_deploy_options(deploy)
+    deploy.add_argument(
+        "--force",
+        action="store_true",
+        help="send to nodes the fit check refuses (recorded in the ledger)",
+    )
     deploy.set_defaults(run=run_deploy)
 
     for name, text in (("rollback", "go back to the previous model"), ("ping", "ask for status")):
@@ -115,11 +122,24 @@ def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    """``cloud-hub deploy``."""
+    """``cloud-hub deploy``: refused for nodes the model does not fit, unless ``--force``."""
     config = load_config(args.config)
     entry = _catalog_entry(config, args.model, args.version)
+    nodes = _unique(args.node)
+    known = node_capabilities(config)
+    misfits = [
+        r for r in fit_table({n: known.get(n) for n in nodes}, entry.manifest.needs) if r.reasons
+    ]
+    if misfits and not args.force:
+        for row in misfits:
+            print(f"{row.node}  refused   does not fit this node: {row.alone}")
+        print("nothing sent; --force sends it anyway (each node still checks on its own side)")
+        return EXIT_FAILED
     with Session(config, "deploy") as session:
-        return deploy(session, entry, _unique(args.node), args)
+        if misfits:
+            forced = ", ".join(f"{r.node} {r.alone}" for r in misfits)
+            session.issued_by += f" --force over {forced}"
+        return deploy(session, entry, nodes, args)
 
 
 def deploy(session: Session, entry: CatalogEntry, nodes: list[str], args: Any) -> int:

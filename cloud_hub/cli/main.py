@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from cloud_hub.app import StartupError, serve
-from cloud_hub.cli import commands, models, training
+from cloud_hub.cli import commands, fit, models, training
 from cloud_hub.cli.args import UsageError, positive
 from cloud_hub.cli.session import load_config, settings_source
 from cloud_hub.commands.commander import EXIT_FAILED, EXIT_OK, EXIT_USAGE
@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Client commands print results; they log only when something is wrong.
     models.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=False))
     commands.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=True))
+    fit.add_parser(sub, _common("WARNING", with_config=True, with_timeout=False))
     return parser
 
 

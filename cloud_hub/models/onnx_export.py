@@ -26,6 +26,7 @@ from cloud_hub.models.features import onnx_nodes as feature_nodes
 from cloud_hub.models.reference import reference_profile
 from cloud_hub.models.trainer import FittedModel, TrainConfig, fit, score_numpy, sliding_windows
 from schemas.files import atomic_write
+from schemas.fit import Needs
 from schemas.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -48,6 +49,9 @@ MIN_OPSET = 13
 _CHECK_RTOL = 1e-3
 _CHECK_ATOL = 1e-4
 _MB = 1024 * 1024
+# Watts of one busy core of the reference board (Raspberry Pi 4 B: 2.7 W idle, 6.4 W with its
+# four cores busy), the same figure the node's power estimate uses by default.
+PER_CORE_W = (6.4 - 2.7) / 4
 
 
 def build_onnx(model: FittedModel, *, input_name: str = "window", opset: int = 17) -> bytes:
@@ -153,6 +157,7 @@ def train_model(
         sha256=hashlib.sha256(onnx_bytes).hexdigest(),
         training=_training_facts(model),
         alarm=config.alarm,
+        needs=_needs(resources, list(channels), period_s),
         card=ModelCard(
             features=model.feature_names(),
             threshold_rule=config.threshold_rule(),
@@ -172,6 +177,19 @@ def train_model(
         model.threshold,
     )
     return onnx_bytes, manifest
+
+
+def _needs(resources: Resources, channels: list[str], period_s: float | None) -> Needs:
+    """Memory as measured; power as the CPU time per reading at the training data's rate (1/s
+    if unknown) times the watts of one busy core of the reference board."""
+    rate = 1.0 / period_s if period_s else 1.0
+    busy = _per_reading_us(resources) * 1e-6 * rate
+    return Needs(
+        memory_mb=resources.memory_mb,
+        power_w=round(busy * PER_CORE_W, 6),
+        opset=resources.opset,
+        channels=channels,
+    )
 
 
 def _training_facts(model: FittedModel) -> dict[str, float | int | str]:

@@ -14,7 +14,18 @@ from datetime import UTC, datetime
 import msgspec
 
 from schemas.commands import DUPLICATE
-from schemas.messages import Ack, AckStatus, Command, Deploy, ModelRef, Ping, Retrain, Rollback
+from schemas.fit import check, verdict
+from schemas.messages import (
+    Ack,
+    AckStatus,
+    Capabilities,
+    Command,
+    Deploy,
+    ModelRef,
+    Ping,
+    Retrain,
+    Rollback,
+)
 from schemas.topics import TopicError, check_id
 
 BOOK_CAPACITY = 256
@@ -125,6 +136,7 @@ class NodeView:
 
     node: str
     channels: list[str]  # the source's channels
+    capabilities: Capabilities | None  # what the node announced at birth
     active: ModelRef
     active_sha256: str
     previous: ModelRef | None
@@ -191,6 +203,10 @@ def _check_deploy(command: Deploy, view: NodeView) -> AckDraft | None:
             "rejected",
             f"manifest input channels {missing} are not among this node's sensors {view.channels}",
         )
+    if manifest.needs is not None and view.capabilities is not None:
+        reasons = check(view.capabilities, [manifest.needs])
+        if reasons:
+            return draft(command, "rejected", f"does not fit this node: {verdict(reasons)}")
     chunks = expected_chunks(command.size, command.chunk_size)
     if command.chunks != chunks:
         return draft(

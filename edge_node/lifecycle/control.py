@@ -26,6 +26,7 @@ from schemas.codec import DecodeError, decode
 from schemas.commands import CHUNKS, NEED, READINGS, UPTIME_S
 from schemas.messages import (
     AckStatus,
+    Capabilities,
     Capture,
     Command,
     Deploy,
@@ -55,6 +56,7 @@ class Subscriber(Protocol):
 class ControlSettings:
     node: str
     channels: list[str]  # the source's channels, in its order
+    capabilities: Capabilities | None = None  # for the fit check of deploys
     chunk_timeout_s: float = 5.0
     chunk_retries: int = 5
     capture_buffer: int = 20_000
@@ -209,6 +211,7 @@ class Control:
         return NodeView(
             node=self.settings.node,
             channels=self.settings.channels,
+            capabilities=self.settings.capabilities,
             active=scorer.ref,
             active_sha256=scorer.manifest.sha256,
             previous=self._switcher.previous(),

@@ -10,7 +10,8 @@ import msgspec
 
 from edge_node.lifecycle.commands import AckDraft, CommandBook, NodeView, decide, draft
 from edge_node.lifecycle.ledger import Ledger
-from schemas.messages import Deploy, ModelRef, Ping, Retrain, Rollback
+from schemas.fit import Needs
+from schemas.messages import Capabilities, Deploy, ModelRef, Ping, Retrain, Rollback
 from schemas.samples import MANIFEST
 
 NOW = 1_767_225_700.0
@@ -23,6 +24,7 @@ def view(**changes: Any) -> NodeView:
     base = NodeView(
         node="pump-01",
         channels=["current", "pressure", "voltage"],
+        capabilities=None,
         active=ACTIVE,
         active_sha256="a" * 64,
         previous=ModelRef("pump-pca", "1"),
@@ -101,6 +103,28 @@ def test_deploy_needing_a_sensor_the_node_lacks_is_rejected() -> None:
     ack = decide(deploy(), view(channels=["current", "voltage"]), CommandBook(), NOW)
     assert ack is not None and ack.status == "rejected"
     assert "pressure" in ack.reason and "sensors" in ack.reason
+
+
+def test_deploy_of_a_model_that_does_not_fit_is_rejected_in_the_hubs_words() -> None:
+    small = Capabilities(
+        channels=["current", "pressure", "voltage"],
+        sample_hz=1.0,
+        memory_mb=512.0,
+        cpu_count=4,
+        onnx_opset=21,
+        ort_version="1.20",
+        platform="Linux-aarch64",
+        power_budget_w=8.0,
+    )
+    needy = deploy()
+    needy = msgspec.structs.replace(
+        needy,
+        manifest=msgspec.structs.replace(needy.manifest, needs=Needs(memory_mb=700, power_w=10)),
+    )
+    ack = decide(needy, view(capabilities=small), CommandBook(), NOW)
+    assert ack is not None and ack.status == "rejected"
+    assert ack.reason == "does not fit this node: CHECK memory,power"
+    assert decide(deploy(), view(capabilities=small), CommandBook(), NOW) is None  # no needs
 
 
 def test_deploy_whose_chunk_count_does_not_add_up_is_rejected() -> None:
