@@ -39,6 +39,7 @@ from cloud_hub.commands.commander import (
     new_command_id,
 )
 from cloud_hub.commands.fit import fit_table
+from cloud_hub.commands.presence import absent
 from cloud_hub.config import HubConfig
 from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.models.captures import CaptureAssembly, CaptureData, CaptureError
@@ -60,6 +61,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     deploy.add_argument("--version", required=True, type=model_version, help="model version")
     _add_nodes(deploy)
     _add_expiry(deploy)
+    _add_queue(deploy)
     _add_deploy_options(deploy)
     deploy.add_argument(
         "--force",
@@ -72,6 +74,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         parser = sub.add_parser(name, parents=[common], help=text)
         _add_nodes(parser)
         _add_expiry(parser)
+        _add_queue(parser)
         parser.set_defaults(run=run_simple)
 
     retrain = sub.add_parser(
@@ -83,8 +86,18 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     retrain.add_argument("--name", type=model_name, help="model name (default: the node's)")
     retrain.add_argument("--deploy", action="store_true", help="deploy the new version to it")
     _add_expiry(retrain)
+    _add_queue(retrain)
     _add_deploy_options(retrain)
     retrain.set_defaults(run=run_retrain)
+
+
+def _add_queue(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--queue",
+        action="store_true",
+        help="send to nodes that are offline or unknown too: the broker keeps the command for "
+        "them until it expires (default: refuse at once, naming them)",
+    )
 
 
 def _add_nodes(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +149,8 @@ def run_deploy(args: argparse.Namespace) -> int:
         print("nothing sent; --force sends it anyway (each node still checks on its own side)")
         return EXIT_FAILED
     with Session(config, "deploy") as session:
+        if not present(session, nodes, args):
+            return EXIT_FAILED
         if misfits:
             forced = ", ".join(f"{r.node} {r.alone}" for r in misfits)
             session.issued_by += f" --force over {forced}"
@@ -165,10 +180,24 @@ def run_simple(args: argparse.Namespace) -> int:
     build = build_rollback if args.command == "rollback" else build_ping
     nodes = _unique(args.node)
     with Session(load_config(args.config), args.command) as session:
+        if not present(session, nodes, args):
+            return EXIT_FAILED
         session.listen(nodes, [Kind.ACK])
         issue = Issue(session.identity, session.clock(), args.expires_in)
         commands: list[Command] = [build(issue, node, new_command_id()) for node in nodes]
         return _run(session, commands, args.timeout)
+
+
+def present(session: Session, nodes: Sequence[str], args: Any) -> bool:
+    """True when every node is online (or ``--queue`` was given); else says who is not."""
+    if args.queue:
+        return True
+    missing = absent(nodes, session.statuses(nodes))
+    for node, why in missing.items():
+        session.print_report([f"{node}  refused   {why}"])
+    if missing:
+        session.print_report(["nothing sent; --queue sends anyway (it waits until it expires)"])
+    return not missing
 
 
 def _run(session: Session, commands: list[Command], timeout: float, settle: float = 0.0) -> int:
@@ -183,6 +212,8 @@ def run_retrain(args: argparse.Namespace) -> int:
     """``cloud-hub retrain``: capture on the node, train, register, optionally deploy."""
     config = load_config(args.config)
     with Session(config, "retrain") as session:
+        if not present(session, [args.node], args):
+            return EXIT_FAILED
         return retrain(session, config, args)
 
 

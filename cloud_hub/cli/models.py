@@ -165,11 +165,16 @@ def format_commands(history: Sequence[CommandHistory]) -> str:
                 c.type,
                 c.node,
                 f"{model.name}@{model.version}" if model is not None else "-",
-                last.status if last is not None else "sent",
+                last.status if last is not None else _unanswered(c.expires_at),
                 last.reason if last is not None else "",
             )
         )
     return _table(header, rows, "(no commands yet)")
+
+
+def _unanswered(expires_at: float) -> str:
+    # A command nobody answered is only "sent" until it expires; then no node will take it.
+    return "expired" if expires_at < time.time() else "sent"
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], empty: str) -> str:

@@ -30,7 +30,7 @@ from cloud_hub.config import (
 )
 from cloud_hub.ingest.transport import CommandClient, Received
 from schemas.codec import DecodeError, decode, encode
-from schemas.messages import Ack, Capture, Command
+from schemas.messages import Ack, Capture, Command, Status
 from schemas.settings import Found, find_settings
 from schemas.topics import ROOT, Kind, TopicError, node_topic, parse_node_topic
 
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S: Final = 10.0
 POLL_S: Final = 0.1
+# Retained messages come at once after a subscription; this only bounds the wait for them.
+PRESENCE_WAIT_S: Final = 2.0
 _MODELS_PREFIX: Final = f"{ROOT}/models/"
 
 
@@ -166,6 +168,23 @@ class Session:
         """Subscribe to ``kinds`` of each node (QoS 1) and to ``extra`` topics (QoS 0)."""
         topics = [(node_topic(n, k), 1) for n in nodes for k in kinds] + [(t, 0) for t in extra]
         self.client.subscribe(topics, CONNECT_TIMEOUT_S)
+
+    def statuses(self, nodes: Sequence[str], wait_s: float = PRESENCE_WAIT_S) -> dict[str, Status]:
+        """Each node's retained status (birth or will), as the broker holds it now."""
+        self.client.subscribe([(node_topic(n, Kind.STATUS), 1) for n in nodes], CONNECT_TIMEOUT_S)
+        found: dict[str, Status] = {}
+        deadline = self.clock() + wait_s
+        while len(found) < len(set(nodes)) and self.clock() < deadline:
+            message = self.client.receive(POLL_S)
+            if message is None:
+                continue
+            try:
+                topic = parse_node_topic(message.topic)
+                if topic.kind is Kind.STATUS:
+                    found[topic.node] = decode(Kind.STATUS.value, message.payload, message.topic)
+            except (TopicError, DecodeError) as exc:
+                log.warning("ignoring a message on %s: %s", message.topic[:200], exc)
+        return found
 
     def send(self, commands: Sequence[Command]) -> None:
         """Record each command in the ledger, then publish it on its node's cmd topic."""

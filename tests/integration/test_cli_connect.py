@@ -9,7 +9,7 @@ import pytest
 
 from tests.broker import Broker
 from tests.integration import models
-from tests.integration.processes import Hub, Node, node_config
+from tests.integration.processes import Hub, Node, node_config, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,9 +27,12 @@ def test_ping_waits_for_a_restarting_broker(fresh_broker: Broker, tmp_path: Path
     hub = Hub(fresh_broker, tmp_path / "hub", client_id="hub-cli-connect")
     try:
         hub.wait_ready()
+        # Commands go only to nodes whose birth the broker holds (or with --queue).
+        wait_for(lambda: hub.value("edgeml_node_up", node="pump-1") == 1, 30, "pump-1 up", hub)
         assert hub.cli("ping", "--node", "pump-1", "--timeout", "20").returncode == 0
         fresh_broker.stop()
-        ping = hub.cli_async("ping", "--node", "pump-1", "--timeout", "30")
+        # --queue: the restarted broker may not hold pump-1's birth again before pump-1 is back.
+        ping = hub.cli_async("ping", "--node", "pump-1", "--timeout", "30", "--queue")
         time.sleep(2.0)
         assert ping.poll() is None, "the CLI gave up while the broker was away"
         fresh_broker.start()
