@@ -104,6 +104,7 @@ def build_node(config: NodeConfig) -> EdgeNode:
     if fallback:
         control.errors["model_fallback"] += 1
     transport.subscribe(control.cmd_topic)
+    transport.subscribe(node_topic(config.node.id, Kind.RECEIPT))
     outbox = Outbox(config.outbox_path, config.outbox.max_bytes)
     active = runtime.ref
     log.info(
@@ -127,6 +128,8 @@ def build_node(config: NodeConfig) -> EdgeNode:
             config.telemetry.drift_interval_s,
             config.outbox.max_handed,
             config.mqtt.max_packet_bytes,
+            resend_s=config.outbox.resend_s,
+            resend_max_s=max(config.outbox.resend_s, config.outbox.resend_max_s),
         ),
         power=PowerModel(config.power.idle_w, config.power.per_core_w),
         capabilities=_capabilities(source),

@@ -31,7 +31,7 @@ from edge_node.telemetry.stats import PowerModel
 from schemas.codec import decode, encode
 from schemas.commands import split_artifact
 from schemas.manifest import Manifest
-from schemas.messages import Capabilities, Deploy, ModelChunk, ModelRef, Ping
+from schemas.messages import Capabilities, Deploy, ModelChunk, ModelRef, Ping, Receipt
 from schemas.packing import unpack_f32
 from schemas.topics import model_chunk_topic
 from tests.fakes import InlineExecutor, NanScorer
@@ -41,7 +41,8 @@ WALL = 1_767_225_600.0
 
 
 class FakeTransport:
-    """Acknowledges every publish at once and records it; the test puts incoming messages."""
+    """Acknowledges every publish at once and records it, and confirms it with the hub's
+    receipt as a hub that applied it would; the test puts incoming messages."""
 
     def __init__(self) -> None:
         self.events: queue.Queue[Event] = queue.Queue()
@@ -58,6 +59,13 @@ class FakeTransport:
         self._mid += 1
         self.published.append((topic, payload, retain))
         self.events.put(PubAck(self._mid, True, "Success"))
+        if not retain:
+            env = msgspec.msgpack.decode(payload)
+            receipt = Receipt(
+                node=NODE, boot="hub", seq=self._mid, ts=WALL, of_boot=env["boot"],
+                ranges=[(env["seq"], env["seq"] + 1)],
+            )  # fmt: skip
+            self.events.put(Incoming(f"edgeml/v1/{NODE}/receipt", encode(receipt)))
         return Published(self._mid, True, "")
 
     def subscribe(self, topic: str) -> None:
