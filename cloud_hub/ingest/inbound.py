@@ -141,6 +141,9 @@ class Ingest:
             return self._reject(topic, "node_mismatch", kind, detail, parsed.node)
         refusal = self._out_of_bounds(message, now)
         if refusal is not None:
+            if refusal[0] == "bad_clock" and parsed.kind is not Kind.STATUS:
+                # Refused for good, and so confirmed: the node must not send it again forever.
+                self.deduper.observe(message.node, message.boot, message.seq)
             return self._reject(topic, refusal[0], kind, refusal[1], parsed.node)
         # Status is state, not stream: its seq repeats the stream's count (see Envelope).
         is_stream = parsed.kind is not Kind.STATUS
@@ -154,13 +157,12 @@ class Ingest:
     def _out_of_bounds(self, message: Any, now: float) -> tuple[str, str] | None:
         """(reason, detail) if ``message`` reaches implausibly far; None if it is fine."""
         b = self.bounds
+        if not isinstance(message, Status):
+            seen = self.deduper.stream(message.node, message.boot, create=False)
+            if seen is not None and not seen.plausible(message.seq, message.seq + 1, b.seq_jump):
+                return "implausible_seq", f"seq {message.seq} is over {b.seq_jump} from those seen"
         if isinstance(message, _BY_TS) and not (message.ts <= now + b.clock_ahead_s):
             return "bad_clock", f"ts {message.ts} is over {b.clock_ahead_s:.0f} s ahead of {now}"
-        if isinstance(message, Status):
-            return None
-        seen = self.deduper.stream(message.node, message.boot, create=False)
-        if seen is not None and not seen.plausible(message.seq, message.seq + 1, b.seq_jump):
-            return "implausible_seq", f"seq {message.seq} is over {b.seq_jump} from those seen"
         if isinstance(message, ResultBatch):
             readings = self.fleet.reading_coverage(message.node, message.boot)
             end = message.first + message.n

@@ -9,9 +9,11 @@ import pytest
 from cloud_hub.ingest.dedupe import Coverage, Deduper
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Bounds, Ingest
+from schemas.samples import SAMPLES
 from tests.unit.test_ingest import NOW, msg, result, send
 
 FLAGS = np.zeros(4, dtype=bool)
+SAMPLES_BOOT = SAMPLES["telemetry"].boot
 
 
 @pytest.fixture
@@ -82,3 +84,12 @@ def test_replays_never_count_again_however_many_boots_a_node_shows() -> None:
             )
     assert state.readings == 20 * 12
     assert sum(len(s.boots) for s in deduper._nodes.values()) <= 2  # memory stays bounded
+
+
+def test_a_stream_message_refused_for_its_clock_is_confirmed_so_it_is_not_sent_forever(
+    ingest: Ingest,
+) -> None:
+    assert send(ingest, msg("telemetry", "n1", seq=4, ts=1e18)).reason == "bad_clock"
+    assert ingest.deduper.take_due() == {("n1", SAMPLES_BOOT): [(4, 5)]}
+    state = ingest.fleet.node("n1")
+    assert state is None or state.telemetry is None
