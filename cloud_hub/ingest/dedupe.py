@@ -84,6 +84,10 @@ class Coverage:
             return True
         return start >= self._starts[0] - jump and end <= self._ends[-1] + jump
 
+    def __contains__(self, value: int) -> bool:
+        i = bisect_right(self._starts, value) - 1
+        return i >= 0 and value < self._ends[i]
+
     def highest(self) -> int | None:
         """The highest covered integer (None when empty)."""
         return self._ends[-1] - 1 if self._ends else None
@@ -195,7 +199,8 @@ class Deduper:
         streams = self._streams(node)
         coverage = streams.boots.pop(boot, None)
         if coverage is None:
-            coverage = self._load(node, boot)
+            # Evicted before its change was committed: the uncommitted copy is the newest.
+            coverage = self._dirty.get((node, boot)) or self._load(node, boot)
             if coverage is not None:
                 streams.retired_gaps -= coverage.missing()
             elif not create:

@@ -159,6 +159,8 @@ class Ingest:
         b = self.bounds
         if not isinstance(message, Status):
             seen = self.deduper.stream(message.node, message.boot, create=False)
+            if seen is not None and message.seq in seen:
+                return None  # a redelivery: dedupe drops it (and it is confirmed again)
             if seen is not None and not seen.plausible(message.seq, message.seq + 1, b.seq_jump):
                 return "implausible_seq", f"seq {message.seq} is over {b.seq_jump} from those seen"
         if isinstance(message, _BY_TS) and not (message.ts <= now + b.clock_ahead_s):
