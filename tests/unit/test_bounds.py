@@ -9,11 +9,10 @@ import pytest
 from cloud_hub.ingest.dedupe import Coverage, Deduper
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Bounds, Ingest
-from schemas.samples import SAMPLES
 from tests.unit.test_ingest import NOW, msg, result, send
 
 FLAGS = np.zeros(4, dtype=bool)
-SAMPLES_BOOT = SAMPLES["telemetry"].boot
+SAMPLES_BOOT = msg("telemetry").boot
 
 
 @pytest.fixture

@@ -141,6 +141,6 @@ def test_an_outbox_from_before_receipts_gets_boot_and_seq_from_its_payloads(
     db.close()
     box = Outbox(path, max_bytes=10_000)
     assert box.depth == 1
-    sample = SAMPLES["result"]
+    sample: Any = SAMPLES["result"]
     assert box.confirm(sample.boot, [(sample.seq, sample.seq + 1)]) == 1
     assert box.depth == 0
