@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--exit-when-drained",
         action="store_true",
-        help="stop once a finite source is done and the broker has everything",
+        help="stop once a finite source is done and the hub has confirmed everything",
     )
     sim = sub.add_parser("simulate", help="write simulated pump readings to a SKAB-style CSV")
     sim.add_argument("--out", type=Path, required=True)
