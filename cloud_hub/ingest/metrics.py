@@ -1,7 +1,7 @@
 """Prometheus metrics computed at scrape time from fleet state; the only prometheus_client user.
 
 Labels are bounded: ``node`` and ``model``/``version`` at most, plus small enums (``kind``,
-``reason``, ``type``, ``state``, ``status``, ``quantile``). Never a channel or a boot: 10,000
+``reason``, ``type``, ``state``, ``status``, ``percentile``). Never a channel or a boot: 10,000
 nodes times 8 channels would be 80,000 series per family and scrapes of several seconds, so
 per-channel drift is reduced to its maximum over channels.
 
@@ -182,9 +182,11 @@ class _NodeFamilies:
             labels=["node", "state"],
         )
         self.latency = GaugeMetricFamily(
-            "edgeml_inference_latency_ms",
-            "Inference latency percentiles over the last telemetry interval, in ms.",
-            labels=["node", "quantile"],
+            "edgeml_inference_latency_seconds",
+            "Inference latency percentiles (50, 95, 99) over the last telemetry interval, in "
+            "seconds (a gauge of the node's figures, not a summary: hence percentile, not "
+            "quantile).",
+            labels=["node", "percentile"],
         )
         self.up = _gauge("edgeml_node_up", "1 if the node is online, else 0.")
         self.info = GaugeMetricFamily(
@@ -230,12 +232,12 @@ class _NodeFamilies:
         self.missing.add_metric(n, s.missing)
         if (t := s.telemetry) is not None:
             latency = t.latency_ms
-            for quantile, value in (
-                ("0.5", latency.p50),
-                ("0.95", latency.p95),
-                ("0.99", latency.p99),
+            for percentile, value in (
+                ("50", latency.p50),
+                ("95", latency.p95),
+                ("99", latency.p99),
             ):
-                self.latency.add_metric([s.node, quantile], value)
+                self.latency.add_metric([s.node, percentile], value / 1000.0)
             self.depth.add_metric(n, t.outbox_depth)
             self.outbox_bytes.add_metric(n, t.outbox_bytes)
             self.dropped.add_metric(n, t.dropped)
