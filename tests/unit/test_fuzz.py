@@ -42,11 +42,13 @@ def _nested(depth: int) -> bytes:
     return b"\x91" * depth + b"\x01"
 
 
-def mutate(rng: random.Random, kind: str, base: dict[str, Any]) -> tuple[str, bytes]:
-    """One mutated payload of ``kind`` and the topic it is sent on."""
+def mutate(
+    rng: random.Random, kind: str, base: dict[str, Any], now: float = NOW
+) -> tuple[str, bytes]:
+    """One mutated payload of ``kind`` (stamped ``now``) and the topic it is sent on."""
     fields = dict(base)
     node = rng.choice(NODES)
-    fields.update(node=node, boot=rng.choice(BOOTS), seq=rng.randrange(200), ts=NOW)
+    fields.update(node=node, boot=rng.choice(BOOTS), seq=rng.randrange(200), ts=now)
     if kind == "result":
         fields["first"] = fields["seq"] * fields["n"]
     topic = TOPICS[node, kind]
