@@ -186,7 +186,10 @@ class EdgeNode:
                 self.resend.waited,
                 self.outbox.depth,
             )
+            # paho may still hold some of them; handing them over again beside it only makes
+            # copies the hub drops, while waiting on it could wait for ever.
             self._last_handed = 0
+            self._inflight.clear()
 
     def _finish_stream(self, since_telemetry: float) -> None:
         """The source has nothing more: send what is pending now rather than on a timer."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ class FakeTransport:
         self.connected = threading.Event()
         self.published: list[tuple[str, bytes, bool]] = []
         self.topics: set[str] = set()
+        self.confirm = True  # False: a broker that acks but never delivers to the hub
         self._mid = 0
 
     def start(self) -> None:
@@ -59,7 +61,7 @@ class FakeTransport:
         self._mid += 1
         self.published.append((topic, payload, retain))
         self.events.put(PubAck(self._mid, True, "Success"))
-        if not retain:
+        if not retain and self.confirm:
             env = msgspec.msgpack.decode(payload)
             receipt = Receipt(
                 node=NODE, boot="hub", seq=self._mid, ts=WALL, of_boot=env["boot"],
@@ -274,3 +276,24 @@ def test_messages_over_the_broker_packet_limit_are_refused_and_counted(
     assert not small_transport.taken("result")
     assert normal_transport.taken("result"), "a normal limit lets the same results through"
     assert normal.errors["too_large"] == 0
+
+
+def test_what_the_hub_never_confirms_is_sent_again_and_deleted_once_it_is(
+    tmp_path: Path, models: dict[str, tuple[bytes, Manifest]]
+) -> None:
+    node, transport = build(tmp_path, models)
+    transport.confirm = False  # PUBACKs come, receipts do not: the broker lost them
+    steps(node, 3)
+    first = [t for t, _, _ in transport.published if t.endswith("/result")]
+    assert first and node.outbox.depth >= len(first)
+    node.step(3.0 + node.timers.resend_s, WALL + 20, idle_wait=0.0)  # past the resend wait
+    again = [t for t, _, _ in transport.published if t.endswith("/result")]
+    assert len(again) >= 2 * len(first)  # every unconfirmed result handed over again
+    unconfirmed = node.seq.next_seq
+    transport.confirm = True
+    node.step(4.0 + 3 * node.timers.resend_s, WALL + 60, idle_wait=0.0)  # second round
+    node.step(5.0 + 3 * node.timers.resend_s, WALL + 61, idle_wait=0.0)  # its receipts
+    old = sqlite3.connect(node.outbox.path).execute(
+        "SELECT COUNT(*) FROM outbox WHERE seq < ?", (unconfirmed,)
+    )
+    assert old.fetchone()[0] == 0
