@@ -17,7 +17,7 @@ from cloud_hub.config import HubConfig, resolve_password
 from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Bounds, Ingest
-from cloud_hub.ingest.metrics import HubCollector, MetricsServer, new_registry
+from cloud_hub.ingest.metrics import DeliveryCounts, HubCollector, MetricsServer, new_registry
 from cloud_hub.ingest.receipts import ReceiptPacer, receipt
 from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.ingest.transport import HubTransport, Inbound
@@ -56,6 +56,8 @@ class HubApp:
         deduper.restore(self.registry.stream_gaps())
         self._commit_batch = config.ingest.commit_batch
         self._unacked: list[Inbound] = []
+        self._commits = 0
+        self._commit_failures = 0
         self.receipts = ReceiptPacer(config.ingest.receipt_interval_s)
         self.identity = HubIdentity(sender_id(config.mqtt.client_id))
         self.catalog = Catalog(config.store.models_path())
@@ -81,6 +83,7 @@ class HubApp:
             lock=self._lock,
             per_node=config.metrics.per_node,
             lifecycle=self.lifecycle_counts,
+            delivery=self.delivery_counts,
         )
         try:
             self.metrics = MetricsServer(
@@ -96,6 +99,12 @@ class HubApp:
     def lifecycle_counts(self) -> LifecycleCounts:
         """Ack, chunk and capture counters (called by the collector, under the lock)."""
         return lifecycle_counts(self.acks, self.chunks, self.captures)
+
+    def delivery_counts(self) -> DeliveryCounts:
+        """Commits and receipts (called by the collector, under the lock)."""
+        return DeliveryCounts(
+            self._commits, self._commit_failures, self.receipts.sent, self.receipts.pending
+        )
 
     def _chunk_size_of(self, command_id: str) -> int | None:
         """The chunk size a deploy was issued with (None: unknown to this ledger)."""
@@ -167,8 +176,10 @@ class HubApp:
                 # Nothing is acked or confirmed; the next round tries again with all of it.
                 self.fleet.mark_dirty(states)
                 self.ingest.deduper.mark_dirty(streams)
+                self._commit_failures += 1
                 log.error("%s", exc)
                 return
+            self._commits += 1
             due = self.ingest.deduper.take_due()
             applied, self._unacked = self._unacked, []
         for message in applied:

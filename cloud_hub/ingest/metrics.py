@@ -30,6 +30,38 @@ from schemas.messages import ModelRef, Telemetry
 _NODE = ["node"]
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryCounts:
+    """The hub's side of end-to-end delivery: commits of its state and receipts to nodes."""
+
+    commits: int
+    commit_failures: int
+    receipts_sent: int
+    receipts_pending: int
+
+
+def _delivery_families(counts: DeliveryCounts) -> list[Metric]:
+    commits = CounterMetricFamily(
+        "edgeml_state_commits", "Commits of the hub's ingest state (each acks a batch)."
+    )
+    commits.add_metric([], counts.commits)
+    failures = CounterMetricFamily(
+        "edgeml_state_commit_failures",
+        "Commits of the hub's ingest state that failed (nothing acked; retried).",
+    )
+    failures.add_metric([], counts.commit_failures)
+    sent = CounterMetricFamily(
+        "edgeml_receipts_sent", "Receipts published to nodes (one per node and boot at most "
+        "every receipt_interval_s)."
+    )  # fmt: skip
+    sent.add_metric([], counts.receipts_sent)
+    pending = GaugeMetricFamily(
+        "edgeml_receipts_pending", "Streams (node, boot) whose receipt waits for its interval."
+    )
+    pending.add_metric([], counts.receipts_pending)
+    return [commits, failures, sent, pending]
+
+
 class HubCollector(Collector):
     """Yields the hub's metric families from ``ingest`` and its fleet state on every scrape."""
 
@@ -41,8 +73,10 @@ class HubCollector(Collector):
         lock: threading.Lock | None = None,
         per_node: bool = True,
         lifecycle: Callable[[], LifecycleCounts] | None = None,
+        delivery: Callable[[], DeliveryCounts] | None = None,
     ) -> None:
         self._lifecycle = lifecycle
+        self._delivery = delivery
         self._fleet = ingest.fleet
         self._ingest = ingest
         self._clock = clock
@@ -59,6 +93,8 @@ class HubCollector(Collector):
             families = self._fleet_wide(now)
             if self._lifecycle is not None:
                 families += _lifecycle_families(self._lifecycle())
+            if self._delivery is not None:
+                families += _delivery_families(self._delivery())
             snapshots = (
                 [self._snapshot(s, now) for s in self._fleet.nodes()] if self._per_node else []
             )
