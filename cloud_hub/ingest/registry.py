@@ -24,6 +24,7 @@ import msgspec
 from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.ingest.snapshot import dump_coverage, dump_node, load_coverage, load_node
+from schemas.messages import ModelRef
 
 SCHEMA_VERSION: Final = 2
 _STATE_SCHEMA: Final = """
@@ -159,7 +160,11 @@ class Registry:
             rows = self._db.execute("SELECT data FROM node_state ORDER BY rowid").fetchall()
         except sqlite3.Error as exc:
             raise RegistryError(f"{self.path}: cannot read the ingest state: {exc}") from None
-        return [load_node(data) for (data,) in rows]
+        if rows:
+            return [load_node(data) for (data,) in rows]
+        # A store written before the hub kept its state: start from the registry's totals
+        # (the seqs seen then were never stored, so a replay of that time counts again).
+        return [_seed(row) for row in self.nodes()]
 
     def stream_gaps(self) -> dict[str, int]:
         """Per node, the seqs missing from its stored streams."""
@@ -202,6 +207,20 @@ class Registry:
     def close(self) -> None:
         """Close the connection (a writer's last transaction is already committed)."""
         self._db.close()
+
+
+def _seed(row: NodeRow) -> NodeState:
+    model = ModelRef(row.active_model, row.active_version or "") if row.active_model else None
+    return NodeState(
+        row.node,
+        online=row.online,
+        boot=row.boot,
+        started_at=row.started_at,
+        last_seen=row.last_seen,
+        model=model,
+        readings=row.readings,
+        anomalous=row.anomalies,
+    )
 
 
 def _params(row: NodeRow) -> tuple[object, ...]:

@@ -237,3 +237,22 @@ def test_committed_ingest_state_is_what_a_restarted_hub_starts_from(tmp_path: Pa
     assert send(restarted, result("n1", 3, flags, first=12)).status == "applied"
     assert after.readings == 20 and deduper.gaps("n1") == 1
     assert [r.readings for r in again.nodes()] == [16]  # the registry row came with the commit
+
+
+def test_a_registry_from_before_durable_state_seeds_the_totals(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "hub.db")
+    old.execute(
+        "CREATE TABLE nodes (node TEXT PRIMARY KEY, online INTEGER, boot TEXT NOT NULL, "
+        "started_at REAL, last_seen REAL, active_model TEXT, active_version TEXT, "
+        "capabilities TEXT, readings INTEGER NOT NULL, anomalies INTEGER NOT NULL, "
+        "latency_p99_ms REAL, outbox_depth INTEGER, drift_psi_max REAL, updated_at REAL NOT NULL)"
+    )
+    old.execute(
+        "INSERT INTO nodes VALUES ('n1', 1, 'b', 1.0, 2.0, 'm', '3', NULL, 9148, 12, "
+        "NULL, NULL, NULL, 3.0)"
+    )
+    old.commit()
+    old.close()
+    (state,) = Registry(tmp_path / "hub.db").load_states()
+    assert (state.node, state.readings, state.anomalous) == ("n1", 9148, 12)
+    assert state.model is not None and state.model.version == "3"
