@@ -191,10 +191,12 @@ class HubApp:
         if not self.receipts.pending:
             return
         now = self._clock()
-        for key, ranges in self.receipts.take(now):
+        ready = self.receipts.take(now)
+        for i, (key, ranges) in enumerate(ready):
             message = receipt(key, ranges, self.identity.boot, self.identity.next_seq(), now)
             if self.transport.offer(node_topic(key[0], Kind.RECEIPT), encode(message)) == "full":
-                self.receipts.give_back(key, ranges)
+                for later_key, later_ranges in ready[i:]:  # paho's queue is full: next round
+                    self.receipts.give_back(later_key, later_ranges)
                 return
 
     def pump(self) -> None:
