@@ -52,6 +52,7 @@ class ReceiptPacer:
         """A receipt the transport could not take now: send it at the next chance."""
         self._due.setdefault(key, ranges)
         self._sent_at.pop(key, None)
+        self.sent -= 1
 
 
 def receipt(key: StreamKey, ranges: list[Range], sender_boot: str, seq: int, now: float) -> Receipt:
