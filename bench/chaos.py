@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--readings", type=int, default=6000, help="per node and boot")
     parser.add_argument("--speed", type=float, default=200.0, help="readings/s per node")
     parser.add_argument("--partition-s", type=float, default=600.0)
-    parser.add_argument("--resend-s", type=float, default=10.0)
+    parser.add_argument("--resend-s", type=float, default=10.0, help="0: the node's default")
     parser.add_argument("--timeout", type=float, default=900.0)
     parser.add_argument("--only", default="broker,hub,node,partition,all")
     parser.add_argument("--seed", type=int, default=1)
