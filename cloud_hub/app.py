@@ -16,22 +16,22 @@ from cloud_hub.commands.lifecycle import AckTracker, LifecycleCounts, lifecycle_
 from cloud_hub.config import HubConfig, resolve_password
 from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.fleet import FleetState
-from cloud_hub.ingest.inbound import Ingest
-from cloud_hub.ingest.metrics import HubCollector, MetricsServer, new_registry
-from cloud_hub.ingest.registry import Registry, RegistryError, row_of
+from cloud_hub.ingest.inbound import Bounds, Ingest
+from cloud_hub.ingest.metrics import DeliveryCounts, HubCollector, MetricsServer, new_registry
+from cloud_hub.ingest.receipts import ReceiptPacer, receipt
+from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.ingest.transport import HubTransport, Inbound
 from cloud_hub.models.capture_store import CaptureStore
 from cloud_hub.models.catalog import Catalog
 from cloud_hub.models.chunks import ChunkServer
+from schemas.codec import encode
+from schemas.topics import Kind, node_topic
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL_S = 1.0
 POLL_TIMEOUT_S = 0.2
-# While chunks wait for room in paho's queue, come back for them this often.
+# While chunks or receipts wait (for room in paho's queue, or their interval), come back this often.
 PUMP_INTERVAL_S = 0.02
-# At most this many messages are handled between two flush checks.
-DRAIN_BATCH = 1000
 
 
 class StartupError(RuntimeError):
@@ -49,17 +49,34 @@ class HubApp:
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.transport = HubTransport(config.mqtt, password, self.inbox)
         self.registry = Registry(config.store.db)
+        # Where the last run stopped: totals, reading coverage, and the seqs seen per stream
+        # (streams are loaded one by one, when a message of theirs arrives).
+        self.fleet.restore(self.registry.load_states())
+        deduper = Deduper(load=self.registry.load_stream)
+        deduper.restore(self.registry.stream_gaps())
+        self._commit_batch = config.ingest.commit_batch
+        self._unacked: list[Inbound] = []
+        self._commits = 0
+        self._commit_failures = 0
+        self.receipts = ReceiptPacer(config.ingest.receipt_interval_s)
+        self.identity = HubIdentity(sender_id(config.mqtt.client_id))
         self.catalog = Catalog(config.store.models_path())
         self.ledger = Ledger(config.store.ledger_path())
         self.chunks = ChunkServer(
             self.catalog,
             self._chunk_size_of,
             self.transport,
-            HubIdentity(sender_id(config.mqtt.client_id)),
+            self.identity,
         )
         self.captures = CaptureStore(config.store.captures_path())
         self.acks = AckTracker(self.ledger, [self.chunks])
-        self.ingest = Ingest(self.fleet, Deduper(), acks=self.acks, captures=self.captures)
+        self.ingest = Ingest(
+            self.fleet,
+            deduper,
+            acks=self.acks,
+            captures=self.captures,
+            bounds=Bounds(clock_ahead_s=config.ingest.max_clock_ahead_s),
+        )
         collector = HubCollector(
             self.ingest,
             clock=clock,
@@ -67,6 +84,7 @@ class HubApp:
             per_node=config.metrics.per_node,
             lifecycle=self.lifecycle_counts,
             backlog=self.inbox.qsize,
+            delivery=self.delivery_counts,
         )
         try:
             self.metrics = MetricsServer(
@@ -83,6 +101,12 @@ class HubApp:
         """Ack, chunk and capture counters (called by the collector, under the lock)."""
         return lifecycle_counts(self.acks, self.chunks, self.captures)
 
+    def delivery_counts(self) -> DeliveryCounts:
+        """Commits and receipts (called by the collector, under the lock)."""
+        return DeliveryCounts(
+            self._commits, self._commit_failures, self.receipts.sent, self.receipts.pending
+        )
+
     def _chunk_size_of(self, command_id: str) -> int | None:
         """The chunk size a deploy was issued with (None: unknown to this ledger)."""
         try:
@@ -94,26 +118,26 @@ class HubApp:
         return size if isinstance(size, int) and size >= 1 else None
 
     def run(self, stop: threading.Event) -> None:
-        """Handle messages until ``stop`` is set, then flush and disconnect."""
+        """Handle messages until ``stop`` is set, then commit and disconnect."""
         self.transport.start()
-        last_flush = self._clock()
         try:
             while not stop.is_set():
-                self._drain(PUMP_INTERVAL_S if self.chunks.pending else POLL_TIMEOUT_S)
+                waiting = self.chunks.pending or self.receipts.pending
+                self._drain(PUMP_INTERVAL_S if waiting else POLL_TIMEOUT_S)
+                self.commit()
                 self.pump()
-                if self._clock() - last_flush >= FLUSH_INTERVAL_S:
-                    self.flush()
-                    last_flush = self._clock()
+                self.send_receipts()
         finally:
             self.close()
 
     def _drain(self, timeout: float) -> None:
-        """Handle what is queued, blocking up to ``timeout`` for the first message."""
+        """Apply what is queued (at most one commit batch), blocking up to ``timeout`` for the
+        first message."""
         try:
             message = self.inbox.get(timeout=timeout)
         except queue.Empty:
             return
-        for _ in range(DRAIN_BATCH):
+        for _ in range(self._commit_batch - 1):
             self.handle(message)
             try:
                 message = self.inbox.get_nowait()
@@ -122,15 +146,59 @@ class HubApp:
         self.handle(message)
 
     def handle(self, message: Inbound) -> None:
-        """Apply one message to state, then ack it (also when it was rejected)."""
+        """Apply one message to state (rejected ones too: counted); it is acked after the
+        next commit."""
         with self._lock:
             try:
                 self.ingest.handle(message.topic, message.payload, self._clock())
+            except RegistryError as exc:
+                # The dedupe state could not be read: applying could count a replay. Leave the
+                # message unacked; the broker delivers it again on the next connection.
+                log.error("not applied, left for redelivery: %s", exc)
+                return
             except Exception:
                 # A bug must not stop the hub or wedge the broker redelivering the message.
                 log.exception("internal error handling a message on %s", message.topic)
                 self.ingest.record_internal_error(message.topic)
-        self.transport.ack(message)
+        self._unacked.append(message)
+
+    def commit(self) -> None:
+        """Write what changed (node totals and status, reading coverage, seqs seen) in one
+        transaction; only then ack the messages applied and queue their receipts."""
+        now = self._clock()
+        with self._lock:
+            states = self.fleet.take_dirty()
+            streams = self.ingest.deduper.take_dirty()
+            if not (states or streams or self._unacked):
+                return
+            try:
+                self.registry.commit(states, streams, now)
+            except RegistryError as exc:
+                # Nothing is acked or confirmed; the next round tries again with all of it.
+                self.fleet.mark_dirty(states)
+                self.ingest.deduper.mark_dirty(streams)
+                self._commit_failures += 1
+                log.error("%s", exc)
+                return
+            self._commits += 1
+            due = self.ingest.deduper.take_due()
+            applied, self._unacked = self._unacked, []
+        for message in applied:
+            self.transport.ack(message)
+        self.receipts.offer(due)
+
+    def send_receipts(self) -> None:
+        """Publish the receipts whose interval has passed (paho queues them while offline)."""
+        if not self.receipts.pending:
+            return
+        now = self._clock()
+        ready = self.receipts.take(now)
+        for i, (key, ranges) in enumerate(ready):
+            message = receipt(key, ranges, self.identity.boot, self.identity.next_seq(), now)
+            if self.transport.offer(node_topic(key[0], Kind.RECEIPT), encode(message)) == "full":
+                for later_key, later_ranges in ready[i:]:  # paho's queue is full: next round
+                    self.receipts.give_back(later_key, later_ranges)
+                return
 
     def pump(self) -> None:
         """Hand some of the chunks that nodes asked for to the MQTT client."""
@@ -139,28 +207,11 @@ class HubApp:
         with self._lock:
             self.chunks.pump(self._clock())
 
-    def flush(self) -> None:
-        """Write the nodes changed since the last flush, in one transaction."""
-        # Copy the rows under the lock; the slow part, the disk write, happens without it.
-        now = self._clock()
-        with self._lock:
-            changed = self.fleet.take_dirty()
-            rows = [row_of(s, now) for s in changed]
-        try:
-            written = self.registry.write(rows)
-        except RegistryError as exc:
-            # Ingest and metrics go on from memory; the next flush retries these nodes.
-            with self._lock:
-                self.fleet.mark_dirty(changed)
-            log.error("%s", exc)
-            return
-        if written:
-            log.debug("registry: wrote %d nodes", written)
-
     def close(self) -> None:
-        """Final flush, then disconnect and release the port and the database."""
+        """Final commit, then disconnect and release the port and the database."""
         try:
-            self.flush()
+            self.commit()
+            self.send_receipts()
         finally:
             self.transport.stop()
             self.metrics.close()

@@ -89,9 +89,15 @@ class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """``offline_after_s``: silence after which a node counts as offline without its will."""
+    """``offline_after_s``: silence after which a node counts as offline without its will;
+    ``max_clock_ahead_s``: how far ahead of the hub's clock a status, telemetry or drift
+    ``ts`` may be; ``receipt_interval_s``: at most one receipt per node and boot this often;
+    ``commit_batch``: at most this many messages applied per commit of the hub's state."""
 
     offline_after_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+    max_clock_ahead_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    receipt_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    commit_batch: Annotated[int, msgspec.Meta(ge=1, le=900)] = 500
 
 
 class HubConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

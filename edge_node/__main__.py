@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--exit-when-drained",
         action="store_true",
-        help="stop once a finite source is done and the broker has everything",
+        help="stop once a finite source is done and the hub has confirmed everything",
     )
     sim = sub.add_parser(
         "simulate", parents=[common], help="write simulated pump readings to a SKAB-style CSV"

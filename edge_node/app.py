@@ -3,7 +3,8 @@
 Everything here runs on one thread; the MQTT client's network thread only feeds
 ``transport.events``, the model worker (edge_node.lifecycle.switcher) only loads models, and a
 device source's reader thread (edge_node.sources.polling) only fills the buffer ``poll`` drains. A
-message counts as accepted once it is in the outbox, and leaves the outbox only on its PUBACK.
+message counts as accepted once it is in the outbox, and leaves the outbox only when the hub's
+receipt names it (edge_node.delivery.resend decides when to send the unconfirmed ones again).
 Commands and model chunks arrive as transport events and go to :class:`Control`, which answers
 with messages to queue and never blocks the loop.
 """
@@ -16,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -28,6 +29,7 @@ from edge_node.delivery.outgoing import (
     result_message,
     scored_messages,
 )
+from edge_node.delivery.resend import ResendClock
 from edge_node.delivery.transport import Connected, Disconnected, Event, Incoming, PubAck, Published
 from edge_node.lifecycle.control import Control
 from edge_node.scoring.batcher import PendingBatch
@@ -35,8 +37,8 @@ from edge_node.scoring.pipeline import Pipeline, Scored
 from edge_node.sources.base import Source
 from edge_node.telemetry.procstats import ProcessSampler
 from edge_node.telemetry.stats import LatencyWindow, PowerModel
-from schemas.codec import encode
-from schemas.messages import Capabilities, SourceHealth, Status, Telemetry
+from schemas.codec import DecodeError, decode, encode
+from schemas.messages import Capabilities, Receipt, SourceHealth, Status, Telemetry
 from schemas.topics import Kind, node_topic
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class Timers:
     max_handed: int
     max_packet_bytes: int = 262144
     drain_s: float = 5.0
+    resend_s: float = 10.0
+    resend_max_s: float = 300.0
 
 
 class EdgeNode:
@@ -111,6 +115,10 @@ class EdgeNode:
         self._sampler = ProcessSampler()
         self._inflight: dict[int, int] = {}  # MQTT message id -> outbox id
         self._last_handed = 0
+        self.receipt_topic = node_topic(seq.node, Kind.RECEIPT)
+        self.resend = ResendClock(timers.resend_s, timers.resend_max_s)
+        self.receipts = 0
+        self.confirmed = 0
         self._finished = False
         self._announced = pipeline.scorer.ref  # the model the last birth message named
         self._reported_rollbacks = 0
@@ -124,7 +132,7 @@ class EdgeNode:
 
     def run(self, stop: threading.Event, exit_when_drained: bool = False) -> None:
         """Run until ``stop`` is set (or, with ``exit_when_drained``, the source is done and
-        everything it produced has been acknowledged by the broker)."""
+        the hub has confirmed everything it produced)."""
         self.start(time.monotonic(), time.time())
         while not stop.is_set():
             self.step(time.monotonic(), time.time())
@@ -164,7 +172,25 @@ class EdgeNode:
         if self.source.exhausted and not self._finished:
             self._finish_stream(now - self._last_telemetry)
             self._last_telemetry = now
+        self._resend(now)
         self._pump()
+
+    def _resend(self, now: float) -> None:
+        """Hand the unconfirmed messages to the client again when the oldest has waited too
+        long for its receipt (the broker may have lost it, or the hub's session with it)."""
+        if not self.transport.connected.is_set():
+            return
+        if self.resend.due(self.outbox.oldest_id(), self._last_handed, now):
+            log.warning(
+                "no receipt for message %s in %.0f s: sending %d unconfirmed messages again",
+                self.outbox.oldest_id(),
+                self.resend.waited,
+                self.outbox.depth,
+            )
+            # paho may still hold some of them; handing them over again beside it only makes
+            # copies the hub drops, while waiting on it could wait for ever.
+            self._last_handed = 0
+            self._inflight.clear()
 
     def _finish_stream(self, since_telemetry: float) -> None:
         """The source has nothing more: send what is pending now rather than on a timer."""
@@ -270,9 +296,16 @@ class EdgeNode:
                 self.timers.max_packet_bytes,
             )
             return
+        env: Any = message
         try:
             self.outbox.put(
-                topic, kind.value, payload, PRIORITY[kind], handed_upto=self._last_handed
+                topic,
+                kind.value,
+                payload,
+                PRIORITY[kind],
+                handed_upto=self._last_handed,
+                boot=env.boot,
+                seq=env.seq,
             )
         except OutboxError as exc:
             self.errors["outbox_write"] += 1
@@ -304,23 +337,23 @@ class EdgeNode:
             )
         except queue.Empty:
             return
-        acked: list[int] = []
+        refused: list[int] = []
         while True:
-            self._handle(event, acked)
+            self._handle(event, refused)
             try:
                 event = self.transport.events.get_nowait()
             except queue.Empty:
                 break
-        self.outbox.remove(acked)
+        self.outbox.remove(refused)
 
-    def _handle(self, event: Event, acked: list[int]) -> None:
+    def _handle(self, event: Event, refused: list[int]) -> None:
         match event:
             case PubAck(mid=mid, ok=ok, reason=reason):
+                # A PUBACK frees room for the next message; only the hub's receipt deletes it,
+                # except when the broker refuses it: sending it again would never help.
                 outbox_id = self._inflight.pop(mid, None)
-                if outbox_id is None:
-                    return
-                acked.append(outbox_id)
-                if not ok:
+                if outbox_id is not None and not ok:
+                    refused.append(outbox_id)
                     self.errors["broker_refused"] += 1
                     log.warning("broker refused message %d: %s", outbox_id, reason)
             case Connected():
@@ -331,10 +364,28 @@ class EdgeNode:
                 log.warning(
                     "disconnected (%s); scoring goes on, messages wait in the outbox", reason
                 )
+            case Incoming(topic=topic, payload=payload) if topic == self.receipt_topic:
+                self._on_receipt(payload)
             case Incoming(topic=topic, payload=payload):
                 # The step's clock (passed in to step(), so tests drive time), not a new reading.
                 now, wall = self._clock
                 self._queue_all(self.control.on_message(topic, payload, now, wall))
+
+    def _on_receipt(self, payload: bytes) -> None:
+        """Delete what the hub confirmed (of this boot or an earlier one)."""
+        try:
+            receipt: Receipt = decode("receipt", payload, self.receipt_topic)
+        except DecodeError as exc:
+            self.errors["bad_receipt"] += 1
+            log.warning("%s", exc)
+            return
+        if receipt.node != self.seq.node:
+            self.errors["bad_receipt"] += 1
+            log.warning("receipt for node %r on the topic of %r", receipt.node, self.seq.node)
+            return
+        self.receipts += 1
+        confirmed = self.outbox.confirm(receipt.of_boot, receipt.ranges)
+        self.confirmed += confirmed
 
     def _announce(self) -> None:
         """Publish a new birth when the active model changed, so the retained status (and the

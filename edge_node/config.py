@@ -118,6 +118,9 @@ class OutboxSection(_Section):
     path: str = ""  # default: <data_dir>/outbox.db
     max_bytes: AtLeastOne = 64 * 1024 * 1024
     max_handed: AtLeastOne = 1000
+    # Unconfirmed by a receipt this long: hand it over again (doubling up to resend_max_s).
+    resend_s: Positive = 10.0
+    resend_max_s: Positive = 300.0
 
 
 class BatchSection(_Section):

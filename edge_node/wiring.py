@@ -21,20 +21,20 @@ from edge_node.delivery.outgoing import Sequencer
 from edge_node.delivery.transport import MqttSettings, NodeTransport
 from edge_node.lifecycle.control import Control, ControlSettings
 from edge_node.lifecycle.ledger import Ledger
-from edge_node.lifecycle.model_store import ModelStore
+from edge_node.lifecycle.model_store import ModelStore, StoreError
 from edge_node.lifecycle.probation import ProbationPolicy
 from edge_node.lifecycle.switcher import Switcher, open_active
 from edge_node.scoring.batcher import ResultBatcher
 from edge_node.scoring.events import EpisodeConfig
 from edge_node.scoring.pipeline import Pipeline, Scorer
-from edge_node.scoring.runtime import ModelRuntime, runtime_info
+from edge_node.scoring.runtime import ModelError, ModelRuntime, runtime_info
 from edge_node.sources.base import Source
 from edge_node.sources.csv_replay import CsvReplay
 from edge_node.sources.polling import Backoff, PolledSource, Reader
 from edge_node.sources.simulator import PumpSimulator, parse_fault
 from edge_node.telemetry.stats import PowerModel
 from schemas.codec import encode
-from schemas.messages import Capabilities, ModelRef, Status
+from schemas.messages import Capabilities, Status
 from schemas.settings import SettingsError
 from schemas.topics import Kind, node_topic
 
@@ -106,32 +106,61 @@ SOURCES: dict[str, Callable[[SourceSection, float], Source]] = {
 }
 
 
-def active_model(config: NodeConfig) -> tuple[ModelStore, ModelRef]:
-    """The store and its active model, installing ``model.initial`` into a new store."""
+def active_model(config: NodeConfig, check: Callable[[Path], object]) -> ModelStore:
+    """The model store, with ``model.initial`` installed and activated if it has no active
+    model; ``check`` loads a model folder (raising ModelError) before it is installed, so a
+    broken initial model never becomes active."""
     store = ModelStore(config.store_dir)
     leftovers = store.clean()
     if leftovers:
         log.warning("model store: removed %d leftovers of an interrupted write", leftovers)
-    active = store.state().active
-    if active is None:
+    if store.state().active is None:
+        install_initial(config, store, check)
+    return store
+
+
+def install_initial(config: NodeConfig, store: ModelStore, check: Callable[[Path], object]) -> None:
+    """Check ``model.initial``, then install it and make it the active model."""
+    if not config.model.initial:
+        raise SettingsError(
+            f"key model.initial: the model store {store.root} has no usable active model; "
+            "name a model folder (model.onnx + manifest.json) to start with"
+        )
+    folder = Path(config.model.initial)
+    try:
+        check(folder)
+    except ModelError as exc:
+        raise ModelError(f"key model.initial: {exc}") from None
+    active = store.install(folder)
+    store.activate(active)
+    log.info("installed initial model %s@%s", active.name, active.version)
+
+
+def open_model(
+    config: NodeConfig, load: Callable[[Path], Scorer]
+) -> tuple[ModelStore, Scorer, str]:
+    """The store and its active model loaded (or the previous one, or ``model.initial`` when
+    the active one will not load and there is nothing before it)."""
+    store = active_model(config, load)
+    try:
+        runtime, fallback = open_active(store, load)
+    except (ModelError, StoreError) as exc:
         if not config.model.initial:
-            raise SettingsError(
-                f"key model.initial: the model store {store.root} has no active model; "
-                "name a model folder (model.onnx + manifest.json) to start with"
-            )
-        active = store.install(Path(config.model.initial))
-        store.activate(active)
-        log.info("installed initial model %s@%s", active.name, active.version)
-    return store, active
+            raise
+        # An active model that cannot load and has no previous: start again from the
+        # configured initial model, so fixing the config is enough.
+        log.error("%s; installing model.initial again", exc)
+        install_initial(config, store, load)
+        runtime, fallback = open_active(store, load)
+    return store, runtime, fallback
 
 
 def build_node(config: NodeConfig) -> EdgeNode:
     """Everything a node needs, wired; raises SettingsError / SourceError / ModelError."""
     started = time.time()
     source = SOURCES[config.source.kind](config.source, started)
-    store, _ = active_model(config)
     load = partial(ModelRuntime.load, sensors=source.channels, threads=config.model.threads)
-    runtime, fallback = open_active(store, load)
+    store, runtime, fallback = open_model(config, load)
     if fallback:
         log.error("%s", fallback)
     batcher = ResultBatcher(config.batch.max_readings, config.batch.max_age_s)
@@ -148,6 +177,7 @@ def build_node(config: NodeConfig) -> EdgeNode:
     if fallback:
         control.errors["model_fallback"] += 1
     transport.subscribe(control.cmd_topic)
+    transport.subscribe(node_topic(config.node.id, Kind.RECEIPT))
     outbox = Outbox(config.outbox_path, config.outbox.max_bytes)
     active = runtime.ref
     log.info(
@@ -171,6 +201,8 @@ def build_node(config: NodeConfig) -> EdgeNode:
             config.telemetry.drift_interval_s,
             config.outbox.max_handed,
             config.mqtt.max_packet_bytes,
+            resend_s=config.outbox.resend_s,
+            resend_max_s=max(config.outbox.resend_s, config.outbox.resend_max_s),
         ),
         power=PowerModel(config.power.idle_w, config.power.per_core_w),
         capabilities=capabilities,

@@ -14,6 +14,7 @@ from schemas.messages import (
     Drift,
     Event,
     ModelChunk,
+    Receipt,
     ResultBatch,
     Status,
     Telemetry,
@@ -30,6 +31,7 @@ MESSAGE_TYPES: Final[dict[str, Any]] = {
     Kind.CAPTURE.value: Capture,
     Kind.ACK.value: Ack,
     Kind.CMD.value: Command,
+    Kind.RECEIPT.value: Receipt,
     "model_chunk": ModelChunk,
 }
 
@@ -38,6 +40,7 @@ _decoders: dict[str, msgspec.msgpack.Decoder[Any]] = {
     name: msgspec.msgpack.Decoder(typ) for name, typ in MESSAGE_TYPES.items()
 }
 _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+_RANGE = re.compile(r"Expected `int` (<=|>=) ")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
 
@@ -45,7 +48,9 @@ class DecodeError(ValueError):
     """A payload that is not a valid message of its type.
 
     ``reason`` is a short, bounded word fit for a metric label: ``malformed`` (not
-    MessagePack), ``invalid`` (wrong or missing field) or ``unknown_type``.
+    MessagePack), ``too_deep`` (nested deeper than the decoder's recursion limit, about 1,000
+    levels), ``out_of_range`` (an integer outside its field's bounds, at most 2**53 - 1),
+    ``invalid`` (any other wrong or missing field) or ``unknown_type``.
     """
 
     def __init__(self, message_type: str, field: str, detail: str, reason: str, topic: str = ""):
@@ -72,7 +77,10 @@ def decode(message_type: str, data: bytes, topic: str = "") -> Any:
         return decoder.decode(data)
     except msgspec.ValidationError as exc:
         field, detail = _split(str(exc))
-        raise DecodeError(message_type, field, detail, "invalid", topic) from None
+        reason = "out_of_range" if _RANGE.match(detail) else "invalid"
+        raise DecodeError(message_type, field, detail, reason, topic) from None
+    except RecursionError:
+        raise DecodeError(message_type, "$", "nested too deeply", "too_deep", topic) from None
     except msgspec.DecodeError as exc:
         raise DecodeError(message_type, "$", str(exc), "malformed", topic) from None
 

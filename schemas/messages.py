@@ -13,10 +13,18 @@ import msgspec
 from schemas.manifest import Manifest
 
 SCHEMA_VERSION = 1
+# Ranges one receipt may carry: keeps a receipt under ~1 KiB however fragmented a stream is.
+MAX_RECEIPT_RANGES = 32
+
+# Every integer on the wire fits 53 bits (exact in a float64, in JSON readers and in SQLite's
+# signed 64-bit INTEGER): a larger one is refused by the decoder as out of range.
+MAX_INT = 2**53 - 1
 
 NodeId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-Seq = Annotated[int, msgspec.Meta(ge=0)]
-Count = Annotated[int, msgspec.Meta(ge=0)]
+BootId = Annotated[str, msgspec.Meta(max_length=64)]
+Seq = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+SignedCount = Annotated[int, msgspec.Meta(ge=-MAX_INT, le=MAX_INT)]
 
 
 class Envelope(msgspec.Struct, kw_only=True):
@@ -29,7 +37,7 @@ class Envelope(msgspec.Struct, kw_only=True):
 
     v: int = SCHEMA_VERSION
     node: NodeId
-    boot: str
+    boot: BootId
     seq: Seq
     ts: float
 
@@ -45,8 +53,8 @@ class Capabilities(msgspec.Struct, kw_only=True):
     channels: list[str]
     sample_hz: float
     memory_mb: float
-    cpu_count: int
-    onnx_opset: int
+    cpu_count: Count
+    onnx_opset: Count
     ort_version: str
     platform: str
     power_budget_w: float | None = None
@@ -78,7 +86,7 @@ class ResultBatch(Envelope, kw_only=True):
     first: Count
     t0: float
     period: Annotated[float, msgspec.Meta(ge=0)]
-    n: Annotated[int, msgspec.Meta(ge=1)]
+    n: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
     threshold: float
     scores: bytes
     flags: bytes
@@ -149,7 +157,7 @@ class Telemetry(Envelope, kw_only=True):
     outbox_depth: Count
     outbox_bytes: Count
     dropped: Count
-    errors: dict[str, int] = {}
+    errors: dict[str, SignedCount] = {}
     model: ModelRef | None = None
     rollbacks: Count = 0
     source: SourceHealth | None = None  # None for a CSV replay or the simulator
@@ -180,7 +188,7 @@ class Drift(Envelope, kw_only=True):
     model: ModelRef
     start: float
     end: float
-    n: Annotated[int, msgspec.Meta(ge=1)]
+    n: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
     channels: list[ChannelDrift]
     score: ScoreStats
 
@@ -191,7 +199,7 @@ class Capture(Envelope, kw_only=True):
 
     command: str
     chunk: Count
-    chunks: Annotated[int, msgspec.Meta(ge=1)]
+    chunks: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
     channels: list[str]
     t0: float
     period: float
@@ -257,6 +265,22 @@ class Ping(CommandBase, kw_only=True, tag="ping"):
 
 
 Command = Deploy | Rollback | Retrain | Ping
+
+
+Range = tuple[Seq, Seq]
+
+
+class Receipt(Envelope, kw_only=True):
+    """The hub's cumulative confirmation of one boot of a node's stream (hub -> node).
+
+    ``node`` is the node it confirms; ``boot``/``seq`` are the hub's own. Every seq in a
+    half-open range ``[start, end)`` of ``ranges`` (ascending, at most ``MAX_RECEIPT_RANGES``)
+    of the stream ``of_boot`` is durably applied (or durably refused), so the node may delete
+    those messages from its outbox. A receipt only ever adds: it never takes a range back.
+    """
+
+    of_boot: BootId
+    ranges: list[Range] = []
 
 
 class ModelChunk(Envelope, kw_only=True):

@@ -32,6 +32,7 @@ from schemas.messages import (
     ModelRef,
     Percentiles,
     Ping,
+    Receipt,
     ResultBatch,
     Retrain,
     Rollback,
@@ -217,6 +218,14 @@ SAMPLES: Final[dict[str, msgspec.Struct]] = {
         index=0,
         chunks=2,
         data=b"\x08\x07" * 8,
+    ),
+    "receipt": Receipt(
+        node="pump-01",
+        boot="hub-7d1e",
+        seq=6,
+        ts=1767225602.0,
+        of_boot=_NODE["boot"],
+        ranges=[(0, 23), (30, 31)],
     ),
 }
 

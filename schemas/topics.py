@@ -25,6 +25,7 @@ class Kind(StrEnum):
     CAPTURE = "capture"
     ACK = "ack"
     CMD = "cmd"
+    RECEIPT = "receipt"
 
 
 NODE_TO_HUB = (

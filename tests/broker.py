@@ -156,6 +156,16 @@ class Broker:
             proc.kill()
             proc.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP: the broker holds every connection open and answers nothing (a partition)."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        if self._proc is not None:
+            self._proc.send_signal(signal.SIGCONT)
+
     def restart(self, timeout: float = 10.0) -> None:
         """Clean stop, then start again on the same port with the same persistence dir."""
         self.stop()

@@ -12,17 +12,24 @@ Memory is bounded twice:
 * per stream, at ``max_intervals`` intervals (that is, ``max_intervals - 1`` holes): beyond
   it the lowest hole is given up, its seqs stay counted as gaps for good, and a late arrival
   inside it is treated as a duplicate, because the hub no longer knows whether it saw it;
-* per node, at ``max_boots`` streams: the oldest boot is forgotten and its gap count is
-  kept, so ``gaps()`` never goes down because of it.
+* per node, at ``max_boots`` streams in memory: the least recently observed one is evicted
+  and its gap count is kept. The hub's store holds every stream (``take_dirty`` says what to
+  write), and an evicted stream is loaded again when a message of it arrives, so a replay
+  is never counted twice however many boots a node has shown.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from schemas.messages import MAX_RECEIPT_RANGES, Range
 
 DEFAULT_MAX_INTERVALS = 10_000
 DEFAULT_MAX_BOOTS = 8
+# Seqs remembered per stream between two receipts, to confirm the ranges that hold them.
+RECEIPT_SAMPLES = 8
 
 
 class Coverage:
@@ -70,6 +77,50 @@ class Coverage:
     def __len__(self) -> int:
         return len(self._starts)
 
+    def plausible(self, start: int, end: int, jump: int) -> bool:
+        """Whether ``[start, end)`` lies within ``jump`` of what is covered (always, when
+        nothing is): a hostile or broken sender cannot stretch the holes past that."""
+        if not self._starts:
+            return True
+        return start >= self._starts[0] - jump and end <= self._ends[-1] + jump
+
+    def __contains__(self, value: int) -> bool:
+        i = bisect_right(self._starts, value) - 1
+        return i >= 0 and value < self._ends[i]
+
+    def highest(self) -> int | None:
+        """The highest covered integer (None when empty)."""
+        return self._ends[-1] - 1 if self._ends else None
+
+    def intervals(self) -> list[Range]:
+        """The covered intervals, ascending, half-open."""
+        return list(zip(self._starts, self._ends, strict=True))
+
+    @classmethod
+    def of(cls, intervals: list[Range], abandoned: int, max_intervals: int) -> Coverage:
+        """A coverage of stored ``intervals`` (ascending, disjoint, as from ``intervals()``)."""
+        coverage = cls(max_intervals)
+        coverage._starts = [s for s, _ in intervals]
+        coverage._ends = [e for _, e in intervals]
+        coverage._covered = sum(e - s for s, e in intervals)
+        coverage.abandoned = abandoned
+        return coverage
+
+    def receipt_ranges(self, seqs: list[int], limit: int) -> list[Range]:
+        """At most ``limit`` intervals: the first, those holding ``seqs``, then the newest."""
+        if not self._starts:
+            return []
+        picked = {0}
+        for seq in seqs:
+            i = bisect_right(self._starts, seq) - 1
+            if i >= 0 and seq < self._ends[i]:
+                picked.add(i)
+        for i in range(len(self._starts) - 1, -1, -1):
+            if len(picked) >= limit:
+                break
+            picked.add(i)
+        return [(self._starts[i], self._ends[i]) for i in sorted(picked)[:limit]]
+
     def _enforce_bound(self) -> None:
         while len(self._starts) > self._max_intervals:
             hole = self._starts[1] - self._ends[0]
@@ -79,38 +130,86 @@ class Coverage:
             self.abandoned += hole
 
 
+StreamLoader = Callable[[str, str], Coverage | None]
+
+
+def _no_store(node: str, boot: str) -> Coverage | None:
+    return None
+
+
 @dataclass(slots=True)
 class _NodeStreams:
+    # Insertion order is recency order: a stream moves to the end when it is observed.
     boots: dict[str, Coverage] = field(default_factory=dict)
     retired_gaps: int = 0
 
 
 class Deduper:
-    """Tells new messages from redeliveries and counts the seqs never seen, per node."""
+    """Tells new messages from redeliveries and counts the seqs never seen, per node.
+
+    ``load`` finds a stream that is not in memory (evicted, or from before a restart) in the
+    hub's store; with it, the bound on streams in memory never makes a replay count again.
+    """
 
     def __init__(
-        self, max_intervals: int = DEFAULT_MAX_INTERVALS, max_boots: int = DEFAULT_MAX_BOOTS
+        self,
+        max_intervals: int = DEFAULT_MAX_INTERVALS,
+        max_boots: int = DEFAULT_MAX_BOOTS,
+        load: StreamLoader = _no_store,
     ) -> None:
         if max_boots < 1:
             raise ValueError(f"max_boots must be >= 1, got {max_boots}")
         self._nodes: dict[str, _NodeStreams] = {}
         self._max_intervals = max_intervals
         self._max_boots = max_boots
+        self._load = load
+        self._dirty: dict[tuple[str, str], Coverage] = {}
+        self._due: dict[tuple[str, str], list[int]] = {}
         self.duplicates = 0
+
+    def restore(self, stored_gaps: dict[str, int]) -> None:
+        """Start from the store: ``stored_gaps`` is, per node, the missing seqs of its streams
+        on disk (they are loaded one by one, when a message of theirs arrives)."""
+        for node, gaps in stored_gaps.items():
+            self._streams(node).retired_gaps += gaps
 
     def observe(self, node: str, boot: str, seq: int) -> bool:
         """Record ``seq``; True if it is new, False if it was seen (or given up) before."""
-        streams = self._nodes.get(node)
-        if streams is None:
-            streams = self._nodes[node] = _NodeStreams()
-        stream = streams.boots.get(boot)
-        if stream is None:
-            stream = streams.boots[boot] = Coverage(self._max_intervals)
-            self._forget_old_boots(streams)
+        stream = self.stream(node, boot)
+        assert stream is not None  # create=True always gives one
+        key = (node, boot)
+        due = self._due.setdefault(key, [])
+        if len(due) < RECEIPT_SAMPLES:
+            due.append(seq)
+        else:
+            due[-1] = seq
         if stream.add(seq, seq + 1):
+            self._dirty[key] = stream
             return True
         self.duplicates += 1
         return False
+
+    def highest(self, node: str, boot: str) -> int | None:
+        """The highest seq seen of a stream (None if none was)."""
+        stream = self.stream(node, boot, create=False)
+        return stream.highest() if stream is not None else None
+
+    def stream(self, node: str, boot: str, create: bool = True) -> Coverage | None:
+        """The stream's coverage, loaded from the store if it is not in memory."""
+        streams = self._streams(node)
+        coverage = streams.boots.pop(boot, None)
+        if coverage is None:
+            # Evicted before its change was committed: the uncommitted copy is the newest.
+            coverage = self._dirty.get((node, boot)) or self._load(node, boot)
+            if coverage is not None:
+                streams.retired_gaps -= coverage.missing()
+            elif not create:
+                return None
+            else:
+                coverage = Coverage(self._max_intervals)
+        streams.boots[boot] = coverage
+        self._evict(node, streams)
+        return coverage
 
     def gaps(self, node: str) -> int:
         """Seqs never seen between the lowest and highest seen, summed over the node's boots."""
@@ -119,8 +218,36 @@ class Deduper:
             return 0
         return streams.retired_gaps + sum(s.missing() for s in streams.boots.values())
 
-    def _forget_old_boots(self, streams: _NodeStreams) -> None:
+    def take_dirty(self) -> dict[tuple[str, str], Coverage]:
+        """Streams changed since the last call, by ``(node, boot)`` (and forget they changed)."""
+        dirty, self._dirty = self._dirty, {}
+        return dirty
+
+    def mark_dirty(self, streams: dict[tuple[str, str], Coverage]) -> None:
+        """Report ``streams`` again from the next ``take_dirty`` (their write failed)."""
+        self._dirty = {**streams, **self._dirty}
+
+    def take_due(self) -> dict[tuple[str, str], list[Range]]:
+        """Streams observed since the last call, each with the ranges a receipt should carry:
+        the first one, the ones holding the seqs just observed, and the newest ones."""
+        due, self._due = self._due, {}
+        out: dict[tuple[str, str], list[Range]] = {}
+        for (node, boot), seqs in due.items():
+            stream = self._nodes[node].boots.get(boot)
+            if stream is not None:
+                out[node, boot] = stream.receipt_ranges(seqs, MAX_RECEIPT_RANGES)
+        return out
+
+    def _streams(self, node: str) -> _NodeStreams:
+        streams = self._nodes.get(node)
+        if streams is None:
+            streams = self._nodes[node] = _NodeStreams()
+        return streams
+
+    def _evict(self, node: str, streams: _NodeStreams) -> None:
+        """Keep at most ``max_boots`` streams of a node in memory; the least recently
+        observed goes (the store keeps it, and ``load`` brings it back)."""
         while len(streams.boots) > self._max_boots:
-            # dicts keep insertion order: the first boot is the one first seen.
             oldest = next(iter(streams.boots))
             streams.retired_gaps += streams.boots.pop(oldest).missing()
+            self._due.pop((node, oldest), None)

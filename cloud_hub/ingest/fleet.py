@@ -111,6 +111,16 @@ class FleetState:
     def __len__(self) -> int:
         return len(self._nodes)
 
+    def restore(self, states: list[NodeState]) -> None:
+        """Start from stored node states (before any message is applied)."""
+        for state in states:
+            self._nodes[state.node] = state
+
+    def reading_coverage(self, node: str, boot: str) -> Coverage | None:
+        """The readings received of one boot of ``node`` (None if none)."""
+        state = self._nodes.get(node)
+        return state.coverage.get(boot) if state else None
+
     def is_online(self, state: NodeState, now: float) -> bool:
         """Online unless its will was applied or it has been silent for ``offline_after_s``."""
         if state.online is False or state.last_seen is None:

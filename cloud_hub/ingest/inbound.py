@@ -24,10 +24,38 @@ REJECT_REASONS: Final = (
     "bad_topic",
     "malformed",
     "invalid",
+    "too_deep",
+    "out_of_range",
     "node_mismatch",
     "unexpected_kind",
+    "implausible_seq",
+    "implausible_index",
+    "bad_clock",
     "internal",
 )
+_DECODE_REASONS: Final = frozenset({"malformed", "too_deep", "out_of_range"})
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """How far a message may reach beyond what the hub has seen of its stream.
+
+    A seq more than ``seq_jump`` away from the seqs seen of its boot (10 million: 11 days of
+    messages dropped by a node's outbox at 10 messages/s), or readings more than
+    ``reading_jump`` away from those received (10**9: 11 days at 1 kHz), are refused: either
+    would otherwise add that many "missing" to the gap gauges for good. A state message
+    (status, telemetry, drift: the hub keeps the newest by ``ts``) whose ``ts`` is more than
+    ``clock_ahead_s`` ahead of the hub's clock, or not finite, is refused too, or it would
+    stay the newest for ever. Older timestamps are accepted: boards without a real-time
+    clock start in 1970, and their messages are ordered by arrival then.
+    """
+
+    seq_jump: int = 10_000_000
+    reading_jump: int = 1_000_000_000
+    clock_ahead_s: float = 600.0
+
+
+_BY_TS: Final = (Status, Telemetry, Drift)
 # The ``type`` label of a reject: a topic kind, or "unknown" when the topic did not parse.
 UNKNOWN_TYPE: Final = "unknown"
 MESSAGE_KINDS: Final = tuple(k.value for k in NODE_TO_HUB)
@@ -77,9 +105,11 @@ class Ingest:
         deduper: Deduper,
         acks: AckSink | None = None,
         captures: CaptureSink | None = None,
+        bounds: Bounds | None = None,
     ) -> None:
         self.fleet = fleet
         self.deduper = deduper
+        self.bounds = bounds or Bounds()
         self._acks: AckSink = acks or NullSink()
         self._captures: CaptureSink = captures or NullSink()
         self.messages: Counter[str] = Counter()
@@ -104,11 +134,17 @@ class Ingest:
         try:
             message = decode(kind, payload)
         except DecodeError as exc:
-            reason = "malformed" if exc.reason == "malformed" else "invalid"
+            reason = exc.reason if exc.reason in _DECODE_REASONS else "invalid"
             return self._reject(topic, reason, kind, str(exc), parsed.node)
         if message.node != parsed.node:
             detail = f"payload node {message.node!r} on the topic of {parsed.node!r}"
             return self._reject(topic, "node_mismatch", kind, detail, parsed.node)
+        refusal = self._out_of_bounds(message, now)
+        if refusal is not None:
+            if refusal[0] == "bad_clock" and parsed.kind is not Kind.STATUS:
+                # Refused for good, and so confirmed: the node must not send it again forever.
+                self.deduper.observe(message.node, message.boot, message.seq)
+            return self._reject(topic, refusal[0], kind, refusal[1], parsed.node)
         # Status is state, not stream: its seq repeats the stream's count (see Envelope).
         is_stream = parsed.kind is not Kind.STATUS
         if is_stream and not self.deduper.observe(message.node, message.boot, message.seq):
@@ -117,6 +153,26 @@ class Ingest:
         self.messages[kind] += 1
         applied = self._apply(message, now)
         return Outcome("applied" if applied else "stale", kind, parsed.node)
+
+    def _out_of_bounds(self, message: Any, now: float) -> tuple[str, str] | None:
+        """(reason, detail) if ``message`` reaches implausibly far; None if it is fine."""
+        b = self.bounds
+        if not isinstance(message, Status):
+            seen = self.deduper.stream(message.node, message.boot, create=False)
+            if seen is not None and message.seq in seen:
+                return None  # a redelivery: dedupe drops it (and it is confirmed again)
+            if seen is not None and not seen.plausible(message.seq, message.seq + 1, b.seq_jump):
+                return "implausible_seq", f"seq {message.seq} is over {b.seq_jump} from those seen"
+        if isinstance(message, _BY_TS) and not (message.ts <= now + b.clock_ahead_s):
+            return "bad_clock", f"ts {message.ts} is over {b.clock_ahead_s:.0f} s ahead of {now}"
+        if isinstance(message, ResultBatch):
+            readings = self.fleet.reading_coverage(message.node, message.boot)
+            end = message.first + message.n
+            if readings is not None and not readings.plausible(message.first, end, b.reading_jump):
+                return "implausible_index", (
+                    f"readings [{message.first}, {end}) are over {b.reading_jump} from those seen"
+                )
+        return None
 
     def record_internal_error(self, topic: str) -> None:
         """Count a message whose handling failed unexpectedly (the caller logs it)."""

@@ -1,7 +1,7 @@
 """Prometheus metrics computed at scrape time from fleet state; the only prometheus_client user.
 
 Labels are bounded: ``node`` and ``model``/``version`` at most, plus small enums (``kind``,
-``reason``, ``type``, ``state``, ``status``, ``quantile``). Never a channel or a boot: 10,000
+``reason``, ``type``, ``state``, ``status``, ``percentile``). Never a channel or a boot: 10,000
 nodes times 8 channels would be 80,000 series per family and scrapes of several seconds, so
 per-channel drift is reduced to its maximum over channels.
 
@@ -30,6 +30,38 @@ from schemas.messages import ModelRef, Telemetry
 _NODE = ["node"]
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryCounts:
+    """The hub's side of end-to-end delivery: commits of its state and receipts to nodes."""
+
+    commits: int
+    commit_failures: int
+    receipts_sent: int
+    receipts_pending: int
+
+
+def _delivery_families(counts: DeliveryCounts) -> list[Metric]:
+    commits = CounterMetricFamily(
+        "edgeml_state_commits", "Commits of the hub's ingest state (each acks a batch)."
+    )
+    commits.add_metric([], counts.commits)
+    failures = CounterMetricFamily(
+        "edgeml_state_commit_failures",
+        "Commits of the hub's ingest state that failed (nothing acked; retried).",
+    )
+    failures.add_metric([], counts.commit_failures)
+    sent = CounterMetricFamily(
+        "edgeml_receipts_sent", "Receipts published to nodes (one per node and boot at most "
+        "every receipt_interval_s)."
+    )  # fmt: skip
+    sent.add_metric([], counts.receipts_sent)
+    pending = GaugeMetricFamily(
+        "edgeml_receipts_pending", "Streams (node, boot) whose receipt waits for its interval."
+    )
+    pending.add_metric([], counts.receipts_pending)
+    return [commits, failures, sent, pending]
+
+
 class HubCollector(Collector):
     """Yields the hub's metric families from ``ingest`` and its fleet state on every scrape."""
 
@@ -42,9 +74,11 @@ class HubCollector(Collector):
         per_node: bool = True,
         lifecycle: Callable[[], LifecycleCounts] | None = None,
         backlog: Callable[[], int] | None = None,
+        delivery: Callable[[], DeliveryCounts] | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._backlog = backlog
+        self._delivery = delivery
         self._fleet = ingest.fleet
         self._ingest = ingest
         self._clock = clock
@@ -68,6 +102,8 @@ class HubCollector(Collector):
                 )
                 backlog.add_metric([], self._backlog())
                 families.append(backlog)
+            if self._delivery is not None:
+                families += _delivery_families(self._delivery())
             snapshots = (
                 [self._snapshot(s, now) for s in self._fleet.nodes()] if self._per_node else []
             )
@@ -191,9 +227,11 @@ class _NodeFamilies:
             labels=["node", "state"],
         )
         self.latency = GaugeMetricFamily(
-            "edgeml_inference_latency_ms",
-            "Inference latency percentiles over the last telemetry interval, in ms.",
-            labels=["node", "quantile"],
+            "edgeml_inference_latency_seconds",
+            "Inference latency percentiles (50, 95, 99) over the last telemetry interval, in "
+            "seconds (a gauge of the node's figures, not a summary: hence percentile, not "
+            "quantile).",
+            labels=["node", "percentile"],
         )
         self.up = _gauge("edgeml_node_up", "1 if the node is online, else 0.")
         self.info = GaugeMetricFamily(
@@ -239,12 +277,12 @@ class _NodeFamilies:
         self.missing.add_metric(n, s.missing)
         if (t := s.telemetry) is not None:
             latency = t.latency_ms
-            for quantile, value in (
-                ("0.5", latency.p50),
-                ("0.95", latency.p95),
-                ("0.99", latency.p99),
+            for percentile, value in (
+                ("50", latency.p50),
+                ("95", latency.p95),
+                ("99", latency.p99),
             ):
-                self.latency.add_metric([s.node, quantile], value)
+                self.latency.add_metric([s.node, percentile], value / 1000.0)
             self.depth.add_metric(n, t.outbox_depth)
             self.outbox_bytes.add_metric(n, t.outbox_bytes)
             self.dropped.add_metric(n, t.dropped)

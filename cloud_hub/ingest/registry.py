@@ -1,4 +1,10 @@
-"""The fleet registry: one row per node in SQLite; the only module that opens the hub's DB.
+"""The fleet registry and the hub's durable ingest state in SQLite; the only module that opens
+the hub's DB.
+
+``nodes`` is the readable registry (``cloud-hub nodes``); ``node_state`` (a snapshot per node:
+totals, status, reading coverage) and ``streams`` (the seqs seen per node and boot: the dedupe
+state) are what ``serve`` starts from again. :meth:`Registry.commit` writes all three in one
+transaction, and the hub acknowledges messages only after it returned.
 
 WAL mode lets ``cloud-hub nodes`` read from another process while ``serve`` writes;
 ``synchronous=NORMAL`` is safe with WAL (a power cut may lose the last second of updates,
@@ -15,9 +21,22 @@ from typing import Any, Final
 
 import msgspec
 
+from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState
+from cloud_hub.ingest.snapshot import dump_coverage, dump_node, load_coverage, load_node
+from schemas.messages import ModelRef
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+_STATE_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS node_state (node TEXT PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS streams (
+    node    TEXT NOT NULL,
+    boot    TEXT NOT NULL,
+    missing INTEGER NOT NULL,
+    data    BLOB NOT NULL,
+    PRIMARY KEY (node, boot)
+) WITHOUT ROWID;
+"""
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -116,8 +135,51 @@ class Registry:
         db.execute("PRAGMA synchronous=NORMAL")
         with db:
             db.execute(_SCHEMA)
+            db.executescript(_STATE_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db
+
+    def commit(
+        self, states: list[NodeState], streams: dict[tuple[str, str], Coverage], now: float
+    ) -> None:
+        """Write changed nodes (registry row and snapshot) and streams in one transaction."""
+        rows = [_params(row_of(s, now)) for s in states]
+        snapshots = [(s.node, dump_node(s)) for s in states]
+        seen = [(n, b, c.missing(), dump_coverage(c)) for (n, b), c in streams.items()]
+        try:
+            with self._db:
+                self._db.executemany(_UPSERT, rows)
+                self._db.executemany("INSERT OR REPLACE INTO node_state VALUES (?, ?)", snapshots)
+                self._db.executemany("INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?)", seen)
+        except sqlite3.Error as exc:
+            raise RegistryError(f"{self.path}: cannot commit ingest state: {exc}") from None
+
+    def load_states(self) -> list[NodeState]:
+        """Every node's stored state (empty for a new store)."""
+        try:
+            rows = self._db.execute("SELECT data FROM node_state ORDER BY rowid").fetchall()
+        except sqlite3.Error as exc:
+            raise RegistryError(f"{self.path}: cannot read the ingest state: {exc}") from None
+        if rows:
+            return [load_node(data) for (data,) in rows]
+        # A store written before the hub kept its state: start from the registry's totals
+        # (the seqs seen then were never stored, so a replay of that time counts again).
+        return [_seed(row) for row in self.nodes()]
+
+    def stream_gaps(self) -> dict[str, int]:
+        """Per node, the seqs missing from its stored streams."""
+        try:
+            rows = self._db.execute("SELECT node, SUM(missing) FROM streams GROUP BY node")
+            return {node: int(gaps) for node, gaps in rows.fetchall()}
+        except sqlite3.Error as exc:
+            raise RegistryError(f"{self.path}: cannot read the ingest state: {exc}") from None
+
+    def load_stream(self, node: str, boot: str) -> Coverage | None:
+        """The stored seqs seen of one node's boot, or None if it has none."""
+        row = self._db.execute(
+            "SELECT data FROM streams WHERE node = ? AND boot = ?", (node, boot)
+        ).fetchone()
+        return load_coverage(row[0]) if row else None
 
     def upsert_many(self, states: Iterable[NodeState], now: float) -> int:
         """Write several nodes in one transaction; return how many."""
@@ -145,6 +207,20 @@ class Registry:
     def close(self) -> None:
         """Close the connection (a writer's last transaction is already committed)."""
         self._db.close()
+
+
+def _seed(row: NodeRow) -> NodeState:
+    model = ModelRef(row.active_model, row.active_version or "") if row.active_model else None
+    return NodeState(
+        row.node,
+        online=row.online,
+        boot=row.boot,
+        started_at=row.started_at,
+        last_seen=row.last_seen,
+        model=model,
+        readings=row.readings,
+        anomalous=row.anomalies,
+    )
 
 
 def _params(row: NodeRow) -> tuple[object, ...]:

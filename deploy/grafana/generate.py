@@ -210,10 +210,10 @@ NODE_VIEW = Dashboard(
         Panel(
             "Inference latency",
             (
-                q(f'edgeml_inference_latency_ms{{{NODE},quantile="0.99"}}', "p99"),
-                q(f'edgeml_inference_latency_ms{{{NODE},quantile="0.5"}}', "p50"),
+                q(f'edgeml_inference_latency_seconds{{{NODE},percentile="99"}}', "p99"),
+                q(f'edgeml_inference_latency_seconds{{{NODE},percentile="50"}}', "p50"),
             ),
-            unit="ms",
+            unit="s",
         ),
         Panel("Memory (RSS)", (q(f"edgeml_node_rss_bytes{{{NODE}}}", "rss"),), unit="bytes"),
         Panel(

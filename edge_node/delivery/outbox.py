@@ -1,7 +1,9 @@
 """The on-disk outbox: the only code that writes queued messages to disk.
 
-A message enters with :meth:`Outbox.put` and leaves only through :meth:`Outbox.remove`, which the
-node calls when the broker has acknowledged it (PUBACK). It survives restarts of the node.
+A message enters with :meth:`Outbox.put` and leaves through :meth:`Outbox.confirm`, which the node
+calls with the hub's receipt naming the (boot, seq) ranges it durably applied; a PUBACK from the
+broker is not delivery to the hub. It survives restarts of the node, and rows of earlier boots
+are confirmed by their own receipts like any other.
 
 Drop policy when the outbox would exceed ``max_bytes``: the oldest message of the lowest
 priority goes first (telemetry and drift, then results and captures, then events and acks). A
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
+
+import msgspec
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +30,22 @@ CREATE TABLE IF NOT EXISTS outbox (
     topic TEXT NOT NULL,
     kind TEXT NOT NULL,
     priority INTEGER NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    boot TEXT NOT NULL DEFAULT '',
+    seq INTEGER NOT NULL DEFAULT -1
 );
 CREATE INDEX IF NOT EXISTS outbox_drop_order ON outbox (priority, id);
 CREATE TABLE IF NOT EXISTS dropped (kind TEXT PRIMARY KEY, count INTEGER NOT NULL);
 """
+_STREAM_INDEX = "CREATE INDEX IF NOT EXISTS outbox_stream ON outbox (boot, seq)"
+
+
+class _Env(msgspec.Struct):
+    boot: str = ""
+    seq: int = -1
+
+
+_env_decoder = msgspec.msgpack.Decoder(_Env)
 
 
 class Priority(IntEnum):
@@ -67,18 +82,40 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+        self._db.execute(_STREAM_INDEX)
         row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox")
         self._depth, self._bytes = row.fetchone()
         self._dropped = dict(self._db.execute("SELECT kind, count FROM dropped").fetchall())
 
+    def _migrate(self) -> None:
+        """Give the rows of an outbox from before receipts their (boot, seq), from the payload."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "seq" in columns:
+            return
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("ALTER TABLE outbox ADD COLUMN boot TEXT NOT NULL DEFAULT ''")
+            self._db.execute("ALTER TABLE outbox ADD COLUMN seq INTEGER NOT NULL DEFAULT -1")
+            rows = self._db.execute("SELECT id, payload FROM outbox").fetchall()
+            for row_id, payload in rows:
+                try:
+                    env = _env_decoder.decode(payload)
+                except msgspec.DecodeError:
+                    env = _Env()  # not ours to judge: the hub rejects it, the policy drops it
+                self._db.execute(
+                    "UPDATE outbox SET boot = ?, seq = ? WHERE id = ?", (env.boot, env.seq, row_id)
+                )
+        log.info("outbox %s: %d queued messages now carry their (boot, seq)", self.path, len(rows))
+
     @property
     def depth(self) -> int:
-        """Messages waiting for a PUBACK."""
+        """Messages waiting for the hub's receipt."""
         return int(self._depth)
 
     @property
     def size_bytes(self) -> int:
-        """Payload bytes waiting for a PUBACK."""
+        """Payload bytes waiting for the hub's receipt."""
         return int(self._bytes)
 
     @property
@@ -93,11 +130,14 @@ class Outbox:
         payload: bytes,
         priority: Priority,
         handed_upto: int = 0,
+        *,
+        boot: str,
+        seq: int,
     ) -> int | None:
-        """Store a message; return its id, or None when the policy dropped it instead.
+        """Store message ``seq`` of ``boot``; return its id, or None when the policy dropped it.
 
-        Messages with ids up to ``handed_upto`` are with the MQTT client (it is handed them in id
-        order, and they leave the outbox on their PUBACK), so the policy never drops them.
+        Messages with ids up to ``handed_upto`` have been handed to the MQTT client (in id
+        order) and may be on their way to the hub, so the policy never drops them.
         """
         size = len(payload)
         if size > self.max_bytes:
@@ -116,8 +156,9 @@ class Outbox:
                     self._count_drops({kind: 1}, in_transaction=True)
                     return None
                 cur = self._db.execute(
-                    "INSERT INTO outbox (topic, kind, priority, payload) VALUES (?, ?, ?, ?)",
-                    (topic, kind, int(priority), payload),
+                    "INSERT INTO outbox (topic, kind, priority, payload, boot, seq) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (topic, kind, int(priority), payload, boot, seq),
                 )
         except sqlite3.Error as exc:
             self._reload_totals()
@@ -135,8 +176,33 @@ class Outbox:
         )
         return [Entry(i, t, p) for i, t, p in rows]
 
+    def oldest_id(self) -> int | None:
+        """The id of the oldest message (None when empty)."""
+        row = self._db.execute("SELECT MIN(id) FROM outbox").fetchone()
+        return int(row[0]) if row[0] is not None else None
+
+    def confirm(self, boot: str, ranges: Sequence[tuple[int, int]]) -> int:
+        """Delete the messages of ``boot`` whose seq is in a half-open range; return how many."""
+        where = " OR ".join("(seq >= ? AND seq < ?)" for _ in ranges)
+        params = [boot, *(v for r in ranges for v in r)]
+        if not where:
+            return 0
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            gone = self._db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM outbox "
+                f"WHERE boot = ? AND ({where})",
+                params,
+            ).fetchone()
+            if gone[0]:
+                self._db.execute(f"DELETE FROM outbox WHERE boot = ? AND ({where})", params)
+        self._depth -= gone[0]
+        self._bytes -= gone[1]
+        return int(gone[0])
+
     def remove(self, ids: Iterable[int]) -> int:
-        """Delete acknowledged messages; return how many were still there."""
+        """Delete messages by id (the broker refused them for good); return how many were
+        still there."""
         ids = list(ids)
         if not ids:
             return 0

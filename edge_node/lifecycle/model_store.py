@@ -68,13 +68,18 @@ class ModelStore:
             manifest = decode_manifest(manifest_path.read_bytes(), str(manifest_path))
         except OSError as exc:
             raise StoreError(f"{manifest_path}: cannot read: {exc.strerror}") from None
+        except ValueError as exc:  # names the file and the field
+            raise StoreError(str(exc)) from None
         ref = ModelRef(manifest.name, manifest.version)
-        if self.path(ref).exists():
-            return ref
         try:
             files = {name: (source / name).read_bytes() for name in (MODEL_FILE, MANIFEST_FILE)}
         except OSError as exc:
             raise StoreError(f"cannot install {source}: {exc}") from None
+        target = self.path(ref)
+        # The same version already installed is kept; a different copy (a corrupt one
+        # installed before, now fixed at the source) replaces it.
+        if all(_sha256(target / name) == _digest(data) for name, data in files.items()):
+            return ref
         self._write_version(ref, files)
         return ref
 
@@ -205,6 +210,10 @@ def _ref(raw: object) -> ModelRef | None:
 
 def _raw(ref: ModelRef | None) -> dict[str, str] | None:
     return None if ref is None else {"name": ref.name, "version": ref.version}
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def _sha256(path: Path) -> str | None:

@@ -67,8 +67,18 @@ def test_node_publishes_its_own_result_to_the_hub(broker: Broker, hub: mqtt.Clie
     assert receive_until(hub, "edgeml/v1/node-a/result")[-1].payload == b"scores"
 
 
-@pytest.mark.parametrize("topic", ["edgeml/v1/node-a/cmd", "edgeml/v1/node-b/cmd"])
-def test_node_cannot_publish_commands(broker: Broker, hub: mqtt.Client, topic: str) -> None:
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "edgeml/v1/node-a/cmd",
+        "edgeml/v1/node-b/cmd",
+        "edgeml/v1/node-a/receipt",
+        "edgeml/v1/node-b/receipt",
+    ],
+)
+def test_node_cannot_publish_commands_or_receipts(
+    broker: Broker, hub: mqtt.Client, topic: str
+) -> None:
     node_a = mqtt_client(broker, "node-a")
     try:
         assert publish(node_a, topic, b"deploy evil").value == NOT_AUTHORIZED
@@ -94,6 +104,21 @@ def test_node_reads_only_its_own_commands_and_the_models(broker: Broker) -> None
         close(hub)
     assert _topics(seen) == ["edgeml/v1/node-a/cmd", "edgeml/v1/models/m/1/0"]
     assert [m.payload for m in seen] == [b"for a", b"chunk 0"]
+
+
+def test_node_reads_only_its_own_receipts(broker: Broker) -> None:
+    node_a = mqtt_client(broker, "node-a")
+    hub = mqtt_client(broker, "hub")
+    try:
+        for topic in ("edgeml/v1/node-b/receipt", "edgeml/v1/node-a/receipt"):
+            assert not subscribe(node_a, topic).is_failure
+        assert not publish(hub, "edgeml/v1/node-b/receipt", b"for b").is_failure
+        assert not publish(hub, "edgeml/v1/node-a/receipt", b"for a").is_failure
+        seen = receive_until(node_a, "edgeml/v1/node-a/receipt")
+    finally:
+        close(node_a)
+        close(hub)
+    assert [(m.topic, m.payload) for m in seen] == [("edgeml/v1/node-a/receipt", b"for a")]
 
 
 def test_node_cannot_snoop_with_a_wildcard(broker: Broker, hub: mqtt.Client) -> None:

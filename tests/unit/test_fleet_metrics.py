@@ -21,7 +21,7 @@ from schemas.topics import Kind, node_topic
 
 NOW = 1_800_000_000.0
 KIND_OF = {typ: kind for kind, typ in MESSAGE_TYPES.items()}
-ALLOWED_LABELS = {"node", "model", "version", "kind", "reason", "type", "state", "quantile"}
+ALLOWED_LABELS = {"node", "model", "version", "kind", "reason", "type", "state", "percentile"}
 
 
 class Clock:
@@ -112,8 +112,9 @@ def test_per_node_families(fed: tuple[Ingest, CollectorRegistry, Clock]) -> None
     assert value(r, "edgeml_anomalous_readings_total", **node) == 3 + 1
     assert value(r, "edgeml_events_total", state="open", **node) == 1
     assert value(r, "edgeml_events_total", state="close", **node) == 1
-    for quantile, expected in (("0.5", 0.1), ("0.95", 0.2), ("0.99", 0.3)):
-        assert value(r, "edgeml_inference_latency_ms", quantile=quantile, **node) == expected
+    for percentile, ms in (("50", 0.1), ("95", 0.2), ("99", 0.3)):
+        seconds = value(r, "edgeml_inference_latency_seconds", percentile=percentile, **node)
+        assert seconds == pytest.approx(ms / 1000)
     assert value(r, "edgeml_node_up", **node) == 1
     assert value(r, "edgeml_node_info", model="pump-pca", version="4", **node) == 1
     assert value(r, "edgeml_drift_psi_max", **node) == 0.3

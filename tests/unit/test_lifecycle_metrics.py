@@ -35,7 +35,7 @@ ALLOWED_LABELS = {
     "reason",
     "type",
     "state",
-    "quantile",
+    "percentile",
     "status",
 }
 

@@ -69,7 +69,7 @@ def test_bad_manifest_is_named(tmp_path: Path) -> None:
     folder = tmp_path / "bad"
     folder.mkdir()
     (folder / "manifest.json").write_text('{"name": 3}')
-    with pytest.raises(ValueError, match=r"manifest\.json"):
+    with pytest.raises(StoreError, match=r"manifest\.json.*\$\.name"):
         ModelStore(tmp_path / "store").install(folder)
 
 

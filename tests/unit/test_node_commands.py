@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import queue
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from edge_node.telemetry.stats import PowerModel
 from schemas.codec import decode, encode
 from schemas.commands import split_artifact
 from schemas.manifest import Manifest
-from schemas.messages import Capabilities, Deploy, ModelChunk, ModelRef, Ping
+from schemas.messages import Capabilities, Deploy, ModelChunk, ModelRef, Ping, Receipt
 from schemas.packing import unpack_f32
 from schemas.topics import model_chunk_topic
 from tests.fakes import InlineExecutor, NanScorer
@@ -41,13 +42,15 @@ WALL = 1_767_225_600.0
 
 
 class FakeTransport:
-    """Acknowledges every publish at once and records it; the test puts incoming messages."""
+    """Acknowledges every publish at once and records it, and confirms it with the hub's
+    receipt as a hub that applied it would; the test puts incoming messages."""
 
     def __init__(self) -> None:
         self.events: queue.Queue[Event] = queue.Queue()
         self.connected = threading.Event()
         self.published: list[tuple[str, bytes, bool]] = []
         self.topics: set[str] = set()
+        self.confirm = True  # False: a broker that acks but never delivers to the hub
         self._mid = 0
 
     def start(self) -> None:
@@ -58,6 +61,13 @@ class FakeTransport:
         self._mid += 1
         self.published.append((topic, payload, retain))
         self.events.put(PubAck(self._mid, True, "Success"))
+        if not retain and self.confirm:
+            env = msgspec.msgpack.decode(payload)
+            receipt = Receipt(
+                node=NODE, boot="hub", seq=self._mid, ts=WALL, of_boot=env["boot"],
+                ranges=[(env["seq"], env["seq"] + 1)],
+            )  # fmt: skip
+            self.events.put(Incoming(f"edgeml/v1/{NODE}/receipt", encode(receipt)))
         return Published(self._mid, True, "")
 
     def subscribe(self, topic: str) -> None:
@@ -267,3 +277,24 @@ def test_messages_over_the_broker_packet_limit_are_refused_and_counted(
     assert not small_transport.taken("result")
     assert normal_transport.taken("result"), "a normal limit lets the same results through"
     assert normal.errors["too_large"] == 0
+
+
+def test_what_the_hub_never_confirms_is_sent_again_and_deleted_once_it_is(
+    tmp_path: Path, models: dict[str, tuple[bytes, Manifest]]
+) -> None:
+    node, transport = build(tmp_path, models)
+    transport.confirm = False  # PUBACKs come, receipts do not: the broker lost them
+    steps(node, 3)
+    first = [t for t, _, _ in transport.published if t.endswith("/result")]
+    assert first and node.outbox.depth >= len(first)
+    node.step(3.0 + node.timers.resend_s, WALL + 20, idle_wait=0.0)  # past the resend wait
+    again = [t for t, _, _ in transport.published if t.endswith("/result")]
+    assert len(again) >= 2 * len(first)  # every unconfirmed result handed over again
+    unconfirmed = node.seq.next_seq
+    transport.confirm = True
+    node.step(4.0 + 3 * node.timers.resend_s, WALL + 60, idle_wait=0.0)  # second round
+    node.step(5.0 + 3 * node.timers.resend_s, WALL + 61, idle_wait=0.0)  # its receipts
+    old = sqlite3.connect(node.outbox.path).execute(
+        "SELECT COUNT(*) FROM outbox WHERE seq < ?", (unconfirmed,)
+    )
+    assert old.fetchone()[0] == 0

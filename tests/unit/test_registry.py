@@ -9,13 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 
 from cloud_hub.cli.main import ago, format_nodes, main, nodes_header, nodes_json
+from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.fleet import FleetState, NodeState
+from cloud_hub.ingest.inbound import Ingest
 from cloud_hub.ingest.registry import NodeRow, Registry, RegistryError
 from schemas.messages import Drift, Status, Telemetry
 from schemas.samples import SAMPLES
+from tests.unit.test_ingest import result, send
 
 NOW = 1_800_000_000.0
 
@@ -246,3 +250,49 @@ def test_a_silent_hub_makes_online_nodes_unknown_not_fresh() -> None:
     header = nodes_header(rows, NOW, 60.0)
     assert header.endswith("hub last wrote 50s ago")
     assert header.startswith(time.strftime("%Y-%m-%d %H:%M", time.localtime(NOW)))
+
+
+def test_committed_ingest_state_is_what_a_restarted_hub_starts_from(tmp_path: Path) -> None:
+
+    flags = np.array([True, False, False, True])
+    registry = Registry(tmp_path / "hub.db")
+    ingest = Ingest(fleet_of("n1"), Deduper())
+    for seq in (0, 1, 2, 5):  # 3 and 4 missing
+        send(ingest, result("n1", seq, flags, first=4 * seq))
+    registry.commit(ingest.fleet.take_dirty(), ingest.deduper.take_dirty(), NOW)
+    registry.close()
+
+    again = Registry(tmp_path / "hub.db")
+    fleet = FleetState(offline_after_s=60.0)
+    fleet.restore(again.load_states())
+    deduper = Deduper(load=again.load_stream)
+    deduper.restore(again.stream_gaps())
+    restarted = Ingest(fleet, deduper)
+    before, after = only(ingest.fleet, "n1"), only(fleet, "n1")
+    assert (after.readings, after.anomalous) == (before.readings, before.anomalous) == (16, 8)
+    assert after.telemetry == before.telemetry and after.drift == before.drift
+    assert deduper.gaps("n1") == 2 and fleet.missing_readings("n1") == 8
+    # A replay after the restart is a duplicate; the missing seq is new and fills the gap.
+    assert send(restarted, result("n1", 1, flags, first=4)).status == "duplicate"
+    assert send(restarted, result("n1", 3, flags, first=12)).status == "applied"
+    assert after.readings == 20 and deduper.gaps("n1") == 1
+    assert [r.readings for r in again.nodes()] == [16]  # the registry row came with the commit
+
+
+def test_a_registry_from_before_durable_state_seeds_the_totals(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "hub.db")
+    old.execute(
+        "CREATE TABLE nodes (node TEXT PRIMARY KEY, online INTEGER, boot TEXT NOT NULL, "
+        "started_at REAL, last_seen REAL, active_model TEXT, active_version TEXT, "
+        "capabilities TEXT, readings INTEGER NOT NULL, anomalies INTEGER NOT NULL, "
+        "latency_p99_ms REAL, outbox_depth INTEGER, drift_psi_max REAL, updated_at REAL NOT NULL)"
+    )
+    old.execute(
+        "INSERT INTO nodes VALUES ('n1', 1, 'b', 1.0, 2.0, 'm', '3', NULL, 9148, 12, "
+        "NULL, NULL, NULL, 3.0)"
+    )
+    old.commit()
+    old.close()
+    (state,) = Registry(tmp_path / "hub.db").load_states()
+    assert (state.node, state.readings, state.anomalous) == ("n1", 9148, 12)
+    assert state.model is not None and state.model.version == "3"

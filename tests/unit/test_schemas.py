@@ -29,7 +29,8 @@ def test_golden_payload_decodes_to_the_sample(name: str) -> None:
 def test_golden_payload_is_plain_messagepack(name: str) -> None:
     """Any MessagePack client can read us: the plain msgpack package sees the same fields."""
     plain = msgpack.unpackb((GOLDEN / f"{name}.msgpack").read_bytes(), raw=False)
-    expected = msgspec.to_builtins(SAMPLES[name], enc_hook=None)
+    # Through JSON: bytes become base64 text and tuples (receipt ranges) become lists.
+    expected = msgspec.json.decode(msgspec.json.encode(SAMPLES[name]))
     assert _bytes_to_b64(plain) == expected
     assert {"v", "node", "boot", "seq", "ts"} <= plain.keys()
 
@@ -93,6 +94,16 @@ def test_commands_are_one_tagged_union() -> None:
     assert isinstance(codec.decode("cmd", codec.encode(SAMPLES["cmd_ping"])), Ping)
 
 
+def test_a_deeply_nested_payload_is_refused_as_too_deep() -> None:
+    plain = msgpack.unpackb(codec.encode(SAMPLES["telemetry"]))
+    plain["added_later"] = "HOLE"
+    nested = b"\x91" * 100_000 + b"\x01"  # [[[...[1]...]]], 100,000 levels
+    data = msgpack.packb(plain).replace(msgpack.packb("HOLE"), nested)
+    with pytest.raises(codec.DecodeError) as info:
+        codec.decode("telemetry", data)
+    assert info.value.reason == "too_deep"
+
+
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
     plain = msgpack.unpackb(codec.encode(SAMPLES["result"]))
     plain["added_in_a_later_release"] = [1, 2, 3]
@@ -100,24 +111,27 @@ def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mutate", "field"),
+    ("mutate", "field", "reason"),
     [
-        (lambda m: m.update(seq="seven"), "seq"),
-        (lambda m: m.update(seq=-1), "seq"),
-        (lambda m: m.pop("boot"), "boot"),
-        (lambda m: m.update(node="a/b"), "node"),
-        (lambda m: m.update(n=4), "$"),
-        (lambda m: m.update(model={"name": "x"}), "model"),
+        (lambda m: m.update(seq="seven"), "seq", "invalid"),
+        (lambda m: m.update(seq=-1), "seq", "out_of_range"),
+        (lambda m: m.update(seq=2**62), "seq", "out_of_range"),
+        (lambda m: m.update(first=2**64 - 1), "first", "out_of_range"),
+        (lambda m: m.pop("boot"), "boot", "invalid"),
+        (lambda m: m.update(boot="b" * 65), "boot", "invalid"),
+        (lambda m: m.update(node="a/b"), "node", "invalid"),
+        (lambda m: m.update(n=4), "$", "invalid"),
+        (lambda m: m.update(model={"name": "x"}), "model", "invalid"),
     ],
 )
-def test_invalid_fields_name_the_type_and_field(mutate: object, field: str) -> None:
+def test_invalid_fields_name_the_type_and_field(mutate: object, field: str, reason: str) -> None:
     plain = msgpack.unpackb(codec.encode(SAMPLES["result"]))
     mutate(plain)  # type: ignore[operator]
     with pytest.raises(codec.DecodeError) as info:
         codec.decode("result", msgpack.packb(plain), topic="edgeml/v1/pump-01/result")
     err = info.value
     assert err.message_type == "result"
-    assert err.reason == "invalid"
+    assert err.reason == reason
     assert err.field.startswith(field) or field == "$"
     assert "result" in str(err) and "edgeml/v1/pump-01/result" in str(err)
 
