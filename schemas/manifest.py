@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from schemas.alarm import AlarmSpec
+from schemas.drift import DriftSpec
 
 MANIFEST_SCHEMA = 1
 
@@ -120,6 +121,9 @@ class Manifest(msgspec.Struct, kw_only=True):
     # the readings over the threshold (manifests written before the rule existed).
     alarm: AlarmSpec = msgspec.field(default_factory=AlarmSpec)
     card: ModelCard | None = None
+    # The change detector of the node's drift statistics (schemas.drift); the default is the
+    # rule calibrated on healthy simulated pumps.
+    drift: DriftSpec = msgspec.field(default_factory=DriftSpec)
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

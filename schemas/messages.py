@@ -135,13 +135,31 @@ class Telemetry(Envelope, kw_only=True):
 
 
 class ChannelDrift(msgspec.Struct, kw_only=True):
-    """One channel against the model's reference profile."""
+    """One channel against the model's reference profile.
+
+    ``counts`` are readings per reference bin (mergeable: add the counts of intervals or
+    nodes). ``psi`` is raw; under the null (stationary readings from the reference
+    distribution, lag-1 autocorrelated) ``n_eff * psi`` is about chi-square with
+    ``len(counts) - 1`` degrees of freedom, ``n_eff = n (1 - r) / (1 + r)`` for the interval's
+    lag-1 autocorrelation ``r``; ``psi_null`` is its expectation and ``psi_p`` the p-value.
+    ``ks`` and ``wasserstein_sd`` are distances between the binned and reference distributions
+    (Wasserstein over the inner bins, in reference SDs). ``change`` is the CUSUM's peak over the
+    interval as a fraction of its threshold (schemas.drift); ``alarm`` is ``change >= 1``.
+    """
 
     channel: str
     psi: float
     mean_shift_sd: float
     mean: float
     std: float
+    counts: list[int] = []
+    n_eff: float = 0.0
+    psi_null: float = 0.0
+    psi_p: float = 1.0
+    ks: float = 0.0
+    wasserstein_sd: float = 0.0
+    change: float = 0.0
+    alarm: bool = False
 
 
 class ScoreStats(msgspec.Struct, kw_only=True):
@@ -151,6 +169,14 @@ class ScoreStats(msgspec.Struct, kw_only=True):
     p99: float
     flagged_fraction: float
     psi: float
+    # As for ChannelDrift; the score's CUSUM is one-sided (upwards).
+    counts: list[int] = []
+    n_eff: float = 0.0
+    psi_null: float = 0.0
+    psi_p: float = 1.0
+    ks: float = 0.0
+    change: float = 0.0
+    alarm: bool = False
 
 
 class Drift(Envelope, kw_only=True):

@@ -8,7 +8,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from schemas.drift import DEFAULT_MARGIN, SCORE, DriftSpec, fit_thresholds
 from schemas.manifest import Profile, ReferenceProfile
+
+# Relative floor of a reference std, as the node's (edge_node.scoring.drift.STD_FLOOR).
+STD_FLOOR = 1e-6
 
 
 def reference_profile(
@@ -43,3 +47,24 @@ def profile(sample: NDArray[np.floating], bins: int = 10) -> Profile:
         edges=[float(e) for e in edges],
         fractions=[float(c) for c in counts / counts.sum()],
     )
+
+
+def drift_spec(
+    values: NDArray[np.floating],
+    scores: NDArray[np.floating],
+    reference: ReferenceProfile,
+    channels: list[str],
+    period_s: float,
+    *,
+    k: float = DriftSpec().k,
+    margin: float = DEFAULT_MARGIN,
+) -> DriftSpec:
+    """The node's drift rule with each column's CUSUM threshold fitted on the training readings
+    (``scores[i]`` belongs to the window ending at ``values[len(values) - len(scores) + i]``)."""
+    data = np.asarray(values, dtype=np.float64)[len(values) - len(scores) :]
+    columns = np.column_stack([data, np.asarray(scores, dtype=np.float64)])
+    profiles = [reference.channels[name] for name in channels] + [reference.score]
+    mean = np.array([p.mean for p in profiles])
+    std = np.maximum([p.std for p in profiles], STD_FLOOR * np.maximum(1.0, np.abs(mean)))
+    thresholds = fit_thresholds((columns - mean) / std, [*channels, SCORE], period_s, k, margin)
+    return DriftSpec(k=k, thresholds=thresholds)

@@ -121,7 +121,7 @@ class _Lane:
         self.columns = [source_channels.index(c) for c in channels]
         fill = np.array([manifest.reference.channels[c].mean for c in channels], np.float32)
         self.windower = Windower(manifest.input.window, fill)
-        self.drift = DriftAccumulator(manifest.reference, channels)
+        self.drift = DriftAccumulator(manifest.reference, channels, spec=manifest.drift)
         self.episodes = EpisodeDetector(episodes, channels)
         self.alarm = AlarmFilter(manifest.alarm)
 
