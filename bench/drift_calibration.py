@@ -128,7 +128,7 @@ def main() -> int:
     parser.add_argument("--rate-hz", type=float, default=1.0)
     parser.add_argument("--interval", type=float, default=60.0, help="report interval, s")
     parser.add_argument("--k", type=float, default=DriftSpec().k, help="CUSUM allowance, SD")
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="h / healthy max")
+    parser.add_argument("--margin", type=float, default=1.5, help="selection h / healthy max")
     parser.add_argument("--channels", nargs="+", default=["pressure", "current", "thermocouple"])
     parser.add_argument(
         "--rates",
@@ -153,7 +153,8 @@ def main() -> int:
     base = np.array([model.base.h(n) for n in names])
     margin = choose_margin(select, base, args.target)
     rules = {
-        "trainer": margin * base,
+        "trainer": DEFAULT_MARGIN * base,
+        "trainer-m": margin * base,
         "selection": np.maximum(args.margin * worst, 10 * args.k),
         "one h": np.full(len(names), args.margin * worst.max()),
     }
@@ -167,7 +168,7 @@ def main() -> int:
     for rule, h in rules.items():
         print(f"  {rule:10} " + " ".join(f"{x:12.0f}" for x in h))
     print(
-        f"  trainer = {margin:g} x the largest CUSUM on the model's training readings "
+        f"  trainer = {DEFAULT_MARGIN:g} x the largest CUSUM on the model's training readings "
         f"(4 pumps x {args.train_hours:g} h); selection = {args.margin:g} x the largest on "
         f"{args.select} other healthy pumps x {args.hours:g} h; one h = the largest of those"
     )

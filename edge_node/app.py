@@ -239,6 +239,7 @@ class EdgeNode:
                 errors=dict(self.errors + self.control.errors),
                 model=self.pipeline.scorer.ref,
                 rollbacks=self.control.rollbacks,
+                sensor_faults=dict(self.pipeline.sensor_faults),
             ),
         )
 

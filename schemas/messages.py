@@ -94,7 +94,12 @@ class ChannelShare(msgspec.Struct, frozen=True):
 
 
 class Event(Envelope, kw_only=True):
-    """An anomaly episode opened or closed."""
+    """An anomaly episode opened or closed.
+
+    ``kind`` says whose: the machine's (the model flagged it) or a sensor's (its readings
+    failed the node's checks: ``fault`` is dropout, range, spike or stuck, ``channel`` the
+    sensor; ``peak_score`` and ``threshold`` are 0). Episodes are numbered per kind.
+    """
 
     model: ModelRef
     episode: Count
@@ -106,6 +111,9 @@ class Event(Envelope, kw_only=True):
     threshold: float
     readings: Count
     channels: list[ChannelShare] = []
+    kind: Literal["machine", "sensor"] = "machine"
+    channel: str = ""
+    fault: str = ""
 
 
 class Percentiles(msgspec.Struct, frozen=True):
@@ -132,6 +140,8 @@ class Telemetry(Envelope, kw_only=True):
     errors: dict[str, int] = {}
     model: ModelRef | None = None
     rollbacks: Count = 0
+    # Readings that failed the sensor checks since boot, by "channel:fault".
+    sensor_faults: dict[str, int] = {}
 
 
 class ChannelDrift(msgspec.Struct, kw_only=True):

@@ -23,7 +23,7 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from cloud_hub.models.features import onnx_nodes as feature_nodes
-from cloud_hub.models.reference import drift_spec, reference_profile
+from cloud_hub.models.reference import drift_spec, reference_profile, sensor_specs
 from cloud_hub.models.trainer import FittedModel, TrainConfig, fit, score_numpy, sliding_windows
 from schemas.drift import DriftSpec
 from schemas.files import atomic_write
@@ -159,6 +159,7 @@ def train_model(
         drift=drift_spec(values, scores, reference, list(channels), period_s)
         if period_s
         else DriftSpec(),
+        sensors=sensor_specs(values, list(channels), period_s),
         card=ModelCard(
             features=model.feature_names(),
             threshold_rule=config.threshold_rule(),

@@ -9,10 +9,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from schemas.drift import DEFAULT_MARGIN, SCORE, DriftSpec, fit_thresholds
-from schemas.manifest import Profile, ReferenceProfile
+from schemas.manifest import DEFAULT_STUCK_S, Profile, ReferenceProfile, SensorSpec
 
 # Relative floor of a reference std, as the node's (edge_node.scoring.drift.STD_FLOOR).
 STD_FLOOR = 1e-6
+# A working sensor's range: the training range widened by this fraction of its span each way.
+RANGE_MARGIN = 2.0
+# A sensor is stuck after this many times the longest repeat of one value in training.
+STUCK_FACTOR = 3.0
 
 
 def reference_profile(
@@ -68,3 +72,27 @@ def drift_spec(
     std = np.maximum([p.std for p in profiles], STD_FLOOR * np.maximum(1.0, np.abs(mean)))
     thresholds = fit_thresholds((columns - mean) / std, [*channels, SCORE], period_s, k, margin)
     return DriftSpec(k=k, thresholds=thresholds)
+
+
+def sensor_specs(
+    values: NDArray[np.floating], channels: list[str], period_s: float | None
+) -> dict[str, SensorSpec]:
+    """Per channel, a working sensor's range (training min and max widened by ``RANGE_MARGIN``
+    of their span) and stuck time (``STUCK_FACTOR`` x the longest run of one repeated value in
+    training: a few readings for an analog channel, longer for a coarsely quantised one; the
+    default when the period is unknown)."""
+    data = np.asarray(values, dtype=np.float64)
+    specs: dict[str, SensorSpec] = {}
+    for i, name in enumerate(channels):
+        x = data[:, i]
+        low, high = float(x.min()), float(x.max())
+        span = max(high - low, STD_FLOOR * max(1.0, abs(low)))
+        stuck = DEFAULT_STUCK_S
+        if period_s and x.size > 1:
+            changes = np.flatnonzero(x[1:] != x[:-1])
+            bounds = np.concatenate([[-1], changes, [x.size - 1]])
+            stuck = STUCK_FACTOR * float(np.diff(bounds).max()) * period_s
+        specs[name] = SensorSpec(
+            low=low - RANGE_MARGIN * span, high=high + RANGE_MARGIN * span, stuck_s=stuck
+        )
+    return specs

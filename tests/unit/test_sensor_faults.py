@@ -1,0 +1,105 @@
+"""A broken sensor is not a sick machine: the simulator's stuck, dropout and spike faults go
+through the node's pipeline with a model trained by the hub's trainer; each is reported as a
+sensor fault on its channel, and the pump's machine-anomaly episodes do not rise."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cloud_hub.models.onnx_export import save_model, train_model
+from cloud_hub.models.trainer import TrainConfig
+from edge_node.scoring.batcher import ResultBatcher
+from edge_node.scoring.events import EpisodeConfig
+from edge_node.scoring.pipeline import Pipeline, Scored
+from edge_node.scoring.runtime import ModelRuntime
+from edge_node.sources import PumpSimulator, parse_fault
+from edge_node.sources.simulator import CHANNELS
+
+RATE_HZ = 2.0
+MINUTES = 20
+
+
+def readings(seed: int, minutes: float, faults: tuple[str, ...] = ()) -> PumpSimulator:
+    return PumpSimulator(
+        seed=seed,
+        rate_hz=RATE_HZ,
+        speed=0,
+        wall_start=1_000.0,
+        faults=[parse_fault(f) for f in faults],
+        max_block=4096,
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    train = np.concatenate([readings(s, 0).read(int(RATE_HZ * 3600)).values for s in (11, 12)])
+    onnx, manifest = train_model(
+        train,
+        list(CHANNELS),
+        name="pump",
+        version="1",
+        trained_by="test",
+        config=TrainConfig(),
+        now=0.0,
+        period_s=1 / RATE_HZ,
+    )
+    path = tmp_path_factory.mktemp("model")
+    save_model(path, onnx, manifest)
+    return path
+
+
+def run(
+    model_dir: Path, seed: int, faults: tuple[str, ...] = ()
+) -> tuple[list[Scored], Counter[str]]:
+    """The pump through the node's pipeline in blocks of 8 readings; what came out and the
+    faulty readings counted for telemetry."""
+    runtime = ModelRuntime.load(model_dir, sensors=list(CHANNELS))
+    pipeline = Pipeline(runtime, list(CHANNELS), ResultBatcher(256, 1.0), EpisodeConfig())
+    sim = readings(seed, MINUTES, faults)
+    out = []
+    for _ in range(int(MINUTES * 60 * RATE_HZ) // 8):
+        out.append(pipeline.process(sim.read(8), 0.0, lambda: 0.0))
+    return out, pipeline.sensor_faults
+
+
+def machine_openings(scored: list[Scored]) -> int:
+    return sum(c.change.state == "open" for s in scored for c in s.changes)
+
+
+@pytest.mark.parametrize(
+    ("fault", "channel", "kind"),
+    [
+        ("stuck:thermocouple:300:300", "thermocouple", "stuck"),
+        ("dropout:current:300:300", "current", "dropout"),
+        ("spike:pressure:300:300:10", "pressure", "spike"),
+        ("stuck:accelerometer1rms:300:300", "accelerometer1rms", "stuck"),
+        ("spike:voltage:300:300:10", "voltage", "spike"),
+        ("spike:current:300:300:40", "current", "range"),  # beyond a working sensor
+    ],
+)
+def test_sensor_faults_are_named_and_do_not_open_machine_episodes(
+    model_dir: Path, fault: str, channel: str, kind: str
+) -> None:
+    healthy, _ = run(model_dir, seed=5)
+    faulty, counted = run(model_dir, seed=5, faults=(fault,))
+    changes = [f.change for s in faulty for f in s.sensors]
+    opened = [c for c in changes if c.state == "open"]
+    assert opened, f"{fault}: no sensor fault reported"
+    assert {c.channel for c in opened} == {channel}
+    assert opened[0].fault == kind
+    # it opens within the stuck time of the fault's start (readings are stamped from 1000 s)
+    assert 1_300.0 <= opened[0].started <= 1_300.0 + 60.0
+    closed = [c for c in changes if c.state == "close"]
+    assert closed and closed[-1].ended is not None and closed[-1].ended <= 1_600.0
+    assert machine_openings(faulty) <= machine_openings(healthy)
+    assert counted[f"{channel}:{kind}"] == sum(c.readings for c in closed if c.fault == kind)
+    assert not any(s.error for s in faulty), "the model never sees a NaN"
+
+
+def test_a_healthy_pump_has_no_sensor_faults(model_dir: Path) -> None:
+    scored, counted = run(model_dir, seed=6)
+    assert not [f for s in scored for f in s.sensors] and not counted
