@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from cloud_hub.ingest.dedupe import Deduper
+from cloud_hub.ingest.events_store import EpisodeSink
 from cloud_hub.ingest.fleet import FleetState
 from schemas.codec import DecodeError, decode
 from schemas.messages import Ack, Capture, Drift, Event, ResultBatch, Status, Telemetry
@@ -77,11 +78,13 @@ class Ingest:
         deduper: Deduper,
         acks: AckSink | None = None,
         captures: CaptureSink | None = None,
+        episodes: EpisodeSink | None = None,
     ) -> None:
         self.fleet = fleet
         self.deduper = deduper
         self._acks: AckSink = acks or NullSink()
         self._captures: CaptureSink = captures or NullSink()
+        self.episodes = episodes or EpisodeSink()  # open episodes (metrics) and the event store
         self.messages: Counter[str] = Counter()
         self.rejects: Counter[tuple[str, str]] = Counter()
         self.acks_received = 0
@@ -136,6 +139,7 @@ class Ingest:
                 self.fleet.apply_result(message, anomalous, now)
             case Event():
                 self.fleet.apply_event(message, now)
+                self.episodes.on_event(message, now)
             case Telemetry():
                 self.fleet.apply_telemetry(message, now)
             case Drift():

@@ -107,7 +107,17 @@ class HubCollector(Collector):
         online, offline = self._fleet.counts(now)
         nodes.add_metric(["online"], online)
         nodes.add_metric(["offline"], offline)
-        return [messages, duplicates, rejected, nodes]
+        return [messages, duplicates, rejected, nodes, self._open_episodes()]
+
+    def _open_episodes(self) -> Metric:
+        family = GaugeMetricFamily(
+            "edgeml_open_episodes",
+            "Episodes open now, by node and kind (machine anomaly or sensor fault).",
+            labels=["node", "kind"],
+        )
+        for (node, kind), count in sorted(self._ingest.episodes.open.counts().items()):
+            family.add_metric([node, kind], count)
+        return family
 
 
 def _lifecycle_families(counts: LifecycleCounts) -> list[Metric]:
