@@ -94,9 +94,10 @@ class Validator:
         self._close_after_s = close_after_s
         self._window = manifest.input.window
         self._tail = np.zeros((self._window - 1, len(channels)), dtype=bool)
+        self._tail_faults = 0  # faulty cells in the tail (0: the tail is all False)
         self._last_good = np.array([ref[c].mean for c in channels], dtype=np.float64)
         self._previous = np.full(len(channels), np.nan)
-        self._run = np.zeros(len(channels))  # readings the current value has repeated
+        self._run = np.zeros(len(channels))  # readings the last value has been seen in a row
         self._open: dict[int, _Open] = {}
         self._episodes = 0
 
@@ -105,10 +106,18 @@ class Validator:
         x = np.asarray(values, dtype=np.float64)
         kinds = self._kinds(x, period)
         faulty = kinds >= 0
-        imputed = self._impute(x, faulty)
         counts: Counter[str] = Counter()
+        if not faulty.any() and not self._open and not self._tail_faulty:
+            # The common case, in a few numpy calls: nothing to impute, mask or report.
+            self._last_good = x[-1].copy()
+            return Checked(np.asarray(values, np.float32), faulty, faulty, [], counts)
+        imputed = self._impute(x, faulty)
         changes = self._episodes_of(t0, period, kinds, counts)
         return Checked(imputed.astype(np.float32), faulty, self._windowed(faulty), changes, counts)
+
+    @property
+    def _tail_faulty(self) -> bool:
+        return bool(self._tail_faults)
 
     def _windowed(self, faulty: NDArray[np.bool_]) -> NDArray[np.bool_]:
         """Per reading and channel: any faulty cell among the last ``window`` readings."""
@@ -116,6 +125,7 @@ class Validator:
         total = np.concatenate([np.zeros((1, rows.shape[1])), np.cumsum(rows, axis=0)])
         w = self._window
         self._tail = rows[len(rows) - (w - 1) :] if w > 1 else rows[:0]
+        self._tail_faults = int(self._tail.sum())
         hit: NDArray[np.bool_] = (total[w:] - total[: len(total) - w]) > 0
         return hit
 
@@ -133,11 +143,17 @@ class Validator:
     def _stuck(self, x: F64, period: float) -> NDArray[np.bool_]:
         """Cells whose value has repeated for ``stuck_s`` seconds (runs carried across blocks)."""
         n = len(x)
+        if n == 1:  # a 50 Hz node's usual block
+            run1 = np.where(x[0] == self._previous, self._run + 1, 1.0)
+            self._previous, self._run = x[0].copy(), run1
+            single: NDArray[np.bool_] = (run1 * period >= self._stuck_s)[None, :]
+            return single
         previous = np.vstack([self._previous[None, :], x[:-1]])
         same = x == previous
         rows = np.arange(n)[:, None]
         last_change = np.maximum.accumulate(np.where(same, -1, rows), axis=0)
-        run = np.where(last_change >= 0, rows - last_change, rows + 1 + self._run)
+        # readings the value at each row has been seen in a row (1 where it just changed)
+        run = np.where(last_change >= 0, rows - last_change + 1, rows + 1 + self._run)
         self._previous = x[-1].copy()
         self._run = run[-1].astype(np.float64)
         stuck: NDArray[np.bool_] = run * period >= self._stuck_s

@@ -16,6 +16,7 @@ from edge_node.scoring.batcher import ResultBatcher
 from edge_node.scoring.events import EpisodeConfig
 from edge_node.scoring.pipeline import Pipeline, Scored
 from edge_node.scoring.runtime import ModelRuntime
+from edge_node.scoring.validation import Validator
 from edge_node.sources import PumpSimulator, parse_fault
 from edge_node.sources.simulator import CHANNELS
 
@@ -103,3 +104,22 @@ def test_sensor_faults_are_named_and_do_not_open_machine_episodes(
 def test_a_healthy_pump_has_no_sensor_faults(model_dir: Path) -> None:
     scored, counted = run(model_dir, seed=6)
     assert not [f for s in scored for f in s.sensors] and not counted
+
+
+def test_block_sizes_do_not_change_the_checks(model_dir: Path) -> None:
+    manifest = ModelRuntime.load(model_dir, sensors=list(CHANNELS)).manifest
+    faults = ("stuck:thermocouple:20:30", "dropout:current:25:5", "spike:pressure:10:40:10")
+    values = readings(7, 2, faults).read(int(120 * RATE_HZ)).values
+    whole, single = Validator(manifest), Validator(manifest)
+    a = whole.check(0.0, 1 / RATE_HZ, values)
+    parts = [single.check(i / RATE_HZ, 1 / RATE_HZ, values[i : i + 1]) for i in range(len(values))]
+    np.testing.assert_array_equal(a.faulty, np.concatenate([p.faulty for p in parts]))
+    np.testing.assert_array_equal(a.in_window, np.concatenate([p.in_window for p in parts]))
+    np.testing.assert_array_equal(a.values, np.concatenate([p.values for p in parts]))
+    # the same episodes (a block reports its channels in order, single readings in time order)
+    opened = [c for p in parts for c in p.changes if c.state == "open"]
+    whole_opened = [c for c in a.changes if c.state == "open"]
+    key = lambda c: (c.channel, c.fault, c.started)  # noqa: E731
+    assert sorted(map(key, whole_opened)) == sorted(map(key, opened))
+    assert {c.channel for c in opened} == {"thermocouple", "current", "pressure"}
+    assert not np.isnan(a.values).any()
