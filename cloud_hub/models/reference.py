@@ -13,8 +13,10 @@ from schemas.manifest import DEFAULT_STUCK_S, Profile, ReferenceProfile, SensorS
 
 # Relative floor of a reference std, as the node's (edge_node.scoring.drift.STD_FLOOR).
 STD_FLOOR = 1e-6
-# A working sensor's range: the training range widened by this fraction of its span each way.
-RANGE_MARGIN = 2.0
+# A working sensor's range: the training range widened by this many spans each way. Wide on
+# purpose: it is there for values no sensor gives (error codes, garbage), while a process that
+# moves out of its training range is the model's to judge.
+RANGE_MARGIN = 10.0
 # A sensor is stuck after this many times the longest repeat of one value in training.
 STUCK_FACTOR = 3.0
 

@@ -8,8 +8,10 @@ and on a channel the manifest describes (``Manifest.sensors``; a model trained b
 none, and its channels are checked for dropouts only):
 
 - ``range``: outside the channel's range of a working sensor;
-- ``spike``: inside that range but beyond anything the reference showed: outside the reference's
-  smallest and largest training value widened by ``SPIKE_MARGIN`` of their span;
+- ``spike``: inside that range but beyond anything the reference showed (outside the reference's
+  smallest and largest training value widened by ``SPIKE_MARGIN`` of their span) *and* a jump of
+  more than ``SPIKE_JUMP`` spans from the channel's last good reading. A level that moves out of
+  the reference gradually (a drifting process) is the machine's business, not a spike;
 - ``stuck``: unchanged for the manifest's ``stuck_s`` seconds or more.
 
 The model scores the block with each faulty cell replaced by the channel's last good value (the
@@ -38,6 +40,7 @@ F64 = NDArray[np.float64]
 FaultKind = Literal["dropout", "range", "spike", "stuck"]
 KINDS: tuple[FaultKind, ...] = ("dropout", "range", "spike", "stuck")
 SPIKE_MARGIN = 0.25
+SPIKE_JUMP = 1.0
 CLOSE_AFTER_S = 10.0
 
 
@@ -90,6 +93,7 @@ class Validator:
         hi = np.array([ref[c].edges[-1] for c in channels])
         self._spike_low = np.where(checked, lo - SPIKE_MARGIN * (hi - lo), -np.inf)
         self._spike_high = np.where(checked, hi + SPIKE_MARGIN * (hi - lo), np.inf)
+        self._jump = SPIKE_JUMP * (hi - lo)
         self._stuck_s = np.array([sensors[c].stuck_s if c in sensors else np.inf for c in channels])
         self._close_after_s = close_after_s
         self._window = manifest.input.window
@@ -133,12 +137,30 @@ class Validator:
         """Per cell the index in KINDS of its fault, or -1."""
         nan = np.isnan(x)
         out_of_range = ~nan & ((x < self._low) | (x > self._high))
-        spike = ~nan & ~out_of_range & ((x < self._spike_low) | (x > self._spike_high))
+        beyond = ~nan & ~out_of_range & ((x < self._spike_low) | (x > self._spike_high))
+        spike = self._spikes(x, beyond, nan | out_of_range) if beyond.any() else beyond
         stuck = self._stuck(x, period)
         kinds = np.full(x.shape, -1, dtype=np.int64)
         for i, mask in ((3, stuck), (2, spike), (1, out_of_range), (0, nan)):
             kinds[mask] = i
         return kinds
+
+    def _spikes(
+        self, x: F64, beyond: NDArray[np.bool_], bad: NDArray[np.bool_]
+    ) -> NDArray[np.bool_]:
+        """Cells ``beyond`` the reference that jumped from the last good reading. A step per
+        reading, only for channels with a cell beyond the reference in this block (rare)."""
+        spike = np.zeros_like(beyond)
+        for c in np.flatnonzero(beyond.any(axis=0)).tolist():
+            good = float(self._last_good[c])
+            for i in range(len(x)):
+                if bad[i, c]:
+                    continue
+                if beyond[i, c] and abs(x[i, c] - good) > self._jump[c]:
+                    spike[i, c] = True
+                else:
+                    good = float(x[i, c])
+        return spike
 
     def _stuck(self, x: F64, period: float) -> NDArray[np.bool_]:
         """Cells whose value has repeated for ``stuck_s`` seconds (runs carried across blocks)."""
