@@ -42,7 +42,6 @@ from schemas.manifest import ReferenceProfile  # noqa: E402
 
 F32 = NDArray[np.float32]
 DRIFT_START_H = 2.0
-MARGINS = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 def simulate(seed: int, hours: float, rate_hz: float, faults: tuple[Fault, ...] = ()) -> F32:
@@ -63,16 +62,14 @@ class Model:
         self.reference: ReferenceProfile = reference_profile(
             train, self.scores(train)[w - 1 :], self.channels
         )
-        # As onnx_export.train_model does (one pump after the other, as the trainer sees them).
-        # margin 1: the largest CUSUM each column reached on the training readings (floored)
-        self.base = drift_spec(
+        # What onnx_export.train_model puts in the manifest: the trainer's fitted thresholds.
+        self.spec = drift_spec(
             train,
             self.scores(train)[w - 1 :],
             self.reference,
             self.channels,
             1 / rate_hz,
             k=k,
-            margin=1.0,
         )
 
     def scores(self, values: F32) -> F32:
@@ -110,15 +107,6 @@ def delay_minutes(p: Any, h: Any, interval_s: float) -> float:
     return float((after[0] + 1) * interval_s / 60 - DRIFT_START_H * 60) if after.size else np.inf
 
 
-def choose_margin(select: list[Any], base: Any, target: float) -> float:
-    """The smallest margin over the training maxima with at most ``target`` alarmed intervals
-    on the healthy selection pumps."""
-    for margin in MARGINS:
-        if alarm_rate(select, margin * base)[0] <= target:
-            return margin
-    return MARGINS[-1]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pumps", type=int, default=20, help="healthy pumps for the FAR")
@@ -138,7 +126,6 @@ def main() -> int:
         help="drift rates, nominal SDs per hour",
     )
     parser.add_argument("--faulty", type=int, default=3, help="pumps per drift rate")
-    parser.add_argument("--target", type=float, default=0.005, help="FAR when choosing margin")
     args = parser.parse_args()
     start = time.perf_counter()
     model = Model(args.rate_hz, args.train_hours, args.k)
@@ -150,26 +137,20 @@ def main() -> int:
         for s in range(1, args.select + 1)
     ]
     worst = np.max([p.max(axis=0) for p in select], axis=0)
-    base = np.array([model.base.h(n) for n in names])
-    margin = choose_margin(select, base, args.target)
     rules = {
-        "trainer": DEFAULT_MARGIN * base,
-        "trainer-m": margin * base,
+        "trainer": np.array([model.spec.h(n) for n in names]),
         "selection": np.maximum(args.margin * worst, 10 * args.k),
         "one h": np.full(len(names), args.margin * worst.max()),
     }
-    print(
-        f"trainer's margin: the smallest of {MARGINS} giving alarms in at most "
-        f"{args.target:.1%} of the selection pumps' intervals: {margin:g}"
-    )
     print(f"CUSUM k = {args.k:g} SD, report interval {args.interval:g} s, {args.rate_hz:g} Hz")
     print("thresholds h (SD*s) per column:")
     print(f"  {'rule':10} " + " ".join(f"{n[:12]:>12}" for n in names))
     for rule, h in rules.items():
         print(f"  {rule:10} " + " ".join(f"{x:12.0f}" for x in h))
     print(
-        f"  trainer = {DEFAULT_MARGIN:g} x the largest CUSUM on the model's training readings "
-        f"(4 pumps x {args.train_hours:g} h); selection = {args.margin:g} x the largest on "
+        f"  trainer = the manifest's: {DEFAULT_MARGIN:g} x the largest CUSUM on the training "
+        f"readings (4 pumps x {args.train_hours:g} h), at least k x each column's decorrelation "
+        f"time; selection = {args.margin:g} x the largest on "
         f"{args.select} other healthy pumps x {args.hours:g} h; one h = the largest of those"
     )
 

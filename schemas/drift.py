@@ -19,6 +19,7 @@ fresh healthy pumps. This module is the one implementation the trainer and the n
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 import msgspec
@@ -88,7 +89,12 @@ def fit_thresholds(
 ) -> dict[str, float]:
     """Per column, ``margin`` x the largest CUSUM (the score's upwards only, as on the node)
     over healthy standardised readings ``z`` [n, columns] (``columns[-1]`` is the score),
-    floored at ten seconds of a shift of ``k`` SDs beyond the allowance."""
+    floored at ``k`` x the column's decorrelation time (at least ten seconds).
+
+    The floor is for slow channels: a quantity that wanders over minutes stays a few SDs out
+    for about its decorrelation time when healthy, and a training set of a few hours shows
+    only a few such excursions, so its largest CUSUM says little about the next day's.
+    """
     if z.ndim != 2 or z.shape[1] != len(columns):
         raise ValueError(f"z has shape {list(z.shape)}, expected [n, {len(columns)}]")
     cusum = Cusum(len(columns), k)
@@ -96,5 +102,23 @@ def fit_thresholds(
         cusum.add(z[start : start + 4096], period_s)
     peak = np.maximum(cusum.peak[0], cusum.peak[1])
     peak[-1] = cusum.peak[0, -1]
-    floor = 10.0 * k
-    return {name: max(margin * float(p), floor) for name, p in zip(columns, peak, strict=True)}
+    floor = k * np.maximum(decorrelation_s(z, period_s), 10.0)
+    return {
+        name: max(margin * float(p), float(f))
+        for name, p, f in zip(columns, peak, floor, strict=True)
+    }
+
+
+def decorrelation_s(z: F64, period_s: float) -> F64:
+    """Per column, the first lag (s) at which the autocorrelation falls below 1/e (FFT; at
+    most a quarter of the readings)."""
+    n = len(z)
+    x = np.nan_to_num(z - np.nanmean(z, axis=0))
+    spectrum = np.fft.rfft(x, 2 * n, axis=0)
+    acf = np.fft.irfft(np.abs(spectrum) ** 2, axis=0)[: max(n // 4, 2)]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acf = acf / acf[0]
+    below = acf < math.exp(-1.0)
+    lag = np.where(below.any(axis=0), np.argmax(below, axis=0), len(acf))
+    out: F64 = lag.astype(np.float64) * period_s
+    return out

@@ -16,7 +16,7 @@ from edge_node.scoring.drift import (
     effective_n,
     psi,
 )
-from schemas.drift import Cusum, DriftSpec, fit_thresholds
+from schemas.drift import Cusum, DriftSpec, decorrelation_s, fit_thresholds
 from schemas.manifest import Profile, ReferenceProfile
 
 MEANS = np.array([10.0, -3.0, 200.0])
@@ -309,3 +309,16 @@ def test_thresholds_are_fitted_on_healthy_readings_and_hold_on_them() -> None:
     assert spec.h("b") == thresholds["b"] and spec.h("other") == spec.default_h
     with pytest.raises(ValueError, match="must be > 0 \\(not for a\\)"):
         DriftSpec(thresholds={"a": 0.0})
+
+
+def test_slow_channels_get_thresholds_of_their_time_scale() -> None:
+    rng = np.random.default_rng(14)
+    n, r = 20_000, 0.99  # AR(1): autocorrelation 1/e after ~100 readings
+    slow = np.zeros(n)
+    shocks = rng.standard_normal(n) * math.sqrt(1 - r * r)
+    for t in range(1, n):
+        slow[t] = r * slow[t - 1] + shocks[t]
+    z = np.column_stack([rng.standard_normal(n), slow, rng.standard_normal(n)])
+    assert decorrelation_s(z, 2.0)[1] == pytest.approx(200.0, rel=0.25)
+    thresholds = fit_thresholds(z, ["fast", "slow", "score"], 2.0, k=3.0, margin=1.0)
+    assert thresholds["fast"] == 30.0 and thresholds["slow"] >= 3.0 * 150
