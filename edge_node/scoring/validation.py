@@ -100,6 +100,7 @@ class Validator:
         self._tail = np.zeros((self._window - 1, len(channels)), dtype=bool)
         self._tail_faults = 0  # faulty cells in the tail (0: the tail is all False)
         self._last_good = np.array([ref[c].mean for c in channels], dtype=np.float64)
+        self._seen = np.zeros(len(channels), dtype=bool)  # a good reading came on the channel
         self._previous = np.full(len(channels), np.nan)
         self._run = np.zeros(len(channels))  # readings the last value has been seen in a row
         self._open: dict[int, _Open] = {}
@@ -111,6 +112,7 @@ class Validator:
         kinds = self._kinds(x, period)
         faulty = kinds >= 0
         counts: Counter[str] = Counter()
+        self._seen |= (~faulty).any(axis=0)
         if not faulty.any() and not self._open and not self._tail_faulty:
             # The common case, in a few numpy calls: nothing to impute, mask or report.
             self._last_good = x[-1].copy()
@@ -152,7 +154,8 @@ class Validator:
         reading, only for channels with a cell beyond the reference in this block (rare)."""
         spike = np.zeros_like(beyond)
         for c in np.flatnonzero(beyond.any(axis=0)).tolist():
-            good = float(self._last_good[c])
+            # before the channel's first good reading there is nothing to jump from
+            good = float(self._last_good[c]) if self._seen[c] else np.nan
             for i in range(len(x)):
                 if bad[i, c]:
                     continue

@@ -101,8 +101,10 @@ def test_sensor_faults_are_named_and_do_not_open_machine_episodes(
     assert not any(s.error for s in faulty), "the model never sees a NaN"
 
 
-def test_a_healthy_pump_has_no_sensor_faults(model_dir: Path) -> None:
-    scored, counted = run(model_dir, seed=6)
+# seed 8 starts with its slow thermocouple beyond the (short) training range
+@pytest.mark.parametrize("seed", [6, 8])
+def test_a_healthy_pump_has_no_sensor_faults(model_dir: Path, seed: int) -> None:
+    scored, counted = run(model_dir, seed=seed)
     assert not [f for s in scored for f in s.sensors] and not counted
 
 
