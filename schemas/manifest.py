@@ -59,15 +59,16 @@ class ReferenceProfile(msgspec.Struct, kw_only=True):
 
 
 class SensorSpec(msgspec.Struct, kw_only=True, frozen=True):
-    """What a working sensor reads: values in ``[low, high]`` that do not stay the same for
-    ``stuck_s`` seconds or more (edge_node.scoring.validation)."""
+    """What a working sensor reads: values that do not stay the same for ``stuck_s`` seconds or
+    more and, when given, lie in its physical range ``[low, high]``
+    (edge_node.scoring.validation)."""
 
-    low: float
-    high: float
     stuck_s: Annotated[float, msgspec.Meta(gt=0)] = DEFAULT_STUCK_S
+    low: float | None = None
+    high: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.low < self.high:
+        if self.low is not None and self.high is not None and not self.low < self.high:
             raise ValueError(f"sensor range needs low < high, got [{self.low}, {self.high}]")
 
 

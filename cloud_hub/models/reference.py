@@ -9,14 +9,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from schemas.drift import DEFAULT_MARGIN, SCORE, DriftSpec, fit_thresholds
-from schemas.manifest import DEFAULT_STUCK_S, Profile, ReferenceProfile, SensorSpec
+from schemas.manifest import Profile, ReferenceProfile, SensorSpec
 
 # Relative floor of a reference std, as the node's (edge_node.scoring.drift.STD_FLOOR).
 STD_FLOOR = 1e-6
-# A working sensor's range: the training range widened by this many spans each way. Wide on
-# purpose: it is there for values no sensor gives (error codes, garbage), while a process that
-# moves out of its training range is the model's to judge.
-RANGE_MARGIN = 10.0
 # A sensor is stuck after this many times the longest repeat of one value in training.
 STUCK_FACTOR = 3.0
 
@@ -79,22 +75,22 @@ def drift_spec(
 def sensor_specs(
     values: NDArray[np.floating], channels: list[str], period_s: float | None
 ) -> dict[str, SensorSpec]:
-    """Per channel, a working sensor's range (training min and max widened by ``RANGE_MARGIN``
-    of their span) and stuck time (``STUCK_FACTOR`` x the longest run of one repeated value in
-    training: a few readings for an analog channel, longer for a coarsely quantised one; the
-    default when the period is unknown)."""
+    """Per channel, a working sensor's stuck time: ``STUCK_FACTOR`` x the longest run of one
+    repeated value in training (a few readings for an analog channel, longer for a coarsely
+    quantised one); nothing when the period is unknown (the node then checks dropouts only).
+
+    No physical range: training readings do not give one. On SKAB, the valve recordings'
+    accelerometer levels lie many training spans away from the anomaly-free recording's, so a
+    range from training data would call a changed process a broken sensor. A person who knows
+    the sensor's limits can add them (``low``, ``high``) to the manifest.
+    """
+    if not period_s:
+        return {}
     data = np.asarray(values, dtype=np.float64)
     specs: dict[str, SensorSpec] = {}
     for i, name in enumerate(channels):
         x = data[:, i]
-        low, high = float(x.min()), float(x.max())
-        span = max(high - low, STD_FLOOR * max(1.0, abs(low)))
-        stuck = DEFAULT_STUCK_S
-        if period_s and x.size > 1:
-            changes = np.flatnonzero(x[1:] != x[:-1])
-            bounds = np.concatenate([[-1], changes, [x.size - 1]])
-            stuck = STUCK_FACTOR * float(np.diff(bounds).max()) * period_s
-        specs[name] = SensorSpec(
-            low=low - RANGE_MARGIN * span, high=high + RANGE_MARGIN * span, stuck_s=stuck
-        )
+        changes = np.flatnonzero(x[1:] != x[:-1])
+        bounds = np.concatenate([[-1], changes, [x.size - 1]])
+        specs[name] = SensorSpec(stuck_s=STUCK_FACTOR * float(np.diff(bounds).max()) * period_s)
     return specs

@@ -7,7 +7,7 @@ Per channel, a reading is a sensor fault when it is
 and on a channel the manifest describes (``Manifest.sensors``; a model trained before it had
 none, and its channels are checked for dropouts only):
 
-- ``range``: outside the channel's range of a working sensor;
+- ``range``: outside the channel's physical range, when the manifest gives one;
 - ``spike``: inside that range but beyond anything the reference showed (outside the reference's
   smallest and largest training value widened by ``SPIKE_MARGIN`` of their span) *and* a jump of
   more than ``SPIKE_JUMP`` spans from the channel's last good reading. A level that moves out of
@@ -34,7 +34,7 @@ from typing import Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from schemas.manifest import Manifest
+from schemas.manifest import Manifest, SensorSpec
 
 F64 = NDArray[np.float64]
 FaultKind = Literal["dropout", "range", "spike", "stuck"]
@@ -86,8 +86,8 @@ class Validator:
         ref = manifest.reference.channels
         self.channels = list(channels)
         sensors = manifest.sensors
-        self._low = np.array([sensors[c].low if c in sensors else -np.inf for c in channels])
-        self._high = np.array([sensors[c].high if c in sensors else np.inf for c in channels])
+        self._low = np.array([_bound(sensors.get(c), "low", -np.inf) for c in channels])
+        self._high = np.array([_bound(sensors.get(c), "high", np.inf) for c in channels])
         checked = np.array([c in sensors for c in channels])
         lo = np.array([ref[c].edges[0] for c in channels])
         hi = np.array([ref[c].edges[-1] for c in channels])
@@ -249,3 +249,9 @@ class Validator:
             ended=ep.last_fault if state == "close" else None,
             readings=ep.readings,
         )
+
+
+def _bound(spec: SensorSpec | None, side: str, missing: float) -> float:
+    """A channel's ``low`` or ``high`` physical limit, ``missing`` when not given."""
+    value = getattr(spec, side, None) if spec is not None else None
+    return missing if value is None else float(value)
