@@ -15,6 +15,7 @@ from cloud_hub.commands.ledger import Ledger, LedgerError
 from cloud_hub.commands.lifecycle import AckTracker, LifecycleCounts, lifecycle_counts
 from cloud_hub.config import HubConfig, resolve_password
 from cloud_hub.ingest.dedupe import Deduper
+from cloud_hub.ingest.events_store import EpisodeSink, EventStore
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Bounds, Ingest
 from cloud_hub.ingest.metrics import DeliveryCounts, HubCollector, MetricsServer, new_registry
@@ -70,12 +71,14 @@ class HubApp:
         )
         self.captures = CaptureStore(config.store.captures_path())
         self.acks = AckTracker(self.ledger, [self.chunks])
+        self.events = EventStore(config.store.events_path())
         self.ingest = Ingest(
             self.fleet,
             deduper,
             acks=self.acks,
             captures=self.captures,
             bounds=Bounds(clock_ahead_s=config.ingest.max_clock_ahead_s),
+            episodes=EpisodeSink(self.events),
         )
         collector = HubCollector(
             self.ingest,
@@ -222,6 +225,7 @@ class HubApp:
         self.registry.close()
         self.catalog.close()
         self.ledger.close()
+        self.events.close()
 
 
 def serve(config: HubConfig) -> int:

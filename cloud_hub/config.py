@@ -28,6 +28,7 @@ PATH_KEYS: Final = (
     "store.ledger_db",
     "store.models_dir",
     "store.captures_dir",
+    "store.events_db",
 )
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -59,13 +60,15 @@ class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     ``db`` is the fleet registry, ``ledger_db`` the command ledger (``<db folder>/ledger.db``),
     ``models_dir`` the model catalog (``<db folder>/models``, holding ``catalog.db``) and
-    ``captures_dir`` the readings nodes captured for retraining (``<db folder>/captures``).
+    ``captures_dir`` the readings nodes captured for retraining (``<db folder>/captures``),
+    ``events_db`` the nodes' anomaly and sensor-fault episodes (``<db folder>/events.db``).
     """
 
     db: NonEmpty = "var/hub/hub.db"
     ledger_db: str = ""
     models_dir: str = ""
     captures_dir: str = ""
+    events_db: str = ""
 
     def ledger_path(self) -> Path:
         """The command ledger's SQLite file."""
@@ -74,6 +77,10 @@ class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def models_path(self) -> Path:
         """The model catalog's folder."""
         return Path(self.models_dir) if self.models_dir else Path(self.db).parent / "models"
+
+    def events_path(self) -> Path:
+        """The episode store (cloud_hub.ingest.events_store), ``<db folder>/events.db``."""
+        return Path(self.events_db) if self.events_db else Path(self.db).parent / "events.db"
 
     def captures_path(self) -> Path:
         """The folder of captured readings, one subfolder per retrain command."""

@@ -268,6 +268,7 @@ class EdgeNode:
                 model=self.pipeline.scorer.ref,
                 rollbacks=self.control.rollbacks,
                 source=self._source_health(),
+                sensor_faults=dict(self.pipeline.sensor_faults),
             ),
         )
 

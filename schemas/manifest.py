@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from schemas.alarm import AlarmSpec
+from schemas.drift import DriftSpec
 from schemas.fit import Needs
 
 MANIFEST_SCHEMA = 1
@@ -17,6 +18,8 @@ MANIFEST_SCHEMA = 1
 # A model folder (node store, hub catalog, trainer output) holds exactly these two files.
 MODEL_FILE = "model.onnx"
 MANIFEST_FILE = "manifest.json"
+# Seconds a sensor may repeat one value before it counts as stuck, unless the manifest says.
+DEFAULT_STUCK_S = 30.0
 
 
 class InputSpec(msgspec.Struct, kw_only=True):
@@ -54,6 +57,20 @@ class ReferenceProfile(msgspec.Struct, kw_only=True):
 
     channels: dict[str, Profile]
     score: Profile
+
+
+class SensorSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """What a working sensor reads: values that do not stay the same for ``stuck_s`` seconds or
+    more and, when given, lie in its physical range ``[low, high]``
+    (edge_node.scoring.validation)."""
+
+    stuck_s: Annotated[float, msgspec.Meta(gt=0)] = DEFAULT_STUCK_S
+    low: float | None = None
+    high: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.low is not None and self.high is not None and not self.low < self.high:
+            raise ValueError(f"sensor range needs low < high, got [{self.low}, {self.high}]")
 
 
 class Resources(msgspec.Struct, kw_only=True):
@@ -123,6 +140,12 @@ class Manifest(msgspec.Struct, kw_only=True):
     card: ModelCard | None = None
     # What running the model needs of a node (schemas.fit); absent: not checked before deploy.
     needs: Needs | None = None
+    # The change detector of the node's drift statistics (schemas.drift); the default is the
+    # rule calibrated on healthy simulated pumps.
+    drift: DriftSpec = msgspec.field(default_factory=DriftSpec)
+    # Per channel, the range and repeat time of a working sensor; a channel without an entry is
+    # checked only for dropouts, spikes beyond the reference and the default stuck time.
+    sensors: dict[str, SensorSpec] = {}
 
 
 def encode_manifest(manifest: Manifest) -> bytes:

@@ -106,7 +106,12 @@ class ChannelShare(msgspec.Struct, frozen=True):
 
 
 class Event(Envelope, kw_only=True):
-    """An anomaly episode opened or closed."""
+    """An anomaly episode opened or closed.
+
+    ``kind`` says whose: the machine's (the model flagged it) or a sensor's (its readings
+    failed the node's checks: ``fault`` is dropout, range, spike or stuck, ``channel`` the
+    sensor; ``peak_score`` and ``threshold`` are 0). Episodes are numbered per kind.
+    """
 
     model: ModelRef
     episode: Count
@@ -118,6 +123,9 @@ class Event(Envelope, kw_only=True):
     threshold: float
     readings: Count
     channels: list[ChannelShare] = []
+    kind: Literal["machine", "sensor"] = "machine"
+    channel: str = ""
+    fault: str = ""
 
 
 class Percentiles(msgspec.Struct, frozen=True):
@@ -161,16 +169,36 @@ class Telemetry(Envelope, kw_only=True):
     model: ModelRef | None = None
     rollbacks: Count = 0
     source: SourceHealth | None = None  # None for a CSV replay or the simulator
+    # Readings that failed the sensor checks since boot, by "channel:fault".
+    sensor_faults: dict[str, int] = {}
 
 
 class ChannelDrift(msgspec.Struct, kw_only=True):
-    """One channel against the model's reference profile."""
+    """One channel against the model's reference profile.
+
+    ``counts`` are readings per reference bin (mergeable: add the counts of intervals or
+    nodes). ``psi`` is raw; under the null (stationary readings from the reference
+    distribution, lag-1 autocorrelated) ``n_eff * psi`` is about chi-square with
+    ``len(counts) - 1`` degrees of freedom, ``n_eff = n (1 - r) / (1 + r)`` for the interval's
+    lag-1 autocorrelation ``r``; ``psi_null`` is its expectation and ``psi_p`` the p-value.
+    ``ks`` and ``wasserstein_sd`` are distances between the binned and reference distributions
+    (Wasserstein over the inner bins, in reference SDs). ``change`` is the CUSUM's peak over the
+    interval as a fraction of its threshold (schemas.drift); ``alarm`` is ``change >= 1``.
+    """
 
     channel: str
     psi: float
     mean_shift_sd: float
     mean: float
     std: float
+    counts: list[int] = []
+    n_eff: float = 0.0
+    psi_null: float = 0.0
+    psi_p: float = 1.0
+    ks: float = 0.0
+    wasserstein_sd: float = 0.0
+    change: float = 0.0
+    alarm: bool = False
 
 
 class ScoreStats(msgspec.Struct, kw_only=True):
@@ -180,6 +208,14 @@ class ScoreStats(msgspec.Struct, kw_only=True):
     p99: float
     flagged_fraction: float
     psi: float
+    # As for ChannelDrift; the score's CUSUM is one-sided (upwards).
+    counts: list[int] = []
+    n_eff: float = 0.0
+    psi_null: float = 0.0
+    psi_p: float = 1.0
+    ks: float = 0.0
+    change: float = 0.0
+    alarm: bool = False
 
 
 class Drift(Envelope, kw_only=True):

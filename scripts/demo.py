@@ -269,9 +269,33 @@ def _watch(
         )
         print(f"{time.strftime('%H:%M:%S')}  t = {now - started:5.0f} s   {hub}")
         print(table.stdout or table.stderr)
+        # Alarm and drift state with the culprit channel: open episodes and the drift states.
+        episodes = subprocess.run(
+            [str(BIN / "cloud-hub"), "events", "--db", str(work / "events.db"), "--open"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        print(f"open episodes:\n{episodes.stdout or episodes.stderr}drift: {_drift(url)}")
         print(f"metrics: {url}   Ctrl-C stops everything")
         if args.duration and now - started >= args.duration:
             return
+
+
+def _drift(url: str) -> str:
+    """``pump-1 ok, pump-3 drifting`` from the hub's edgeml_drift_state."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return "-"
+    states = sorted(
+        f"{s.labels['node']} {s.labels['state']}"
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "edgeml_drift_state" and s.value == 1
+    )
+    return ", ".join(states) or "no reports yet"
 
 
 def _metrics(url: str) -> dict[str, float]:

@@ -19,12 +19,13 @@ from pathlib import Path
 import msgspec
 
 from cloud_hub.app import StartupError, serve
-from cloud_hub.cli import commands, fit, models, training
+from cloud_hub.cli import commands, events, fit, models, training
 from cloud_hub.cli.args import UsageError, positive
 from cloud_hub.cli.session import load_config, settings_source
 from cloud_hub.commands.commander import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from cloud_hub.commands.ledger import LedgerError
 from cloud_hub.config import IngestConfig
+from cloud_hub.ingest.events_store import EventStoreError
 from cloud_hub.ingest.registry import NodeRow, Registry, RegistryError
 from cloud_hub.ingest.transport import TransportError
 from cloud_hub.models.catalog import CatalogError
@@ -51,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args.command, f"{exc} (settings: {_settings_note(args)})", EXIT_FAILED)
     except (
         RegistryError,
+        EventStoreError,
         StartupError,
         CatalogError,
         LedgerError,
@@ -138,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
     nodes.set_defaults(run=_nodes)
 
     training.add_parser(sub, common)
+    events.add_parser(sub, _common("WARNING", with_config=False, with_timeout=False))
 
     # Client commands print results; they log only when something is wrong.
     models.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=False))

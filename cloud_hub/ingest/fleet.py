@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from cloud_hub.ingest.dedupe import DEFAULT_MAX_BOOTS, Coverage
+from cloud_hub.ingest.drift_state import DriftState, drift_state
 from schemas.messages import (
     Capabilities,
     Drift,
@@ -42,6 +43,7 @@ class DriftSummary:
     psi_max: float
     psi_max_channel: str
     mean_shift_max_sd: float
+    state: DriftState | None = None  # ok / watch / drifting with its reason (drift_state.py)
 
 
 @dataclass(slots=True)
@@ -88,6 +90,7 @@ def summarize_drift(drift: Drift) -> DriftSummary:
         psi_max=worst.psi if worst else 0.0,
         psi_max_channel=worst.channel if worst else "",
         mean_shift_max_sd=shift,
+        state=drift_state(drift),
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
 
 from cloud_hub.ingest.dedupe import Deduper
+from cloud_hub.ingest.events_store import EpisodeSink
 from cloud_hub.ingest.fleet import FleetState
 from schemas.codec import DecodeError, decode
 from schemas.messages import Ack, Capture, Drift, Event, ResultBatch, Status, Telemetry
@@ -103,15 +104,18 @@ class Ingest:
         self,
         fleet: FleetState,
         deduper: Deduper,
+        *,
         acks: AckSink | None = None,
         captures: CaptureSink | None = None,
         bounds: Bounds | None = None,
+        episodes: EpisodeSink | None = None,
     ) -> None:
         self.fleet = fleet
         self.deduper = deduper
         self.bounds = bounds or Bounds()
         self._acks: AckSink = acks or NullSink()
         self._captures: CaptureSink = captures or NullSink()
+        self.episodes = episodes or EpisodeSink()  # open episodes (metrics) and the event store
         self.messages: Counter[str] = Counter()
         self.rejects: Counter[tuple[str, str]] = Counter()
         self.acks_received = 0
@@ -192,6 +196,7 @@ class Ingest:
                 self.fleet.apply_result(message, anomalous, now)
             case Event():
                 self.fleet.apply_event(message, now)
+                self.episodes.on_event(message, now)
             case Telemetry():
                 self.fleet.apply_telemetry(message, now)
             case Drift():

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from cloud_hub.commands.lifecycle import ACK_STATUSES, ACK_TYPES, LifecycleCounts
+from cloud_hub.ingest.drift_state import LEVELS as DRIFT_LEVELS
 from cloud_hub.ingest.fleet import DriftSummary, NodeState
 from cloud_hub.ingest.inbound import MESSAGE_KINDS, Ingest
 from schemas.messages import ModelRef, Telemetry
@@ -151,7 +152,17 @@ class HubCollector(Collector):
         online, offline = self._fleet.counts(now)
         nodes.add_metric(["online"], online)
         nodes.add_metric(["offline"], offline)
-        return [messages, duplicates, rejected, nodes]
+        return [messages, duplicates, rejected, nodes, self._open_episodes()]
+
+    def _open_episodes(self) -> Metric:
+        family = GaugeMetricFamily(
+            "edgeml_open_episodes",
+            "Episodes open now, by node and kind (machine anomaly or sensor fault).",
+            labels=["node", "kind"],
+        )
+        for (node, kind), count in sorted(self._ingest.episodes.open.counts().items()):
+            family.add_metric([node, kind], count)
+        return family
 
 
 def _lifecycle_families(counts: LifecycleCounts) -> list[Metric]:
@@ -246,6 +257,11 @@ class _NodeFamilies:
             "edgeml_drift_mean_shift_max_sd",
             "Largest per-channel |mean shift| in reference standard deviations.",
         )
+        self.drift_state = GaugeMetricFamily(
+            "edgeml_drift_state",
+            "1 for the node's drift state (ok, watch, drifting) from its last drift report.",
+            labels=["node", "state"],
+        )
         self.score_p99 = _gauge("edgeml_score_p99", "99th percentile of the anomaly score.")
         self.depth = _gauge("edgeml_outbox_depth", "Messages waiting in the node's outbox.")
         self.outbox_bytes = _gauge("edgeml_outbox_bytes", "Bytes waiting in the node's outbox.")
@@ -295,6 +311,9 @@ class _NodeFamilies:
             self.psi.add_metric(n, d.psi_max)
             self.shift.add_metric(n, d.mean_shift_max_sd)
             self.score_p99.add_metric(n, d.score.p99)
+            if d.state is not None:
+                for level in DRIFT_LEVELS:
+                    self.drift_state.add_metric([s.node, level], float(d.state.level == level))
 
     def all(self) -> list[Metric]:
         """Every family, in a fixed order."""

@@ -23,8 +23,9 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from cloud_hub.models.features import onnx_nodes as feature_nodes
-from cloud_hub.models.reference import reference_profile
+from cloud_hub.models.reference import drift_spec, reference_profile, sensor_specs
 from cloud_hub.models.trainer import FittedModel, TrainConfig, fit, score_numpy, sliding_windows
+from schemas.drift import DriftSpec
 from schemas.files import atomic_write
 from schemas.fit import Needs
 from schemas.manifest import (
@@ -143,6 +144,7 @@ def train_model(
     scores, _ = score_numpy(model, windows)
     _check_export(onnx_bytes, windows, scores)
     resources = measure(onnx_bytes, model.window, len(channels))
+    reference = reference_profile(values, scores, list(channels))
     manifest = Manifest(
         name=name,
         version=version,
@@ -152,12 +154,17 @@ def train_model(
         input=InputSpec(name="window", channels=list(channels), window=model.window),
         output=OutputSpec(score=SCORE, contributions=CONTRIBUTIONS),
         threshold=model.threshold,
-        reference=reference_profile(values, scores, list(channels)),
+        reference=reference,
         resources=resources,
         sha256=hashlib.sha256(onnx_bytes).hexdigest(),
         training=_training_facts(model),
         alarm=config.alarm,
         needs=_needs(resources, list(channels), period_s),
+        # The drift thresholds need the readings' period: fitted when it is known.
+        drift=drift_spec(values, scores, reference, list(channels), period_s)
+        if period_s
+        else DriftSpec(),
+        sensors=sensor_specs(values, list(channels), period_s),
         card=ModelCard(
             features=model.feature_names(),
             threshold_rule=config.threshold_rule(),

@@ -11,6 +11,7 @@ from edge_node.scoring.batcher import PendingBatch
 from edge_node.scoring.drift import DriftReport
 from edge_node.scoring.events import EpisodeChange
 from edge_node.scoring.pipeline import Scored
+from edge_node.scoring.validation import SensorChange
 from schemas.messages import ChannelShare, Drift, Event, ModelRef, ResultBatch
 from schemas.packing import pack_f32, pack_flags
 from schemas.topics import Kind
@@ -73,6 +74,27 @@ def event_message(env: Env, change: EpisodeChange, model: ModelRef, threshold: f
     )
 
 
+def sensor_message(env: Env, change: SensorChange, model: ModelRef) -> Event:
+    """A sensor-fault episode as an event of kind "sensor" (no score: the model did not
+    flag it, the node's checks did)."""
+    return Event(
+        **env,
+        model=model,
+        episode=change.episode,
+        state=change.state,
+        started=change.started,
+        ended=change.ended,
+        severity="warning",
+        peak_score=0.0,
+        threshold=0.0,
+        readings=change.readings,
+        channels=[ChannelShare(change.channel, 1.0)],
+        kind="sensor",
+        channel=change.channel,
+        fault=change.fault,
+    )
+
+
 def drift_message(env: Env, report: DriftReport, model: ModelRef) -> Drift:
     return Drift(
         **env,
@@ -95,5 +117,6 @@ def scored_messages(seq: Sequencer, scored: Scored, ts: float) -> list[Outgoing]
         (Kind.EVENT, event_message(seq.take(ts), c.change, c.model, c.threshold))
         for c in scored.changes
     ]
+    out += [(Kind.EVENT, sensor_message(seq.take(ts), f.change, f.model)) for f in scored.sensors]
     out += [(Kind.RESULT, result_message(seq.take(ts), batch)) for batch in scored.batches]
     return out

@@ -1,8 +1,14 @@
 """Drift statistics of scored readings against the model's reference profile.
 
-Memory is bounded: per channel a histogram and shifted running sums; for the score a
-histogram, sums and a systematic sample of at most ``SCORE_SAMPLE_CAP`` scores for the
-percentiles (every reading while the interval is short, every 2nd, 4th, ... beyond the cap).
+Per channel and for the score, over each report interval: readings per reference bin (fixed
+bins, so intervals and nodes merge by adding counts), mean and std, PSI with its null
+expectation for the interval's effective sample size, binned KS and Wasserstein distances; and
+a CUSUM change detector (schemas.drift) whose state runs across intervals.
+
+Cost: a node at 50 Hz hands blocks of one or two readings, so rows are buffered and the
+statistics run on chunks of ``CHUNK`` rows, a fixed handful of numpy calls per chunk whatever
+the channel count (bench/drift_cost.py). Memory is bounded: the buffer, per-bin counts, sums,
+and a systematic sample of at most ``SCORE_SAMPLE_CAP`` scores for the score percentiles.
 """
 
 from __future__ import annotations
@@ -14,15 +20,18 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from schemas.drift import SCORE, Cusum, DriftSpec
 from schemas.manifest import Profile, ReferenceProfile
 from schemas.messages import ChannelDrift, ScoreStats
 
+F64 = NDArray[np.float64]
 # Floor for both fractions in PSI, so an empty bin contributes a large but finite term.
 PSI_EPSILON = 1e-4
 SCORE_SAMPLE_CAP = 65_536
 # Relative floor for a reference std of 0, so a constant training channel gives a large but
 # finite mean shift instead of a division by zero.
 STD_FLOOR = 1e-6
+CHUNK = 128
 
 
 def psi(expected: Sequence[float], actual_counts: NDArray[np.int64]) -> float:
@@ -40,6 +49,45 @@ def psi(expected: Sequence[float], actual_counts: NDArray[np.int64]) -> float:
     actual = np.maximum(counts / total, PSI_EPSILON)
     ref = np.maximum(ref, PSI_EPSILON)
     return float(np.sum((actual - ref) * np.log(actual / ref)))
+
+
+def chi2_sf(x: float, dof: int) -> float:
+    """P(X >= x) for X chi-square with ``dof`` degrees of freedom (Wilson-Hilferty)."""
+    if dof < 1 or not x > 0:
+        return 1.0
+    a = 2.0 / (9.0 * dof)
+    z = ((x / dof) ** (1.0 / 3.0) - (1.0 - a)) / math.sqrt(a)
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
+def effective_n(n: float, r: float) -> float:
+    """Sample size of ``n`` AR(1) readings with lag-1 autocorrelation ``r``, in [1, n]."""
+    if n < 1:
+        return 0.0
+    if not math.isfinite(r):
+        return float(n)
+    r = min(max(r, 0.0), 1.0)
+    return float(min(max(n * (1.0 - r) / (1.0 + r), 1.0), n))
+
+
+def cdf_gaps(expected: Sequence[float], counts: NDArray[np.int64]) -> F64:
+    """Observed minus reference CDF at each inner bin edge."""
+    c = np.asarray(counts, dtype=np.float64)
+    total = c.sum()
+    if total <= 0:
+        return np.zeros(max(c.size - 1, 0))
+    gaps: F64 = (np.cumsum(c) / total - np.cumsum(np.asarray(expected, np.float64)))[:-1]
+    return gaps
+
+
+def wasserstein_sd(profile: Profile, counts: NDArray[np.int64]) -> float:
+    """Wasserstein-1 distance over the inner bins (trapezoid on the CDF gaps), in ref SDs."""
+    gaps = np.abs(cdf_gaps(profile.fractions, counts))
+    widths = np.diff(np.asarray(profile.edges[1:-1], dtype=np.float64))
+    if widths.size == 0:
+        return 0.0
+    area = float(np.sum(widths * (gaps[:-1] + gaps[1:]) / 2.0))
+    return area / max(profile.std, STD_FLOOR * max(1.0, abs(profile.mean)))
 
 
 def bin_counts(values: ArrayLike, edges: Sequence[float]) -> NDArray[np.int64]:
@@ -67,27 +115,63 @@ class DriftReport:
     score: ScoreStats
 
 
-class _Moments:
-    """Count, mean and std of a stream, summed around a fixed centre for precision."""
+class _Binner:
+    """Bin counts of every column at once: inner edges padded to one matrix."""
 
-    def __init__(self, centre: NDArray[np.float64]) -> None:
+    def __init__(self, profiles: list[Profile]) -> None:
+        sizes = [len(p.fractions) for p in profiles]
+        widest = max(sizes)
+        inner = np.full((len(profiles), max(widest - 1, 1)), np.inf)
+        for i, p in enumerate(profiles):
+            inner[i, : sizes[i] - 1] = p.edges[1:-1]
+        self._inner = inner
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self._total = int(sum(sizes))
+        self._splits = np.cumsum(sizes)[:-1]
+
+    def zero(self) -> NDArray[np.int64]:
+        return np.zeros(self._total, dtype=np.int64)
+
+    def add(self, x: F64, counts: NDArray[np.int64]) -> None:
+        """Add the bin counts of rows ``x`` [n, columns] into the flat ``counts``."""
+        index = (self._inner[None, :, :] <= x[:, :, None]).sum(axis=2) + self._offsets
+        index[np.isnan(x)] = self._total  # a spare bin, dropped
+        counts += np.bincount(index.ravel(), minlength=self._total + 1)[:-1]
+
+    def split(self, counts: NDArray[np.int64]) -> list[NDArray[np.int64]]:
+        return np.split(counts, self._splits)
+
+
+class _Sums:
+    """Count, sum, squares and lag-1 products of each column, around a fixed centre."""
+
+    def __init__(self, centre: F64) -> None:
         self.centre = centre
-        self.count = np.zeros_like(centre)
-        self.total = np.zeros_like(centre)
-        self.squares = np.zeros_like(centre)
+        zero = np.zeros_like(centre)
+        self.count, self.total, self.squares = zero.copy(), zero.copy(), zero.copy()
+        self.pairs, self.lagged = zero.copy(), zero.copy()
+        self.last = np.full_like(centre, np.nan)
 
-    def add(self, values: NDArray[np.float64]) -> None:
-        present = ~np.isnan(values)
-        shifted = np.where(present, values - self.centre, 0.0)
+    def add(self, x: F64) -> None:
+        y = x - self.centre
+        present = ~np.isnan(y)
+        y0 = np.where(present, y, 0.0)
+        prev = np.vstack([self.last[None, :], y[:-1]])
+        both = present & ~np.isnan(prev)
         self.count += present.sum(axis=0)
-        self.total += shifted.sum(axis=0)
-        self.squares += (shifted * shifted).sum(axis=0)
+        self.total += y0.sum(axis=0)
+        self.squares += (y0 * y0).sum(axis=0)
+        self.pairs += both.sum(axis=0)
+        self.lagged += np.where(both, y0 * np.nan_to_num(prev), 0.0).sum(axis=0)
+        self.last = y[-1].copy()
 
-    def mean_std(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    def stats(self) -> tuple[F64, F64, F64]:
+        """Mean, std and lag-1 autocorrelation per column (NaN where undefined)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             shift = self.total / self.count
             var = np.maximum(self.squares / self.count - shift * shift, 0.0)
-        return self.centre + shift, np.sqrt(var)
+            r = (self.lagged / self.pairs - shift * shift) / var
+        return self.centre + shift, np.sqrt(var), r
 
 
 class _ScoreSample:
@@ -95,12 +179,12 @@ class _ScoreSample:
 
     def __init__(self, cap: int) -> None:
         self._cap = cap
-        self._parts: list[NDArray[np.float64]] = []
+        self._parts: list[F64] = []
         self._kept = 0
         self._seen = 0
         self._stride = 1
 
-    def add(self, scores: NDArray[np.float64]) -> None:
+    def add(self, scores: F64) -> None:
         part = scores[(-self._seen) % self._stride :: self._stride]
         self._seen += scores.size
         self._parts.append(part)
@@ -109,18 +193,20 @@ class _ScoreSample:
             merged = np.concatenate(self._parts)[::2]
             self._parts, self._kept, self._stride = [merged], merged.size, self._stride * 2
 
-    def values(self) -> NDArray[np.float64]:
+    def values(self) -> F64:
         return np.concatenate(self._parts) if self._parts else np.empty(0)
 
 
 class DriftAccumulator:
-    """Accumulates readings and scores between reports; ``report()`` resets it."""
+    """Accumulates readings and scores between reports; ``report()`` resets the interval's
+    statistics (the change detector's state carries on)."""
 
     def __init__(
         self,
         reference: ReferenceProfile,
         channels: list[str],
         *,
+        spec: DriftSpec | None = None,
         score_cap: int = SCORE_SAMPLE_CAP,
     ) -> None:
         missing = [name for name in channels if name not in reference.channels]
@@ -132,10 +218,20 @@ class DriftAccumulator:
                     f"reference profile {name!r}: {len(profile.edges)} edges for "
                     f"{len(profile.fractions)} fractions (needs one more edge than fractions)"
                 )
-        self._reference = reference
+        self._spec = spec or DriftSpec()
         self._channels = list(channels)
-        self._profiles = [reference.channels[name] for name in channels]
+        # The score is the last column throughout.
+        self._profiles = [reference.channels[name] for name in channels] + [reference.score]
+        self._centre = np.array([p.mean for p in self._profiles], dtype=np.float64)
+        floors = STD_FLOOR * np.maximum(1.0, np.abs(self._centre))
+        self._scale = np.maximum([p.std for p in self._profiles], floors)
+        self._binner = _Binner(self._profiles)
+        self._cusum = Cusum(len(self._profiles), self._spec.k)
+        self._h = np.array([self._spec.h(c) for c in [*self._channels, SCORE]])
         self._score_cap = score_cap
+        self._buffer = np.empty((CHUNK, len(self._profiles)), dtype=np.float64)
+        self._buffered = 0
+        self._period = 0.0
         self._reset()
 
     def add(
@@ -157,71 +253,130 @@ class DriftAccumulator:
         n = s.size
         if n == 0:
             return
+        if period != self._period:
+            self._flush()
+            self._period = period
         if self._n == 0:
             self._start = float(t0)
         self._end = float(t0 + (n - 1) * period)
         self._n += n
         self._flagged += int(f.sum())
-        self._moments.add(x)
-        for i, profile in enumerate(self._profiles):
-            self._counts[i] += bin_counts(x[:, i], profile.edges)
-        finite = s[~np.isnan(s)]
-        self._score_counts += bin_counts(finite, self._reference.score.edges)
-        self._score_sum += float(finite.sum())
-        self._scores.add(finite)
+        done = 0
+        while done < n:
+            take = min(CHUNK - self._buffered, n - done)
+            rows = slice(self._buffered, self._buffered + take)
+            self._buffer[rows, :-1] = x[done : done + take]
+            self._buffer[rows, -1] = s[done : done + take]
+            self._buffered += take
+            done += take
+            if self._buffered == CHUNK:
+                self._flush()
 
     def report(self) -> DriftReport | None:
         """Statistics since the last report, then reset; None if nothing was added."""
+        self._flush()
         if self._n == 0:
             return None
-        means, stds = self._moments.mean_std()
+        means, stds, lag1 = self._sums.stats()
+        counts = self._binner.split(self._counts)
+        change = np.maximum(self._cusum.peak[0], self._cusum.peak[1]) / self._h
+        change[-1] = self._cusum.peak[0, -1] / self._h[-1]  # the score: upwards only
         channels = [
-            ChannelDrift(
-                channel=name,
-                psi=psi(profile.fractions, counts),
-                mean_shift_sd=_mean_shift(float(mean), profile),
-                mean=float(mean),
-                std=float(std),
-            )
-            for name, profile, counts, mean, std in zip(
-                self._channels, self._profiles, self._counts, means, stds, strict=True
-            )
+            self._channel(i, name, counts[i], (float(means[i]), float(stds[i]), float(lag1[i])))
+            for i, name in enumerate(self._channels)
         ]
+        for item, c in zip(channels, change[:-1], strict=False):
+            item.change, item.alarm = float(c), bool(c >= 1.0)
         report = DriftReport(
-            start=self._start, end=self._end, n=self._n, channels=channels, score=self._score()
+            start=self._start,
+            end=self._end,
+            n=self._n,
+            channels=channels,
+            score=self._score(counts[-1], float(lag1[-1]), float(change[-1])),
         )
         self._reset()
         return report
 
-    def _score(self) -> ScoreStats:
+    def _channel(
+        self, i: int, name: str, counts: NDArray[np.int64], moments: tuple[float, float, float]
+    ) -> ChannelDrift:
+        """One channel's statistics; ``moments`` are its mean, std and lag-1 autocorrelation."""
+        mean, std, r = moments
+        profile = self._profiles[i]
+        n_eff, raw, null, p = self._psi(profile, counts, r)
+        gaps = cdf_gaps(profile.fractions, counts)
+        return ChannelDrift(
+            channel=name,
+            psi=raw,
+            mean_shift_sd=(mean - profile.mean) / float(self._scale[i]),
+            mean=mean,
+            std=std,
+            counts=counts.tolist(),
+            n_eff=n_eff,
+            psi_null=null,
+            psi_p=p,
+            ks=float(np.abs(gaps).max()) if gaps.size else 0.0,
+            wasserstein_sd=wasserstein_sd(profile, counts),
+        )
+
+    @staticmethod
+    def _psi(
+        profile: Profile, counts: NDArray[np.int64], r: float
+    ) -> tuple[float, float, float, float]:
+        """(n_eff, PSI, its null expectation, p-value) for one column."""
+        n = int(counts.sum())
+        raw = psi(profile.fractions, counts)
+        if n == 0:
+            return 0.0, raw, math.nan, 1.0
+        n_eff = effective_n(n, r)
+        dof = len(profile.fractions) - 1
+        return n_eff, raw, dof / n_eff, chi2_sf(n_eff * raw, dof)
+
+    def _score(self, counts: NDArray[np.int64], r: float, change: float) -> ScoreStats:
         sample = self._scores.values()
         p50, p95, p99 = (
             np.percentile(sample, [50, 95, 99]).tolist() if sample.size else [math.nan] * 3
         )
-        kept = int(self._score_counts.sum())
+        kept = int(counts.sum())
+        n_eff, raw, null, p = self._psi(self._profiles[-1], counts, r)
+        gaps = cdf_gaps(self._profiles[-1].fractions, counts)
         return ScoreStats(
             mean=self._score_sum / kept if kept else math.nan,
             p50=p50,
             p95=p95,
             p99=p99,
             flagged_fraction=self._flagged / self._n,
-            psi=psi(self._reference.score.fractions, self._score_counts),
+            psi=raw,
+            counts=counts.tolist(),
+            n_eff=n_eff,
+            psi_null=null,
+            psi_p=p,
+            ks=float(np.abs(gaps).max()) if gaps.size else 0.0,
+            change=change,
+            alarm=change >= 1.0,
         )
+
+    def _flush(self) -> None:
+        """Run the statistics over the buffered rows."""
+        if self._buffered == 0:
+            return
+        x = self._buffer[: self._buffered]
+        self._buffered = 0
+        self._sums.add(x)
+        self._binner.add(x, self._counts)
+        self._cusum.add((x - self._centre) / self._scale, self._period)
+        score = x[:, -1]
+        finite = score[~np.isnan(score)]
+        self._score_sum += float(finite.sum())
+        self._scores.add(finite)
 
     def _reset(self) -> None:
         self._n = 0
         self._flagged = 0
         self._start = 0.0
         self._end = 0.0
-        centre = np.array([p.mean for p in self._profiles], dtype=np.float64)
-        self._moments = _Moments(centre)
-        self._counts = [np.zeros(len(p.fractions), dtype=np.int64) for p in self._profiles]
-        self._score_counts = np.zeros(len(self._reference.score.fractions), dtype=np.int64)
+        self._sums = _Sums(self._centre)
+        self._counts = self._binner.zero()
         self._score_sum = 0.0
         self._scores = _ScoreSample(self._score_cap)
-
-
-def _mean_shift(mean: float, profile: Profile) -> float:
-    """(mean - reference mean) in reference stds, with the std floored (see STD_FLOOR)."""
-    floor = STD_FLOOR * max(1.0, abs(profile.mean))
-    return (mean - profile.mean) / max(profile.std, floor)
+        self._cusum.restart_peaks()

@@ -15,6 +15,7 @@ block it failed on is scored again by the previous model, which takes over again
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -26,6 +27,7 @@ from edge_node.lifecycle.probation import Probation, ProbationPolicy
 from edge_node.scoring.batcher import PendingBatch, ResultBatcher
 from edge_node.scoring.drift import DriftAccumulator, DriftReport
 from edge_node.scoring.events import EpisodeChange, EpisodeConfig, EpisodeDetector
+from edge_node.scoring.validation import Checked, SensorChange, Validator
 from edge_node.scoring.window import RecentRows, Windower
 from edge_node.sources.base import Block
 from schemas.alarm import AlarmFilter
@@ -64,6 +66,14 @@ class ModelChange:
 
 
 @dataclass(frozen=True)
+class SensorFault:
+    """A sensor-fault episode opened or closed while ``model`` was scoring."""
+
+    model: ModelRef
+    change: SensorChange
+
+
+@dataclass(frozen=True)
 class ModelDrift:
     """Drift statistics of the readings ``model`` scored since its last report."""
 
@@ -87,6 +97,7 @@ class Scored:
 
     batches: list[PendingBatch] = field(default_factory=list)
     changes: list[ModelChange] = field(default_factory=list)
+    sensors: list[SensorFault] = field(default_factory=list)
     drift: list[ModelDrift] = field(default_factory=list)
     readings: int = 0
     latency_ms: float = 0.0
@@ -103,6 +114,22 @@ class _Run:
     ms: float
     error: str
     complete: npt.NDArray[np.bool_]  # windows with no start-up padding in them
+    checked: Checked  # sensor checks: faulty cells (imputed for the model), episode changes
+
+    @property
+    def sensor_driven(self) -> npt.NDArray[np.bool_]:
+        """Readings whose window holds a faulty cell on the channel that drove the score most
+        (on any channel when the model gives no contributions): no machine alarm from them."""
+        in_window = self.checked.in_window
+        if self.contributions is None or len(self.contributions) != len(in_window):
+            return np.asarray(in_window.any(axis=1), dtype=bool)
+        top = np.argmax(np.nan_to_num(np.abs(self.contributions)), axis=1)
+        return np.asarray(in_window[np.arange(len(top)), top], dtype=bool)
+
+    @property
+    def observed(self) -> F32:
+        """The readings as the sensors gave them, NaN where they failed the checks."""
+        return np.where(self.checked.faulty, np.float32(np.nan), self.values)
 
 
 class _Lane:
@@ -121,9 +148,10 @@ class _Lane:
         self.columns = [source_channels.index(c) for c in channels]
         fill = np.array([manifest.reference.channels[c].mean for c in channels], np.float32)
         self.windower = Windower(manifest.input.window, fill)
-        self.drift = DriftAccumulator(manifest.reference, channels)
+        self.drift = DriftAccumulator(manifest.reference, channels, spec=manifest.drift)
         self.episodes = EpisodeDetector(episodes, channels)
         self.alarm = AlarmFilter(manifest.alarm)
+        self.validator = Validator(manifest)
 
     def prime(self, recent: F32) -> None:
         """Feed the windower history it never scored, so the next windows are real ones."""
@@ -131,9 +159,10 @@ class _Lane:
         if len(rows):
             self.windower.push(rows[:, self.columns])
 
-    def run(self, raw: F32, clock: Callable[[], float]) -> _Run:
-        values = np.ascontiguousarray(raw[:, self.columns], dtype=np.float32)
-        batch = self.windower.push(values)
+    def run(self, block: Block, clock: Callable[[], float]) -> _Run:
+        values = np.ascontiguousarray(block.values[:, self.columns], dtype=np.float32)
+        checked = self.validator.check(block.t0, block.period, values)
+        batch = self.windower.push(checked.values)
         windows = batch.windows
         error = ""
         contributions: F32 | None
@@ -147,7 +176,7 @@ class _Lane:
         ms = (clock() - start) * 1000.0
         if not error and not np.isfinite(scores).all():
             error = "model produced NaN or infinite scores"
-        return _Run(values, scores, contributions, ms, error, batch.complete)
+        return _Run(values, scores, contributions, ms, error, batch.complete, checked)
 
 
 @dataclass
@@ -176,6 +205,7 @@ class Pipeline:
         self._recent = RecentRows(capacity, len(source_channels))
         self._batcher = batcher
         self._trial: _Trial | None = None
+        self.sensor_faults: Counter[str] = Counter()  # "channel:fault" -> readings, all models
 
     @property
     def scorer(self) -> Scorer:
@@ -195,7 +225,7 @@ class Pipeline:
     def process(self, block: Block, now: float, clock: Callable[[], float]) -> Scored:
         """Score every reading of ``block``; ``clock`` times the model run (seconds)."""
         out = Scored(readings=block.n)
-        run = self._lane.run(block.values, clock)
+        run = self._lane.run(block, clock)
         if self._trial is not None:
             run = self._judge(self._trial, run, block, now=now, clock=clock, out=out)
         self._recent.push(block.values)
@@ -206,8 +236,11 @@ class Pipeline:
         # The model's alarm rule decides the flags. An unscored (NaN) reading is never flagged,
         # and a window still padded at start-up (the node's first readings) cannot raise one.
         scored = np.isfinite(run.scores)
-        flags = lane.alarm.update(scored & run.complete & (run.scores > threshold)) & scored
-        lane.drift.add(block.t0, block.period, run.values, run.scores, flags)
+        exceed = scored & run.complete & (run.scores > threshold) & ~run.sensor_driven
+        flags = lane.alarm.update(exceed) & scored
+        lane.drift.add(block.t0, block.period, run.observed, run.scores, flags)
+        out.sensors += [SensorFault(lane.scorer.ref, c) for c in run.checked.changes]
+        self.sensor_faults.update(run.checked.counts)
         changes = lane.episodes.update(
             block.t0, block.period, run.scores, flags, run.contributions, threshold=threshold
         )
@@ -295,4 +328,4 @@ class Pipeline:
         self._retire(now, out)
         self._lane = lane
         out.rolled_back = RolledBack(trial.tag, failed, lane.scorer.ref, reason)
-        return lane.run(block.values, clock)
+        return lane.run(block, clock)

@@ -155,15 +155,20 @@ def _alert(labels: dict[str, str], summary: str, description: str | None = None)
 
 def _rule_tests() -> list[dict[str, Any]]:
     """promtool unit tests: what each alert must (and must not) fire on, minute by minute."""
-    drift = "The model's reference profile no longer matches the sensor data: consider retraining."
+    drift = (
+        "The node's drift detector holds a sustained change against the model's reference "
+        "profile (cloud-hub events and its drift reports name the channel): consider retraining."
+    )
     series = {
         'up{job="cloud-hub", instance="hub:9100"}': "1 1 0x20",
         'edgeml_node_up{node="pump-1"}': "1 1 0x20",
         'edgeml_node_up{node="pump-2"}': "1x22",
         'edgeml_events_total{node="pump-3", state="open"}': "0 0 0 1x20",
         'edgeml_events_total{node="pump-3", state="close"}': "0 0 0 0 1x20",
-        'edgeml_drift_mean_shift_max_sd{node="pump-3"}': "0.5 4.5x20",
-        'edgeml_drift_mean_shift_max_sd{node="pump-1"}': "4x20",
+        # pump-3 drifts from minute 1 on; pump-1 is only worth watching.
+        'edgeml_drift_state{node="pump-3", state="drifting"}': "0 1x20",
+        'edgeml_drift_state{node="pump-1", state="drifting"}': "0x20",
+        'edgeml_drift_state{node="pump-1", state="watch"}': "1x20",
         # pump-1 reboots (its counter restarts at 0): not a drop.
         'edgeml_outbox_dropped_total{node="pump-1"}': "7 7 0x20",
         'edgeml_outbox_dropped_total{node="pump-2"}': "0 0 5x20",
@@ -207,14 +212,14 @@ def _rule_tests() -> list[dict[str, Any]]:
             ],
         ),
         ("15m", "AnomalyEpisodes", []),  # nothing new opened in the last 10 minutes
-        ("10m", "DriftHigh", []),
+        ("5m", "DriftHigh", []),  # drifting since 1m: still pending
         (
-            "17m",
+            "7m",
             "DriftHigh",
             [
                 _alert(
-                    {"node": "pump-3", "severity": "warning"},
-                    "input drift on pump-3 (mean shift 4.5 SD)",
+                    {"node": "pump-3", "state": "drifting", "severity": "warning"},
+                    "input drift on pump-3",
                     drift,
                 )
             ],

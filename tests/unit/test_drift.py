@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from edge_node.scoring.drift import DriftAccumulator, bin_counts, psi
+from edge_node.scoring.drift import (
+    DriftAccumulator,
+    DriftReport,
+    bin_counts,
+    chi2_sf,
+    effective_n,
+    psi,
+)
+from schemas.drift import Cusum, DriftSpec, decorrelation_s, fit_thresholds
 from schemas.manifest import Profile, ReferenceProfile
 
 MEANS = np.array([10.0, -3.0, 200.0])
@@ -170,3 +178,147 @@ def test_bad_setup_and_input_are_refused() -> None:
         acc.add(0.0, 1.0, np.zeros((2, 2)), np.zeros(2), np.zeros(2, bool))
     with pytest.raises(ValueError, match="2 readings, 3 scores and 2 flags"):
         acc.add(0.0, 1.0, np.zeros((2, 3)), np.zeros(3), np.zeros(2, bool))
+
+
+def _report(acc: DriftAccumulator) -> DriftReport:
+    report = acc.report()
+    assert report is not None
+    return report
+
+
+def test_psi_is_judged_against_its_null_for_the_sample_size() -> None:
+    reference = make_reference()
+    values, scores = healthy(2_000, seed=6)
+    values[:, 2] += 0.5 * STDS[2]
+    acc = DriftAccumulator(reference, NAMES)
+    acc.add(0.0, 1.0, values, scores, np.zeros(2_000, bool))
+    a, _, c = _report(acc).channels
+    # healthy: PSI of the order of its null expectation (9 dof / n), p-value not small
+    assert a.n_eff == pytest.approx(2_000, rel=0.1)
+    assert a.psi_null == pytest.approx(9 / a.n_eff)
+    assert a.psi < 4 * a.psi_null and a.psi_p > 1e-3
+    # half an SD shift: a tiny p-value, KS and Wasserstein of the size of the shift
+    assert c.psi_p < 1e-9
+    assert 0.15 < c.ks < 0.25
+    # Wasserstein over the inner bins (10 %..90 % of the reference) bounds the shift from below
+    assert 0.3 < c.wasserstein_sd <= 0.5
+    assert a.wasserstein_sd < 0.1
+    assert sum(c.counts) == 2_000 and len(c.counts) == 10
+
+
+def test_autocorrelated_readings_count_as_fewer() -> None:
+    rng = np.random.default_rng(7)
+    # AR(1) with r = 0.99 and the reference's marginal distribution
+    r, n = 0.99, 3_000
+    x = np.zeros((n, 3))
+    shocks = rng.standard_normal((n, 3)) * math.sqrt(1 - r * r)
+    for t in range(1, n):
+        x[t] = r * x[t - 1] + shocks[t]
+    values = (MEANS + STDS * x).astype(np.float32)
+    acc = DriftAccumulator(make_reference(), NAMES)
+    acc.add(0.0, 1.0, values, healthy(n, 8)[1], np.zeros(n, bool))
+    a = _report(acc).channels[0]
+    assert a.n_eff == pytest.approx(n * (1 - r) / (1 + r), rel=0.5)
+    assert effective_n(100, 0.0) == 100 and effective_n(100, 1.0) == 1.0
+    assert chi2_sf(9.0, 9) == pytest.approx(0.437, abs=0.01)  # scipy.stats.chi2.sf(9, 9)
+
+
+def test_the_change_detector_alarms_after_a_shift_at_any_rate() -> None:
+    reference = make_reference()
+    spec = DriftSpec(k=3.0, default_h=90.0)
+    for rate in (1.0, 10.0):
+        acc = DriftAccumulator(reference, NAMES, spec=spec)
+        n = int(30 * rate)  # 30 s intervals
+        period = 1 / rate
+        values, scores = healthy(8 * n, seed=9)
+        shifted = values.copy()
+        shifted[3 * n :, 1] += 5 * STDS[1]  # from 90 s on, +5 SD: S grows by ~2 SD per s
+        changes = []
+        for i in range(8):
+            part = slice(i * n, (i + 1) * n)
+            acc.add(i * 30.0, period, shifted[part], scores[part], np.zeros(n, bool))
+            changes.append(_report(acc).channels[1])
+        assert not any(c.alarm for c in changes[:3]) and max(c.change for c in changes[:3]) < 0.1
+        # 90 SD*s at ~2 SD per s: the alarm comes in the second interval of the shift
+        assert changes[3].change == pytest.approx(60 / 90, abs=0.2) and not changes[3].alarm
+        assert changes[4].change == pytest.approx(120 / 90, abs=0.25)
+        assert all(c.alarm for c in changes[4:])
+
+
+def test_block_sizes_do_not_change_the_report() -> None:
+    values, scores = healthy(1_000, seed=10)
+    values[500:, 0] += 4 * STDS[0]
+    spec = DriftSpec(k=1.0, default_h=50.0)
+    whole = DriftAccumulator(make_reference(), NAMES, spec=spec)
+    whole.add(0.0, 1.0, values, scores, np.zeros(1_000, bool))
+    single = DriftAccumulator(make_reference(), NAMES, spec=spec)
+    for i in range(1_000):
+        single.add(float(i), 1.0, values[i : i + 1], scores[i : i + 1], np.zeros(1, bool))
+    a, b = _report(whole), _report(single)
+    for x, y in zip(a.channels, b.channels, strict=True):
+        assert x.counts == y.counts
+        assert x.change == pytest.approx(y.change) and x.n_eff == pytest.approx(y.n_eff)
+    assert a.channels[0].alarm
+
+
+def test_counts_of_intervals_add_up() -> None:
+    values, scores = healthy(900, seed=11)
+    acc = DriftAccumulator(make_reference(), NAMES)
+    parts = []
+    for i in range(3):
+        acc.add(
+            i * 300.0,
+            1.0,
+            values[i * 300 : (i + 1) * 300],
+            scores[i * 300 : (i + 1) * 300],
+            np.zeros(300, bool),
+        )
+        parts.append(_report(acc))
+    acc.add(0.0, 1.0, values, scores, np.zeros(900, bool))
+    whole = _report(acc)
+    for c in range(3):
+        merged = np.sum([p.channels[c].counts for p in parts], axis=0)
+        assert merged.tolist() == whole.channels[c].counts
+    assert np.sum([p.score.counts for p in parts], axis=0).tolist() == whole.score.counts
+
+
+def test_the_score_detector_looks_upwards_only() -> None:
+    values, scores = healthy(600, seed=12)
+    spec = DriftSpec(k=1.0, default_h=20.0)
+    low = DriftAccumulator(make_reference(), NAMES, spec=spec)
+    low.add(0.0, 1.0, values, scores * 0.0, np.zeros(600, bool))
+    high = DriftAccumulator(make_reference(), NAMES, spec=spec)
+    high.add(0.0, 1.0, values, scores + 5.0, np.zeros(600, bool))
+    assert not _report(low).score.alarm
+    assert _report(high).score.alarm
+
+
+def test_thresholds_are_fitted_on_healthy_readings_and_hold_on_them() -> None:
+    rng = np.random.default_rng(13)
+    z = rng.standard_normal((20_000, 3))
+    z[5_000:5_100, 1] += 4.0  # one healthy excursion the training data shows
+    thresholds = fit_thresholds(z, ["a", "b", "score"], 0.5, k=3.0, margin=1.5)
+    assert set(thresholds) == {"a", "b", "score"}
+    assert thresholds["a"] == 30.0  # the floor: ten seconds of k beyond the allowance
+    assert thresholds["b"] == pytest.approx(1.5 * 0.5 * 100, rel=0.2)  # ~1 SD*s per reading
+    # the same readings never alarm under their own thresholds
+    cusum = Cusum(3, 3.0)
+    cusum.add(z, 0.5)
+    assert (cusum.peak.max(axis=0) < np.array(list(thresholds.values()))).all()
+    spec = DriftSpec(thresholds=thresholds)
+    assert spec.h("b") == thresholds["b"] and spec.h("other") == spec.default_h
+    with pytest.raises(ValueError, match="must be > 0 \\(not for a\\)"):
+        DriftSpec(thresholds={"a": 0.0})
+
+
+def test_slow_channels_get_thresholds_of_their_time_scale() -> None:
+    rng = np.random.default_rng(14)
+    n, r = 20_000, 0.99  # AR(1): autocorrelation 1/e after ~100 readings
+    slow = np.zeros(n)
+    shocks = rng.standard_normal(n) * math.sqrt(1 - r * r)
+    for t in range(1, n):
+        slow[t] = r * slow[t - 1] + shocks[t]
+    z = np.column_stack([rng.standard_normal(n), slow, rng.standard_normal(n)])
+    assert decorrelation_s(z, 2.0)[1] == pytest.approx(200.0, rel=0.25)
+    thresholds = fit_thresholds(z, ["fast", "slow", "score"], 2.0, k=3.0, margin=1.0)
+    assert thresholds["fast"] == 30.0 and thresholds["slow"] >= 3.0 * 150
