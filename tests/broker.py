@@ -6,6 +6,8 @@ The broker config is mosquitto/mosquitto.conf with only its site-specific lines 
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -14,7 +16,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 
 from tests.mqtt_clients import try_connect
 
@@ -30,7 +32,44 @@ INSTALL_HINT = (
 # Where distributions put the broker; /usr/sbin is often not on a normal user's PATH.
 _SBIN = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"])
 # Lines that depend on where the broker runs; every other line is kept as the project wrote it.
-SITE_KEYS = frozenset({"listener", "persistence_location", "password_file", "acl_file", "log_dest"})
+SITE_KEYS = frozenset(
+    {
+        *("listener", "persistence_location", "password_file", "acl_file", "log_dest"),
+        *("plugin", "plugin_opt_config_file"),
+    }
+)
+# Accounts kept in the password file; every other account is a node, kept in the dynamic
+# security plugin's file and bound to its client id (mosquitto/dynsec_clients.py).
+PASSWORD_FILE_ACCOUNTS = frozenset({"hub"})
+DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+# Where distributions put the plugin (Debian by architecture, the eclipse-mosquitto image).
+_PLUGIN_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib/arm-linux-gnueabihf",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/opt/homebrew/lib",
+)
+
+
+def find_dynsec_plugin() -> str | None:
+    """Path of Mosquitto's dynamic security plugin, None if it is not installed."""
+    for folder in _PLUGIN_DIRS:
+        path = Path(folder) / DYNSEC_PLUGIN
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def _dynsec_clients() -> ModuleType:
+    """mosquitto/dynsec_clients.py, the same code mosquitto/add-node runs."""
+    path = REPO_ROOT / "mosquitto" / "dynsec_clients.py"
+    spec = importlib.util.spec_from_file_location("dynsec_clients", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def find_mosquitto(program: str = "mosquitto") -> str | None:
@@ -90,6 +129,7 @@ class Broker:
         self.acl = Path(acl)
         self.data_dir = self.workdir / "data"
         self.passwd_path = self.workdir / "passwd"
+        self.dynsec_path = self.workdir / "dynamic-security.json"
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -176,12 +216,29 @@ class Broker:
             "password_file": str(self.passwd_path),
             "acl_file": str(self.acl),
             "log_dest": "stdout",
+            "plugin": self._plugin(),
+            "plugin_opt_config_file": str(self.dynsec_path),
         }
         if os.geteuid() == 0:
             # As root, Mosquitto drops to the "mosquitto" user before reading the password file
             # and writing persistence, and that user cannot read this private work dir.
             site["user"] = "root"
         return rewrite_conf(self.conf.read_text(encoding="utf-8"), site, str(self.conf))
+
+    @staticmethod
+    def _plugin() -> str:
+        plugin = find_dynsec_plugin()
+        if plugin is None:
+            raise RuntimeError(f"{DYNSEC_PLUGIN} not found: {INSTALL_HINT}")
+        return plugin
+
+    def _write_dynsec(self, nodes: dict[str, str]) -> None:
+        dynsec = _dynsec_clients()
+        data = dynsec.empty()
+        for name, password in nodes.items():
+            data, _ = dynsec.with_client(data, name, password)
+        self.dynsec_path.write_text(json.dumps(data), encoding="utf-8")
+        self.dynsec_path.chmod(0o600)
 
     def _write_passwd(self) -> None:
         tool = find_mosquitto("mosquitto_passwd")
@@ -190,11 +247,13 @@ class Broker:
         for name, password in self.users.items():
             if ":" in name or "\n" in name + password:
                 raise ValueError(f"user {name!r}: ':' and newlines are not allowed")
+        hubs = {n: p for n, p in self.users.items() if n in PASSWORD_FILE_ACCOUNTS}
+        self._write_dynsec({n: p for n, p in self.users.items() if n not in hubs})
         # One clear-text file hashed in place by `-U`: one process instead of one per user.
         self.passwd_path.touch(mode=0o600)
         self.passwd_path.chmod(0o600)
         self.passwd_path.write_text(
-            "".join(f"{name}:{password}\n" for name, password in self.users.items()),
+            "".join(f"{name}:{password}\n" for name, password in hubs.items()),
             encoding="utf-8",
         )
         subprocess.run([tool, "-U", str(self.passwd_path)], check=True, capture_output=True)

@@ -115,8 +115,12 @@ def mqtt_client(
 
     Messages, PUBACK/SUBACK reason codes and disconnects land in ``state(client)``.
     """
+    if client_id is None:
+        # Node accounts are bound to their client id (the dynamic security plugin); the hub's
+        # account may connect several times at once under ids of its own.
+        client_id = f"{user}-{uuid.uuid4().hex[:8]}" if user == "hub" else user
     client = _client(
-        client_id or f"{user}-{uuid.uuid4().hex[:8]}",
+        client_id,
         user,
         broker.users[user] if password is None else password,
     )
