@@ -24,6 +24,7 @@ from edge_node.lifecycle.ledger import Ledger
 from edge_node.lifecycle.model_store import ModelStore
 from edge_node.lifecycle.probation import ProbationPolicy
 from edge_node.lifecycle.switcher import Switcher, open_active
+from edge_node.lifecycle.trust import Marks, Trust
 from edge_node.scoring.batcher import ResultBatcher
 from edge_node.scoring.events import EpisodeConfig
 from edge_node.scoring.pipeline import Pipeline, Scorer
@@ -36,6 +37,7 @@ from edge_node.telemetry.stats import PowerModel
 from schemas.codec import encode
 from schemas.messages import Capabilities, ModelRef, Status
 from schemas.settings import SettingsError
+from schemas.signing import parse_public_key
 from schemas.topics import Kind, node_topic
 
 log = logging.getLogger(__name__)
@@ -207,7 +209,19 @@ def _control(
         subscriber=transport,
         ledger=Ledger(config.commands_path),
         started=time.monotonic(),
+        trust=_trust(config),
     )
+
+
+def _trust(config: NodeConfig) -> Trust | None:
+    """The hub keys this node believes; None (unsigned commands applied) if there are none."""
+    hub_keys = config.security.hub_keys
+    if not hub_keys:
+        log.warning("security.hub_keys is empty: commands are applied without a signature check")
+        return None
+    keys = [parse_public_key(k, f"security.hub_keys[{i}]") for i, k in enumerate(hub_keys)]
+    log.info("commands must be signed by hub key %s", " or ".join(k.key_id for k in keys))
+    return Trust(keys, Marks(config.data_dir / "trust.json"))
 
 
 def _transport(config: NodeConfig, will: bytes) -> NodeTransport:
