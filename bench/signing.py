@@ -73,7 +73,9 @@ def _command_rows(
     _row(f"{name} encode (baseline)", base, base)
     _row(f"{name} decode", _per_call_us(partial(decode, "cmd", wire), n, r), base)
     _row(f"{name} sign (hub)", _per_call_us(partial(sign_command, command, key), n, r), base)
-    _row(f"{name} check (node)", _per_call_us(partial(check, signed, trusted, {}), n, r), base)
+    _row(
+        f"{name} check (node)", _per_call_us(partial(check, signed, trusted, {}, WALL), n, r), base
+    )
 
 
 if __name__ == "__main__":

@@ -184,7 +184,7 @@ class Control:
             self.errors["bad_command"] += 1
             log.warning("%s (reason %s)", exc, exc.reason)
             return []
-        refused = self._refusal(command)
+        refused = self._refusal(command, wall)
         if refused:
             return [self._ack(draft(command, "rejected", refused), wall, record=False)]
         settled = decide(command, self._view(), self._book, wall)
@@ -208,12 +208,12 @@ class Control:
                 model = self._switcher.pipeline.scorer.ref
                 return [self._ack(draft(command, "applied", model=model, detail=detail), wall)]
 
-    def _refusal(self, command: Command) -> str:
+    def _refusal(self, command: Command, wall: float) -> str:
         """Why a command is not trusted ("" if it is). A known id is answered from the book
         as before; a refusal is not recorded, so a forgery cannot claim a real command's id."""
         if self._trust is None or self._book.last(command.id) is not None:
             return ""
-        refused = self._trust.admit(command)
+        refused = self._trust.admit(command, wall)
         if refused:
             self.errors["untrusted_command"] += 1
             log.warning("command %s refused: %s", command.id, refused)

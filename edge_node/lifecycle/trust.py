@@ -37,12 +37,22 @@ class Accepted:
 
 
 def check(
-    command: Command, keys: list[PublicKey], marks: dict[str, float], reorder_s: float = REORDER_S
-) -> Accepted:
-    """The signer of ``command``; SignatureError with the reason the node gives in its ack."""
+    command: Command,
+    keys: list[PublicKey],
+    marks: dict[str, float],
+    now: float,
+    reorder_s: float = REORDER_S,
+) -> Accepted | None:
+    """The signer of ``command``; SignatureError with the reason the node gives in its ack.
+
+    None for an expired command: it is signed, and the usual checks reject it as expired
+    (the truer reason), without moving the replay mark.
+    """
     signer = verify(command, keys)
     if isinstance(command, Deploy):
         verify(command.manifest, keys)
+    if command.expires_at < now:
+        return None
     last = marks.get(signer.key_id)
     if last is not None and command.issued_at < last - reorder_s:
         raise SignatureError(
@@ -90,12 +100,14 @@ class Trust:
         self.keys = keys
         self.marks = marks
 
-    def admit(self, command: Command) -> str:
-        """ "" when ``command`` may go on to the usual checks, else why it is refused."""
+    def admit(self, command: Command, now: float) -> str:
+        """Empty when ``command`` may go on to the usual checks, else why it is refused."""
         try:
-            accepted = check(command, self.keys, self.marks.marks)
+            accepted = check(command, self.keys, self.marks.marks, now)
         except SignatureError as exc:
             return str(exc)
+        if accepted is None:
+            return ""
         try:
             self.marks.accept(accepted)
         except OSError as exc:

@@ -107,25 +107,31 @@ def _deploy(manifest_key: Ed25519PrivateKey | None, **manifest_change: object) -
 
 
 def test_a_deploy_needs_a_signed_manifest() -> None:
-    check(_deploy(HUB), trusted(HUB), {})
+    check(_deploy(HUB), trusted(HUB), {}, WALL)
     with pytest.raises(SignatureError, match="unsigned manifest"):
-        check(_deploy(None), trusted(HUB), {})
+        check(_deploy(None), trusted(HUB), {}, WALL)
 
 
 def test_a_manifest_altered_after_signing_is_refused_even_in_a_signed_command() -> None:
     # Whoever holds the hub's broker password cannot raise the threshold of a signed model.
     with pytest.raises(SignatureError, match="bad manifest signature"):
-        check(_deploy(HUB, threshold=1e9), trusted(HUB), {})
+        check(_deploy(HUB, threshold=1e9), trusted(HUB), {}, WALL)
 
 
 def test_an_old_command_after_a_newer_one_is_a_replay() -> None:
     keys_ = trusted(HUB)
     kid = keys_[0].key_id
     old = sign(commands()[1], HUB)
-    assert check(old, keys_, {kid: WALL + REORDER_S}) == Accepted(kid, WALL)  # within reorder
+    assert check(old, keys_, {kid: WALL + REORDER_S}, WALL) == Accepted(kid, WALL)  # within reorder
     with pytest.raises(SignatureError, match="replayed"):
-        check(old, keys_, {kid: WALL + 3600})
-    check(old, keys_, {"other-key": WALL + 3600})  # marks are per key
+        check(old, keys_, {kid: WALL + 3600}, WALL)
+    check(old, keys_, {"other-key": WALL + 3600}, WALL)  # marks are per key
+
+
+def test_an_expired_command_leaves_its_rejection_to_expiry_and_moves_no_mark() -> None:
+    old = sign(commands()[1], HUB)
+    kid = trusted(HUB)[0].key_id
+    assert check(old, trusted(HUB), {kid: WALL + 3600}, now=WALL + 601) is None
 
 
 def test_marks_survive_a_restart_and_only_rise(tmp_path: Path) -> None:
@@ -158,7 +164,7 @@ def test_sign_command_signs_the_deploys_manifest_too() -> None:
     onnx, manifest = train("2", seed=2)
     signed = keys.sign_command(deploy_command(onnx, manifest), HUB)
     assert isinstance(signed, Deploy)
-    check(signed, trusted(HUB), {})
+    check(signed, trusted(HUB), {}, WALL)
 
 
 @pytest.mark.parametrize("text", ["not base64!", "AAAA"], ids=["garbage", "short"])
