@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType, TracebackType
 
 from tests.mqtt_clients import try_connect
+from tests.tls import ServerFiles
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,28 @@ def rewrite_conf(text: str, site: dict[str, str], source: str = "mosquitto.conf"
     return "\n".join(out) + "\n"
 
 
+TLS_KEYS = ("cafile", "certfile", "keyfile", "require_certificate")
+
+
+def tls_options(text: str, source: str = "mosquitto.conf") -> list[tuple[str, str]]:
+    """The options of the config's commented-out TLS listener (``#listener 8883``), in order."""
+    lines = text.splitlines()
+    try:
+        start = lines.index("#listener 8883")
+    except ValueError:
+        raise ValueError(f"{source}: no '#listener 8883' block to test TLS with") from None
+    out = []
+    for line in lines[start + 1 :]:
+        words = line.lstrip("#").split()
+        if not line.startswith("#") or not words:
+            break
+        if words[0] in TLS_KEYS and len(words) == 2:
+            out.append((words[0], words[1]))
+    if [k for k, _ in out][:3] != ["cafile", "certfile", "keyfile"]:
+        raise ValueError(f"{source}: the TLS block lacks cafile, certfile and keyfile")
+    return out
+
+
 class Broker:
     """A Mosquitto process on 127.0.0.1 with its own password file, config and persistence dir."""
 
@@ -121,6 +144,8 @@ class Broker:
         port: int | None = None,
         conf: Path = DEFAULT_CONF,
         acl: Path = DEFAULT_ACL,
+        *,
+        tls: ServerFiles | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.users = dict(users)
@@ -132,6 +157,8 @@ class Broker:
         self.dynsec_path = self.workdir / "dynamic-security.json"
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
+        # With TLS the one listener is the config's (commented) TLS listener, on this port.
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Broker:
@@ -223,7 +250,13 @@ class Broker:
             # As root, Mosquitto drops to the "mosquitto" user before reading the password file
             # and writing persistence, and that user cannot read this private work dir.
             site["user"] = "root"
-        return rewrite_conf(self.conf.read_text(encoding="utf-8"), site, str(self.conf))
+        text = self.conf.read_text(encoding="utf-8")
+        conf = rewrite_conf(text, site, str(self.conf))
+        if self.tls is None:
+            return conf
+        files = {"cafile": self.tls.ca, "certfile": self.tls.cert, "keyfile": self.tls.key}
+        options = [f"{k} {files.get(k, v)}" for k, v in tls_options(text, str(self.conf))]
+        return conf + "\n".join(options) + "\n"
 
     @staticmethod
     def _plugin() -> str:
@@ -281,7 +314,8 @@ class Broker:
             if user is None:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
                 return True
-            code = try_connect(self.host, self.port, user, self.users[user], timeout=2.0)
+            ca = self.tls.ca if self.tls else None
+            code = try_connect(self.host, self.port, user, self.users[user], timeout=2.0, ca=ca)
         except (OSError, TimeoutError):
             return False
         if code.is_failure:

@@ -86,11 +86,13 @@ def _script(name: str) -> str:
 class Hub(Proc):
     """``cloud-hub serve`` connected to ``broker`` with its metrics on a free port."""
 
-    def __init__(self, broker: Broker, workdir: Path, client_id: str) -> None:
+    def __init__(
+        self, broker: Broker, workdir: Path, client_id: str, env: dict[str, str] | None = None
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.metrics_port = free_port()
         self.db = workdir / "hub.db"
-        env = {
+        settings = {
             "CLOUD_HUB__MQTT__PORT": str(broker.port),
             "CLOUD_HUB__MQTT__PASSWORD": broker.users["hub"],
             "CLOUD_HUB__MQTT__CLIENT_ID": client_id,
@@ -98,9 +100,9 @@ class Hub(Proc):
             "CLOUD_HUB__STORE__DB": str(self.db),
             "CLOUD_HUB__METRICS__PORT": str(self.metrics_port),
             "CLOUD_HUB__SECURITY__SIGNING_KEY": str(hub_key()[0]),
-        }
-        self.env = env
-        super().__init__([_script("cloud-hub"), "serve"], env, workdir / "hub.log")
+        } | (env or {})
+        self.env = settings
+        super().__init__([_script("cloud-hub"), "serve"], settings, workdir / "hub.log")
 
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run ``cloud-hub ARGS`` against the same broker and stores as this hub."""
@@ -170,11 +172,13 @@ def node_config(
 class Node(Proc):
     """``edge-node run`` with a config file written by :func:`node_config`."""
 
-    def __init__(self, config: Path, *, exit_when_drained: bool = True) -> None:
+    def __init__(
+        self, config: Path, *, exit_when_drained: bool = True, env: dict[str, str] | None = None
+    ) -> None:
         args = [_script("edge-node"), "run", "--config", str(config)]
         if exit_when_drained:
             args.append("--exit-when-drained")
-        super().__init__(args, {}, config.with_suffix(f".{time.monotonic_ns()}.log"))
+        super().__init__(args, env or {}, config.with_suffix(f".{time.monotonic_ns()}.log"))
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, *procs: Proc) -> None:

@@ -58,7 +58,9 @@ def test_relative_paths_in_a_file_follow_the_file_not_the_current_folder(
 
 def test_an_unknown_choice_lists_the_valid_ones(tmp_path: Path) -> None:
     path = _file(tmp_path, text='[node]\nid = "p"\n[source]\nkind = "modbuss"\n')
-    with pytest.raises(SettingsError, match=r"key source\.kind: 'modbuss' is not one of csv, sim, "):
+    with pytest.raises(
+        SettingsError, match=r"key source\.kind: 'modbuss' is not one of csv, sim, "
+    ):
         load_config(path, {})
 
 
