@@ -154,6 +154,8 @@ class SecuritySection(_Section):
     """
 
     hub_keys: list[str] = []
+    # A file with a base64 AES-256 key: model files are kept encrypted in the model store.
+    model_key_file: str = ""
 
 
 class NodeConfig(_Section):
@@ -201,6 +203,7 @@ PATH_KEYS = (
     "model.store",
     "model.initial",
     "outbox.path",
+    "security.model_key_file",
 )
 
 

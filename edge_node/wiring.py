@@ -23,6 +23,7 @@ from edge_node.lifecycle.control import Control, ControlSettings
 from edge_node.lifecycle.ledger import Ledger
 from edge_node.lifecycle.model_store import ModelStore
 from edge_node.lifecycle.probation import ProbationPolicy
+from edge_node.lifecycle.sealing import ModelSeal, SealError, read_key
 from edge_node.lifecycle.switcher import Switcher, open_active
 from edge_node.lifecycle.trust import Marks, Trust
 from edge_node.scoring.batcher import ResultBatcher
@@ -110,7 +111,7 @@ SOURCES: dict[str, Callable[[SourceSection, float], Source]] = {
 
 def active_model(config: NodeConfig) -> tuple[ModelStore, ModelRef]:
     """The store and its active model, installing ``model.initial`` into a new store."""
-    store = ModelStore(config.store_dir)
+    store = ModelStore(config.store_dir, model_seal(config))
     leftovers = store.clean()
     if leftovers:
         log.warning("model store: removed %d leftovers of an interrupted write", leftovers)
@@ -124,7 +125,20 @@ def active_model(config: NodeConfig) -> tuple[ModelStore, ModelRef]:
         active = store.install(Path(config.model.initial))
         store.activate(active)
         log.info("installed initial model %s@%s", active.name, active.version)
+    for ref in store.seal_plain():
+        log.info("model store: encrypted %s@%s at rest", ref.name, ref.version)
     return store, active
+
+
+def model_seal(config: NodeConfig) -> ModelSeal | None:
+    """The at-rest encryption of model files, if security.model_key_file names a key."""
+    path = config.security.model_key_file
+    if not path:
+        return None
+    try:
+        return ModelSeal(read_key(Path(path)))
+    except SealError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def build_node(config: NodeConfig) -> EdgeNode:
@@ -132,7 +146,12 @@ def build_node(config: NodeConfig) -> EdgeNode:
     started = time.time()
     source = SOURCES[config.source.kind](config.source, started)
     store, _ = active_model(config)
-    load = partial(ModelRuntime.load, sensors=source.channels, threads=config.model.threads)
+    load = partial(
+        ModelRuntime.load,
+        sensors=source.channels,
+        threads=config.model.threads,
+        opener=store.seal.open if store.seal else None,
+    )
     runtime, fallback = open_active(store, load)
     if fallback:
         log.error("%s", fallback)
