@@ -8,7 +8,10 @@ host and the reason, with an mqtts:// URL.
 
 from __future__ import annotations
 
+import os
 import secrets
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -121,7 +124,32 @@ def test_a_certificate_problem_is_one_clear_line_naming_host_and_reason(
             url = f"mqtts://{host}:{broker.port}"
             wait_for(lambda: "TLS verification failed" in node.output(), 20.0, "the TLS line", node)
             line = next(x for x in node.output().splitlines() if "TLS verification failed" in x)
+            cli = _cli_ping(broker, host, ca.path, tmp_path)
         finally:
             node.stop()
+    # The CLI gives up at once (a certificate does not heal) with the same words on stderr.
+    assert cli.returncode != 0
+    assert f"cannot connect to {url}: TLS verification failed for {host}" in cli.stderr
+    assert reason.lower() in cli.stderr.lower(), cli.stderr
     assert f"not connected to {url}: TLS verification failed for {host}" in line
     assert reason.lower() in line.lower(), line
+
+
+def _cli_ping(
+    broker: Broker, host: str, ca: Path, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUD_HUB")}
+    env |= _env("CLOUD_HUB", host, ca) | {
+        "CLOUD_HUB__MQTT__PORT": str(broker.port),
+        "CLOUD_HUB__MQTT__PASSWORD": broker.users[HUB],
+        "CLOUD_HUB__STORE__DB": str(tmp_path / "hub" / "hub.db"),
+    }
+    cloud_hub = str(Path(sys.executable).parent / "cloud-hub")
+    return subprocess.run(
+        [cloud_hub, "ping", "--node", NODE, "--timeout", "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
