@@ -63,7 +63,7 @@ def find_dynsec_plugin() -> str | None:
     return None
 
 
-def _dynsec_clients() -> ModuleType:
+def dynsec_clients() -> ModuleType:
     """mosquitto/dynsec_clients.py, the same code mosquitto/add-node runs."""
     path = REPO_ROOT / "mosquitto" / "dynsec_clients.py"
     spec = importlib.util.spec_from_file_location("dynsec_clients", path)
@@ -266,7 +266,7 @@ class Broker:
         return plugin
 
     def _write_dynsec(self, nodes: dict[str, str]) -> None:
-        dynsec = _dynsec_clients()
+        dynsec = dynsec_clients()
         data = dynsec.empty()
         for name, password in nodes.items():
             data, _ = dynsec.with_client(data, name, password)
