@@ -171,3 +171,17 @@ def test_sign_command_signs_the_deploys_manifest_too() -> None:
 def test_a_bad_public_key_is_named(text: str) -> None:
     with pytest.raises(ValueError, match=r"security\.hub_keys"):
         parse_public_key(text, "security.hub_keys[0]")
+
+
+def test_cloud_hub_keygen_prints_what_goes_into_each_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloud_hub.cli.main import main
+
+    key = tmp_path / "hub.key"
+    assert main(["keygen", "--out", str(key)]) == 0
+    out = capsys.readouterr().out
+    public = keys.public_path(key).read_text().strip()
+    assert f'hub_keys = ["{public}"]' in out and f'signing_key = "{key}"' in out
+    assert main(["keygen", "--out", str(key)]) == 1  # never overwrites a key
+    assert "exists" in capsys.readouterr().err
