@@ -59,7 +59,8 @@ def taken_over(url: str, client_id: str, times: int) -> str:
     return (
         f"connection to {url} ended {times} times within seconds of connecting: another client "
         f"is using client id {client_id!r} (two processes with one identity, such as two hubs "
-        "with one mqtt.client_id?); the broker's log names both"
+        "with one mqtt.client_id?), or the broker drops this client for another reason; "
+        "the broker's log says which"
     )
 
 
