@@ -29,6 +29,7 @@ PATH_KEYS: Final = (
     "store.models_dir",
     "store.captures_dir",
     "store.events_db",
+    "security.signing_key",
 )
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -107,6 +108,14 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     commit_batch: Annotated[int, msgspec.Meta(ge=1, le=900)] = 500
 
 
+class SecurityConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``signing_key``: the hub's Ed25519 key (``cloud-hub keygen``); when set, every command
+    and every deployed manifest is signed with it. Empty: commands go out unsigned, and nodes
+    that trust a hub key refuse them."""
+
+    signing_key: str = ""
+
+
 class HubConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """All cloud-hub settings."""
 
@@ -114,6 +123,7 @@ class HubConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
+    security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
 
 
 def load_hub_config(path: Path | None, environ: Mapping[str, str]) -> HubConfig:

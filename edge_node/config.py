@@ -15,6 +15,7 @@ import msgspec
 from edge_node.sources.registers import Register, check_map
 from schemas.readings_csv import normalise_channel
 from schemas.settings import SettingsError, load_settings
+from schemas.signing import parse_public_key
 from schemas.topics import TopicError, check_id
 
 PREFIX = "EDGE_NODE"
@@ -154,6 +155,18 @@ class CommandsSection(_Section):
     latency_factor: Positive = 20.0  # roll back when this many times slower than its manifest
 
 
+class SecuritySection(_Section):
+    """``hub_keys``: base64 Ed25519 public keys of the hub (``cloud-hub keygen`` prints one).
+
+    With any key set, the node applies only commands and manifests signed by one of them (two
+    during a key rotation); with none, it applies unsigned commands, as before signing.
+    """
+
+    hub_keys: list[str] = []
+    # A file with a base64 AES-256 key: model files are kept encrypted in the model store.
+    model_key_file: str = ""
+
+
 class NodeConfig(_Section):
     node: NodeSection
     mqtt: MqttSection = msgspec.field(default_factory=MqttSection)
@@ -165,6 +178,7 @@ class NodeConfig(_Section):
     telemetry: TelemetrySection = msgspec.field(default_factory=TelemetrySection)
     power: PowerSection = msgspec.field(default_factory=PowerSection)
     commands: CommandsSection = msgspec.field(default_factory=CommandsSection)
+    security: SecuritySection = msgspec.field(default_factory=SecuritySection)
 
     @property
     def data_dir(self) -> Path:
@@ -198,6 +212,7 @@ PATH_KEYS = (
     "model.store",
     "model.initial",
     "outbox.path",
+    "security.model_key_file",
 )
 
 
@@ -214,6 +229,11 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> NodeConfig:
         raise SettingsError(f"{where}: key mqtt.password_file: set password or password_file")
     if config.mqtt.reconnect_max_s < config.mqtt.reconnect_min_s:
         raise SettingsError(f"{where}: key mqtt.reconnect_max_s: below reconnect_min_s")
+    for i, key in enumerate(config.security.hub_keys):
+        try:
+            parse_public_key(key, f"{where}: key security.hub_keys[{i}]")
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
     return config
 
 

@@ -23,7 +23,9 @@ from edge_node.lifecycle.control import Control, ControlSettings
 from edge_node.lifecycle.ledger import Ledger
 from edge_node.lifecycle.model_store import ModelStore, StoreError
 from edge_node.lifecycle.probation import ProbationPolicy
+from edge_node.lifecycle.sealing import ModelSeal, SealError, read_key
 from edge_node.lifecycle.switcher import Switcher, open_active
+from edge_node.lifecycle.trust import Marks, Trust
 from edge_node.scoring.batcher import ResultBatcher
 from edge_node.scoring.events import EpisodeConfig
 from edge_node.scoring.pipeline import Pipeline, Scorer
@@ -36,6 +38,7 @@ from edge_node.telemetry.stats import PowerModel
 from schemas.codec import encode
 from schemas.messages import Capabilities, Status
 from schemas.settings import SettingsError
+from schemas.signing import parse_public_key
 from schemas.topics import Kind, node_topic
 
 log = logging.getLogger(__name__)
@@ -106,17 +109,25 @@ SOURCES: dict[str, Callable[[SourceSection, float], Source]] = {
 }
 
 
-def active_model(config: NodeConfig, check: Callable[[Path], object]) -> ModelStore:
+def active_model(
+    config: NodeConfig, check: Callable[[Path], object], seal: ModelSeal | None = None
+) -> ModelStore:
     """The model store, with ``model.initial`` installed and activated if it has no active
     model; ``check`` loads a model folder (raising ModelError) before it is installed, so a
-    broken initial model never becomes active."""
-    store = ModelStore(config.store_dir)
+    broken initial model never becomes active. With ``seal``, model files are kept encrypted."""
+    store = ModelStore(config.store_dir, seal)
     leftovers = store.clean()
     if leftovers:
         log.warning("model store: removed %d leftovers of an interrupted write", leftovers)
     if store.state().active is None:
         install_initial(config, store, check)
+    _seal_plain(store)
     return store
+
+
+def _seal_plain(store: ModelStore) -> None:
+    for ref in store.seal_plain():
+        log.info("model store: encrypted %s@%s at rest", ref.name, ref.version)
 
 
 def install_initial(config: NodeConfig, store: ModelStore, check: Callable[[Path], object]) -> None:
@@ -137,11 +148,17 @@ def install_initial(config: NodeConfig, store: ModelStore, check: Callable[[Path
 
 
 def open_model(
-    config: NodeConfig, load: Callable[[Path], Scorer]
+    config: NodeConfig,
+    load: Callable[[Path], Scorer],
+    check: Callable[[Path], object] | None = None,
+    seal: ModelSeal | None = None,
 ) -> tuple[ModelStore, Scorer, str]:
     """The store and its active model loaded (or the previous one, or ``model.initial`` when
-    the active one will not load and there is nothing before it)."""
-    store = active_model(config, load)
+    the active one will not load and there is nothing before it). ``load`` reads the store's
+    (maybe encrypted) folders, ``check`` a plain folder such as ``model.initial`` (default:
+    ``load``); ``seal`` keeps the store's files encrypted."""
+    check = check or load
+    store = active_model(config, check, seal)
     try:
         runtime, fallback = open_active(store, load)
     except (ModelError, StoreError) as exc:
@@ -150,17 +167,32 @@ def open_model(
         # An active model that cannot load and has no previous: start again from the
         # configured initial model, so fixing the config is enough.
         log.error("%s; installing model.initial again", exc)
-        install_initial(config, store, load)
+        install_initial(config, store, check)
+        _seal_plain(store)
         runtime, fallback = open_active(store, load)
     return store, runtime, fallback
+
+
+def model_seal(config: NodeConfig) -> ModelSeal | None:
+    """The at-rest encryption of model files, if security.model_key_file names a key."""
+    path = config.security.model_key_file
+    if not path:
+        return None
+    try:
+        return ModelSeal(read_key(Path(path)))
+    except SealError as exc:
+        raise SettingsError(str(exc)) from None
 
 
 def build_node(config: NodeConfig) -> EdgeNode:
     """Everything a node needs, wired; raises SettingsError / SourceError / ModelError."""
     started = time.time()
     source = SOURCES[config.source.kind](config.source, started)
-    load = partial(ModelRuntime.load, sensors=source.channels, threads=config.model.threads)
-    store, runtime, fallback = open_model(config, load)
+    plain = partial(ModelRuntime.load, sensors=source.channels, threads=config.model.threads)
+    seal = model_seal(config)
+    # The store's folders may be encrypted at rest; model.initial is a plain folder.
+    load = partial(plain, opener=seal.open if seal else None)
+    store, runtime, fallback = open_model(config, load, plain, seal)
     if fallback:
         log.error("%s", fallback)
     batcher = ResultBatcher(config.batch.max_readings, config.batch.max_age_s)
@@ -246,7 +278,19 @@ def _control(
         subscriber=transport,
         ledger=Ledger(config.commands_path),
         started=time.monotonic(),
+        trust=_trust(config),
     )
+
+
+def _trust(config: NodeConfig) -> Trust | None:
+    """The hub keys this node believes; None (unsigned commands applied) if there are none."""
+    hub_keys = config.security.hub_keys
+    if not hub_keys:
+        log.warning("security.hub_keys is empty: commands are applied without a signature check")
+        return None
+    keys = [parse_public_key(k, f"security.hub_keys[{i}]") for i, k in enumerate(hub_keys)]
+    log.info("commands must be signed by hub key %s", " or ".join(k.key_id for k in keys))
+    return Trust(keys, Marks(config.data_dir / "trust.json"))
 
 
 def _transport(config: NodeConfig, will: bytes) -> NodeTransport:

@@ -46,6 +46,52 @@ def refused_by_broker(reason: str) -> str:
     return f"refused by the broker: {reason} (check the user name and password file)"
 
 
+# MQTT v5 DISCONNECT reason: another connection arrived with this client id and took the session.
+SESSION_TAKEN_OVER: Final = 0x8E
+# A connection the broker ends this soon after it began counts as "dropped at once".
+SHORT_CONNECTION_S: Final = 10.0
+# This many in a row look like another client taking the session each time it reconnects.
+FLAPS_BEFORE_ERROR: Final = 3
+
+
+def taken_over(url: str, client_id: str, times: int) -> str:
+    """The line a client logs at ERROR when another client seems to hold its client id."""
+    return (
+        f"connection to {url} ended {times} times within seconds of connecting: another client "
+        f"is using client id {client_id!r} (two processes with one identity, such as two hubs "
+        "with one mqtt.client_id?), or the broker drops this client for another reason; "
+        "the broker's log says which"
+    )
+
+
+class Flapping:
+    """Tells a session takeover from an ordinary drop (pure; time comes in as arguments).
+
+    Mosquitto 2.0 closes the socket of the client whose session is taken over without saying
+    why (later brokers send reason 0x8E): both clients reconnect and evict each other, so the
+    sign is a run of connections that end within seconds of starting.
+    """
+
+    def __init__(self, short_s: float = SHORT_CONNECTION_S, runs: int = FLAPS_BEFORE_ERROR) -> None:
+        self._short = short_s
+        self._runs = runs
+        self._since: float | None = None
+        self.run = 0  # connections in a row that ended within ``short_s``
+
+    def connected(self, now: float) -> None:
+        """A connection was established."""
+        self._since = now
+
+    def dropped(self, now: float, reason: int) -> bool:
+        """A connection ended; True when that is worth an ERROR line (first, then every 10th)."""
+        short = self._since is not None and now - self._since < self._short
+        self._since = None
+        self.run = self.run + 1 if short or reason == SESSION_TAKEN_OVER else 0
+        if reason == SESSION_TAKEN_OVER:
+            self.run = max(self.run, self._runs)
+        return self.run >= self._runs and (self.run - self._runs) % 10 == 0
+
+
 class ConnectionReport:
     """Decides which connection problems are logged at WARNING, and with what words."""
 

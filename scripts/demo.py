@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 # The broker runner that the integration tests use: the project's own config, ACL and passwords.
+from cloud_hub.commands import keys  # noqa: E402
 from tests.broker import Broker, free_port  # noqa: E402
 from tests.industrial import modbus_source_toml  # noqa: E402
 
@@ -55,6 +56,7 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     model = _train(work, args.rate_hz)
+    keys.generate(work / "hub.key")  # commands and manifests signed, nodes trusting this key
     users = {name: secrets.token_urlsafe(12) for name in ("hub", *PUMPS)}
     broker = Broker(work / "mosquitto", users)
     broker.start()
@@ -171,6 +173,7 @@ def _hub(work: Path, broker: Broker, metrics_port: int) -> subprocess.Popen[byte
         "CLOUD_HUB__MQTT__PASSWORD": broker.users["hub"],
         "CLOUD_HUB__STORE__DB": str(work / "hub.db"),
         "CLOUD_HUB__METRICS__PORT": str(metrics_port),
+        "CLOUD_HUB__SECURITY__SIGNING_KEY": str(work / "hub.key"),
     }
     return _spawn([str(BIN / "cloud-hub"), "serve"], env, work / "hub.log")
 
@@ -212,7 +215,9 @@ def _node(
         f'[mqtt]\nport = {broker.port}\npassword = "{broker.users[name]}"\n'
         f'[model]\ninitial = "{model}"\n'
         f"[batch]\nmax_age_s = 1.0\n"
-        f"[telemetry]\ninterval_s = 5.0\ndrift_interval_s = 60.0\n" + source
+        f"[telemetry]\ninterval_s = 5.0\ndrift_interval_s = 60.0\n"
+        f'[security]\nhub_keys = ["{keys.public_path(work / "hub.key").read_text().strip()}"]\n'
+        + source
     )
     return _spawn(
         [str(BIN / "edge-node"), "run", "--config", str(config)], {}, work / f"{name}.log"

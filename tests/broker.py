@@ -6,6 +6,8 @@ The broker config is mosquitto/mosquitto.conf with only its site-specific lines 
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -14,9 +16,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 
 from tests.mqtt_clients import try_connect
+from tests.tls import ServerFiles
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,44 @@ INSTALL_HINT = (
 # Where distributions put the broker; /usr/sbin is often not on a normal user's PATH.
 _SBIN = os.pathsep.join(["/usr/sbin", "/usr/local/sbin", "/opt/homebrew/sbin"])
 # Lines that depend on where the broker runs; every other line is kept as the project wrote it.
-SITE_KEYS = frozenset({"listener", "persistence_location", "password_file", "acl_file", "log_dest"})
+SITE_KEYS = frozenset(
+    {
+        *("listener", "persistence_location", "password_file", "acl_file", "log_dest"),
+        *("plugin", "plugin_opt_config_file"),
+    }
+)
+# Accounts kept in the password file; every other account is a node, kept in the dynamic
+# security plugin's file and bound to its client id (mosquitto/dynsec_clients.py).
+PASSWORD_FILE_ACCOUNTS = frozenset({"hub"})
+DYNSEC_PLUGIN = "mosquitto_dynamic_security.so"
+# Where distributions put the plugin (Debian by architecture, the eclipse-mosquitto image).
+_PLUGIN_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib/arm-linux-gnueabihf",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/opt/homebrew/lib",
+)
+
+
+def find_dynsec_plugin() -> str | None:
+    """Path of Mosquitto's dynamic security plugin, None if it is not installed."""
+    for folder in _PLUGIN_DIRS:
+        path = Path(folder) / DYNSEC_PLUGIN
+        if path.is_file():
+            return str(path)
+    return None
+
+
+def dynsec_clients() -> ModuleType:
+    """mosquitto/dynsec_clients.py, the same code mosquitto/add-node runs."""
+    path = REPO_ROOT / "mosquitto" / "dynsec_clients.py"
+    spec = importlib.util.spec_from_file_location("dynsec_clients", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def find_mosquitto(program: str = "mosquitto") -> str | None:
@@ -70,6 +110,28 @@ def rewrite_conf(text: str, site: dict[str, str], source: str = "mosquitto.conf"
     return "\n".join(out) + "\n"
 
 
+TLS_KEYS = ("cafile", "certfile", "keyfile", "require_certificate")
+
+
+def tls_options(text: str, source: str = "mosquitto.conf") -> list[tuple[str, str]]:
+    """The options of the config's commented-out TLS listener (``#listener 8883``), in order."""
+    lines = text.splitlines()
+    try:
+        start = lines.index("#listener 8883")
+    except ValueError:
+        raise ValueError(f"{source}: no '#listener 8883' block to test TLS with") from None
+    out = []
+    for line in lines[start + 1 :]:
+        words = line.lstrip("#").split()
+        if not line.startswith("#") or not words:
+            break
+        if words[0] in TLS_KEYS and len(words) == 2:
+            out.append((words[0], words[1]))
+    if [k for k, _ in out][:3] != ["cafile", "certfile", "keyfile"]:
+        raise ValueError(f"{source}: the TLS block lacks cafile, certfile and keyfile")
+    return out
+
+
 class Broker:
     """A Mosquitto process on 127.0.0.1 with its own password file, config and persistence dir."""
 
@@ -82,6 +144,8 @@ class Broker:
         port: int | None = None,
         conf: Path = DEFAULT_CONF,
         acl: Path = DEFAULT_ACL,
+        *,
+        tls: ServerFiles | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.users = dict(users)
@@ -90,8 +154,11 @@ class Broker:
         self.acl = Path(acl)
         self.data_dir = self.workdir / "data"
         self.passwd_path = self.workdir / "passwd"
+        self.dynsec_path = self.workdir / "dynamic-security.json"
         self.conf_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
+        # With TLS the one listener is the config's (commented) TLS listener, on this port.
+        self.tls = tls
         self._proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Broker:
@@ -186,12 +253,35 @@ class Broker:
             "password_file": str(self.passwd_path),
             "acl_file": str(self.acl),
             "log_dest": "stdout",
+            "plugin": self._plugin(),
+            "plugin_opt_config_file": str(self.dynsec_path),
         }
         if os.geteuid() == 0:
             # As root, Mosquitto drops to the "mosquitto" user before reading the password file
             # and writing persistence, and that user cannot read this private work dir.
             site["user"] = "root"
-        return rewrite_conf(self.conf.read_text(encoding="utf-8"), site, str(self.conf))
+        text = self.conf.read_text(encoding="utf-8")
+        conf = rewrite_conf(text, site, str(self.conf))
+        if self.tls is None:
+            return conf
+        files = {"cafile": self.tls.ca, "certfile": self.tls.cert, "keyfile": self.tls.key}
+        options = [f"{k} {files.get(k, v)}" for k, v in tls_options(text, str(self.conf))]
+        return conf + "\n".join(options) + "\n"
+
+    @staticmethod
+    def _plugin() -> str:
+        plugin = find_dynsec_plugin()
+        if plugin is None:
+            raise RuntimeError(f"{DYNSEC_PLUGIN} not found: {INSTALL_HINT}")
+        return plugin
+
+    def _write_dynsec(self, nodes: dict[str, str]) -> None:
+        dynsec = dynsec_clients()
+        data = dynsec.empty()
+        for name, password in nodes.items():
+            data, _ = dynsec.with_client(data, name, password)
+        self.dynsec_path.write_text(json.dumps(data), encoding="utf-8")
+        self.dynsec_path.chmod(0o600)
 
     def _write_passwd(self) -> None:
         tool = find_mosquitto("mosquitto_passwd")
@@ -200,11 +290,13 @@ class Broker:
         for name, password in self.users.items():
             if ":" in name or "\n" in name + password:
                 raise ValueError(f"user {name!r}: ':' and newlines are not allowed")
+        hubs = {n: p for n, p in self.users.items() if n in PASSWORD_FILE_ACCOUNTS}
+        self._write_dynsec({n: p for n, p in self.users.items() if n not in hubs})
         # One clear-text file hashed in place by `-U`: one process instead of one per user.
         self.passwd_path.touch(mode=0o600)
         self.passwd_path.chmod(0o600)
         self.passwd_path.write_text(
-            "".join(f"{name}:{password}\n" for name, password in self.users.items()),
+            "".join(f"{name}:{password}\n" for name, password in hubs.items()),
             encoding="utf-8",
         )
         subprocess.run([tool, "-U", str(self.passwd_path)], check=True, capture_output=True)
@@ -232,7 +324,8 @@ class Broker:
             if user is None:
                 socket.create_connection((self.host, self.port), timeout=0.5).close()
                 return True
-            code = try_connect(self.host, self.port, user, self.users[user], timeout=2.0)
+            ca = self.tls.ca if self.tls else None
+            code = try_connect(self.host, self.port, user, self.users[user], timeout=2.0, ca=ca)
         except (OSError, TimeoutError):
             return False
         if code.is_failure:

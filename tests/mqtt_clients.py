@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import queue
+import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
@@ -33,10 +35,20 @@ def _client(client_id: str, username: str | None, password: str | None) -> mqtt.
 
 
 def try_connect(
-    host: str, port: int, username: str | None, password: str | None, timeout: float = 5.0
+    host: str,
+    port: int,
+    username: str | None,
+    password: str | None,
+    timeout: float = 5.0,
+    *,
+    ca: Path | None = None,
 ) -> ReasonCode:
-    """Connect once with MQTT v5, return the CONNACK reason code and disconnect."""
+    """Connect once with MQTT v5 (TLS when ``ca`` is given), return the CONNACK reason code."""
     client = _client(f"probe-{uuid.uuid4().hex[:12]}", username, password)
+    if ca is not None:
+        client.tls_set(ca_certs=str(ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        # The chain is checked, not the name: the tests also run brokers named wrongly.
+        client.tls_insecure_set(True)
     result: list[ReasonCode] = []
     client.on_connect = lambda _c, _u, _f, rc, _p: result.append(rc)
     client.connect(host, port, keepalive=10)
@@ -115,11 +127,17 @@ def mqtt_client(
 
     Messages, PUBACK/SUBACK reason codes and disconnects land in ``state(client)``.
     """
+    if client_id is None:
+        # Node accounts are bound to their client id (the dynamic security plugin); the hub's
+        # account may connect several times at once under ids of its own.
+        client_id = f"{user}-{uuid.uuid4().hex[:8]}" if user == "hub" else user
     client = _client(
-        client_id or f"{user}-{uuid.uuid4().hex[:8]}",
+        client_id,
         user,
         broker.users[user] if password is None else password,
     )
+    if broker.tls is not None:
+        client.tls_set(ca_certs=str(broker.tls.ca), tls_version=ssl.PROTOCOL_TLS_CLIENT)
     st = ClientState()
     st.attach(client)
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]

@@ -22,6 +22,7 @@ from cloud_hub.app import StartupError, serve
 from cloud_hub.cli import commands, events, fit, models, training
 from cloud_hub.cli.args import UsageError, positive
 from cloud_hub.cli.session import load_config, settings_source
+from cloud_hub.commands import keys
 from cloud_hub.commands.commander import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 from cloud_hub.commands.ledger import LedgerError
 from cloud_hub.config import IngestConfig
@@ -56,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StartupError,
         CatalogError,
         LedgerError,
+        keys.SigningKeyError,
         OSError,
     ) as exc:
         return _fail(args.command, exc, EXIT_FAILED)
@@ -141,12 +143,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     training.add_parser(sub, common)
     events.add_parser(sub, _common("WARNING", with_config=False, with_timeout=False))
+    keygen = sub.add_parser(
+        "keygen", parents=[common], help="make the hub's command-signing key (Ed25519)"
+    )
+    keygen.add_argument("--out", type=Path, required=True, metavar="FILE", help="private key")
+    keygen.set_defaults(run=_keygen)
 
     # Client commands print results; they log only when something is wrong.
     models.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=False))
     commands.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=True))
     fit.add_parser(sub, _common("WARNING", with_config=True, with_timeout=False))
     return parser
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    text = keys.generate(args.out)
+    print(f"private key {args.out} (mode 0600), public key {keys.public_path(args.out)}")
+    print(f'nodes: [security] hub_keys = ["{text}"]')
+    print(f'hub:   [security] signing_key = "{args.out}"')
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

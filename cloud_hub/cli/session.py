@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Protocol, TextIO
 
+from cloud_hub.commands import keys
 from cloud_hub.commands.commander import Tracker, no_chunks_warning
 from cloud_hub.commands.identity import HubIdentity, sender_id
 from cloud_hub.commands.ledger import Ledger, LedgerError, record_of
@@ -134,6 +135,8 @@ class Session:
             client_id = f"{config.mqtt.client_id}-cli-{secrets.token_hex(4)}"
             client = CommandClient(config.mqtt, resolve_password(config.mqtt), client_id)
         self.client = client
+        key = config.security.signing_key
+        self.signing_key = keys.load(Path(key)) if key else None
         self.identity = HubIdentity(sender_id(client.client_id))
         self.issued_by = f"cloud-hub {subcommand} ({_user()})"
         self.clock = clock
@@ -188,9 +191,16 @@ class Session:
 
     def send(self, commands: Sequence[Command]) -> None:
         """Record each command in the ledger, then publish it on its node's cmd topic."""
-        for command in commands:
+        for unsigned in commands:
+            command = self._signed(unsigned)
             self.ledger.record_command(record_of(command, self.issued_by))
             self.client.publish(node_topic(command.node, Kind.CMD), encode(command), 10.0)
+
+    def _signed(self, command: Command) -> Command:
+        """Signed with the hub's key when one is configured (security.signing_key)."""
+        if self.signing_key is None:
+            return command
+        return keys.sign_command(command, self.signing_key)
 
     def follow(
         self,

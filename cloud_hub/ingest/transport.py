@@ -30,7 +30,14 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
 from cloud_hub.config import MqttConfig
-from schemas.connection import ConnectionReport, broker_url, explain, refused_by_broker
+from schemas.connection import (
+    ConnectionReport,
+    Flapping,
+    broker_url,
+    explain,
+    refused_by_broker,
+    taken_over,
+)
 from schemas.topics import NODE_TO_HUB, subscription
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,8 @@ class HubTransport:
         self._inbox = inbox
         self._connection = 0
         self._stopping = False
+        self.takeovers = 0  # times another client with this client id took the session
+        self._flapping = Flapping()
         # Why the hub is not connected, at WARNING at most once a minute (network thread only).
         self._report = ConnectionReport(broker_url(config.host, config.port, _tls(config)))
         self._receive_maximum = receive_maximum
@@ -156,6 +165,7 @@ class HubTransport:
         if (line := self._report.connected(time.monotonic())) is not None:
             log.info("%s", line)
         self._connection += 1
+        self._flapping.connected(time.monotonic())
         log.info("connected to the broker (session present: %s)", flags.session_present)
         topics = [(subscription(kind), SubscribeOptions(qos=1)) for kind in NODE_TO_HUB]
         result, _mid = client.subscribe(topics)
@@ -181,7 +191,12 @@ class HubTransport:
         properties: Properties | None,
     ) -> None:
         self.connected.clear()
-        if self._stopping:
+        if self._flapping.dropped(time.monotonic(), reason_code.value):
+            self.takeovers += 1
+            log.error(
+                "%s", taken_over(self._report.url, self._config.client_id, self._flapping.run)
+            )
+        elif self._stopping:
             log.info("disconnected from the broker: %s", reason_code)
         else:
             log.warning("disconnected from the broker: %s; paho reconnects", reason_code)

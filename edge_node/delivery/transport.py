@@ -27,7 +27,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from schemas.connection import ConnectionReport, broker_url, explain, refused_by_broker
+from schemas.connection import (
+    ConnectionReport,
+    Flapping,
+    broker_url,
+    explain,
+    refused_by_broker,
+    taken_over,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +129,7 @@ class NodeTransport:
         client.on_message = self._on_message
         self._client = client
         # Why the node is not connected, at WARNING at most once a minute (network thread only).
+        self._flapping = Flapping()
         self._report = ConnectionReport(
             broker_url(settings.host, settings.port, bool(settings.tls_ca))
         )
@@ -191,6 +199,7 @@ class NodeTransport:
             return
         if (line := self._report.connected(time.monotonic())) is not None:
             log.info("%s", line)
+        self._flapping.connected(time.monotonic())
         with self._lock:
             for topic in sorted(self._stale):
                 client.unsubscribe(topic)
@@ -218,6 +227,10 @@ class NodeTransport:
         _p: Properties | None,
     ) -> None:
         self.connected.clear()
+        if self._flapping.dropped(time.monotonic(), reason.value):
+            log.error(
+                "%s", taken_over(self._report.url, self._settings.client_id, self._flapping.run)
+            )
         self.events.put(Disconnected(str(reason)))
 
     def _on_publish(

@@ -20,6 +20,7 @@ from edge_node.lifecycle.deployer import Assembly, AssemblyError, ChunkOutcome, 
 from edge_node.lifecycle.ledger import Ledger, LedgerError
 from edge_node.lifecycle.model_store import StoreError
 from edge_node.lifecycle.switcher import Switched, Switcher
+from edge_node.lifecycle.trust import Trust
 from edge_node.scoring.pipeline import RolledBack, Scored
 from edge_node.sources.base import Block
 from schemas.codec import DecodeError, decode
@@ -86,6 +87,7 @@ class Control:
         subscriber: Subscriber,
         ledger: Ledger,
         started: float,
+        trust: Trust | None = None,
     ) -> None:
         self.settings = settings
         self.errors: Counter[str] = Counter()
@@ -96,6 +98,7 @@ class Control:
         self._subscriber = subscriber
         self._ledger = ledger
         self._book: CommandBook = ledger.load()
+        self._trust = trust  # None: unsigned commands are applied (no hub key configured)
         self._started = started
         self._ring = CaptureRing(settings.capture_buffer, len(settings.channels))
         self._transfer: _Transfer | None = None
@@ -183,6 +186,9 @@ class Control:
             self.errors["bad_command"] += 1
             log.warning("%s (reason %s)", exc, exc.reason)
             return []
+        refused = self._refusal(command, wall)
+        if refused:
+            return [self._ack(draft(command, "rejected", refused), wall, record=False)]
         settled = decide(command, self._view(), self._book, wall)
         if settled is not None:
             duplicate = self._book.last(command.id) is not None
@@ -203,6 +209,17 @@ class Control:
                 detail = {UPTIME_S: f"{now - self._started:.1f}", "boot": self._seq.boot}
                 model = self._switcher.pipeline.scorer.ref
                 return [self._ack(draft(command, "applied", model=model, detail=detail), wall)]
+
+    def _refusal(self, command: Command, wall: float) -> str:
+        """Why a command is not trusted ("" if it is). A known id is answered from the book
+        as before; a refusal is not recorded, so a forgery cannot claim a real command's id."""
+        if self._trust is None or self._book.last(command.id) is not None:
+            return ""
+        refused = self._trust.admit(command, wall)
+        if refused:
+            self.errors["untrusted_command"] += 1
+            log.warning("command %s refused: %s", command.id, refused)
+        return refused
 
     def _view(self) -> NodeView:
         scorer = self._switcher.pipeline.scorer

@@ -19,6 +19,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_node.lifecycle.sealing import ModelSeal
 from schemas.files import atomic_write, fsync_dir
 from schemas.manifest import (
     MANIFEST_FILE,
@@ -48,8 +49,10 @@ class StoreState:
 class ModelStore:
     """Model versions on disk with an atomically switched active/previous pointer."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, seal: ModelSeal | None = None) -> None:
         self.root = root
+        # With a seal, model files are written encrypted (edge_node/lifecycle/sealing.py).
+        self.seal = seal
         (root / "versions").mkdir(parents=True, exist_ok=True)
 
     def path(self, ref: ModelRef) -> Path:
@@ -97,7 +100,7 @@ class ModelStore:
                 f"the manifest's {manifest.sha256}"
             )
         target = self.path(ref)
-        if _sha256(target / MODEL_FILE) == digest:
+        if self.seal is None and _sha256(target / MODEL_FILE) == digest:
             return ref
         self._write_version(ref, {MODEL_FILE: model, MANIFEST_FILE: encode_manifest(manifest)})
         return ref
@@ -106,6 +109,8 @@ class ModelStore:
         """Write a version folder under a temporary name, fsync it, then rename it in place."""
         target = self.path(ref)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if self.seal is not None and MODEL_FILE in files:
+            files = {**files, MODEL_FILE: self.seal.seal(files[MODEL_FILE], target)}
         tmp = Path(tempfile.mkdtemp(prefix=".incoming-", dir=target.parent))
         try:
             for name, data in files.items():
@@ -124,6 +129,23 @@ class ModelStore:
             raise StoreError(
                 f"cannot install {ref.name}@{ref.version} into {target}: {exc}"
             ) from None
+
+    def seal_plain(self) -> list[ModelRef]:
+        """Encrypt the model files still in the clear (written before a key was set)."""
+        if self.seal is None:
+            return []
+        sealed = []
+        for ref in self.versions():
+            path = self.path(ref) / MODEL_FILE
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                log.warning("%s: cannot read to encrypt: %s", path, exc.strerror)
+                continue
+            if not self.seal.is_sealed(data):
+                atomic_write(path, self.seal.seal(data, path.parent))
+                sealed.append(ref)
+        return sealed
 
     def state(self) -> StoreState:
         """The active and previous versions (None when the store is new)."""

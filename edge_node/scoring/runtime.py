@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from schemas.messages import ModelRef
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 1024
+# Model file bytes and their folder -> the ONNX bytes (edge_node.lifecycle.sealing.ModelSeal).
+Opener = Callable[[bytes, Path], bytes]
 _FLOAT = "tensor(float)"
 _WARMUP_ROWS = 2
 # onnxruntime's errors derive from Exception directly, not from RuntimeError.
@@ -70,9 +73,14 @@ class ModelRuntime:
         sensors: list[str] | None = None,
         threads: int = 1,
         max_batch: int = DEFAULT_MAX_BATCH,
+        opener: Opener | None = None,
     ) -> ModelRuntime:
-        """Read, verify, check and warm up the model in ``model_dir``; ModelError if unfit."""
-        manifest, onnx_bytes = _read_folder(model_dir)
+        """Read, verify, check and warm up the model in ``model_dir``; ModelError if unfit.
+
+        ``opener`` turns the file's bytes into the model's (decryption at rest); it raises
+        ValueError with the reason when it cannot.
+        """
+        manifest, onnx_bytes = _read_folder(model_dir, opener)
         missing = [c for c in manifest.input.channels if sensors is not None and c not in sensors]
         if missing:
             raise ModelError(
@@ -155,12 +163,17 @@ class ModelRuntime:
             raise ModelError("warm-up produced NaN contributions")
 
 
-def _read_folder(model_dir: Path) -> tuple[Manifest, bytes]:
+def _read_folder(model_dir: Path, opener: Opener | None = None) -> tuple[Manifest, bytes]:
     try:
         manifest_bytes = (model_dir / MANIFEST_FILE).read_bytes()
         onnx_bytes = (model_dir / MODEL_FILE).read_bytes()
     except OSError as exc:
         raise ModelError(f"load failed: {exc}") from exc
+    if opener is not None:
+        try:
+            onnx_bytes = opener(onnx_bytes, model_dir)
+        except ValueError as exc:
+            raise ModelError(f"load failed: {exc}") from None
     try:
         manifest = decode_manifest(manifest_bytes, source=str(model_dir / MANIFEST_FILE))
     except ValueError as exc:

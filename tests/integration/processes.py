@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from cloud_hub.commands import keys
+from schemas.messages import Command
 from tests.broker import Broker, free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -60,6 +63,22 @@ class Proc:
         return "\n".join(lines[-tail:])
 
 
+_KEYS: dict[str, tuple[Path, str]] = {}
+
+
+def hub_key() -> tuple[Path, str]:
+    """The hub signing key of this test run (made once) and the public key nodes trust."""
+    if "hub" not in _KEYS:
+        path = Path(tempfile.mkdtemp(prefix="edgeml-key-")) / "hub.key"
+        _KEYS["hub"] = (path, keys.generate(path))
+    return _KEYS["hub"]
+
+
+def signed(command: Command) -> Command:
+    """``command`` signed as ``cloud-hub`` signs it, for tests that publish commands by hand."""
+    return keys.sign_command(command, keys.load(hub_key()[0]))
+
+
 def _script(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
@@ -67,20 +86,23 @@ def _script(name: str) -> str:
 class Hub(Proc):
     """``cloud-hub serve`` connected to ``broker`` with its metrics on a free port."""
 
-    def __init__(self, broker: Broker, workdir: Path, client_id: str) -> None:
+    def __init__(
+        self, broker: Broker, workdir: Path, client_id: str, env: dict[str, str] | None = None
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.metrics_port = free_port()
         self.db = workdir / "hub.db"
-        env = {
+        settings = {
             "CLOUD_HUB__MQTT__PORT": str(broker.port),
             "CLOUD_HUB__MQTT__PASSWORD": broker.users["hub"],
             "CLOUD_HUB__MQTT__CLIENT_ID": client_id,
             "CLOUD_HUB__MQTT__SESSION_EXPIRY_S": "300",
             "CLOUD_HUB__STORE__DB": str(self.db),
             "CLOUD_HUB__METRICS__PORT": str(self.metrics_port),
-        }
-        self.env = env
-        super().__init__([_script("cloud-hub"), "serve"], env, workdir / "hub.log")
+            "CLOUD_HUB__SECURITY__SIGNING_KEY": str(hub_key()[0]),
+        } | (env or {})
+        self.env = settings
+        super().__init__([_script("cloud-hub"), "serve"], settings, workdir / "hub.log")
 
     def cli(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         """Run ``cloud-hub ARGS`` against the same broker and stores as this hub."""
@@ -141,6 +163,7 @@ def node_config(
         "reconnect_min_s = 1\nreconnect_max_s = 2\n"
         f'[model]\ninitial = "{model_dir}"\n'
         "[telemetry]\ninterval_s = 1.0\ndrift_interval_s = 2.0\n"
+        f'[security]\nhub_keys = ["{hub_key()[1]}"]\n'
         f"[source]\n{source}\n{extra}"
     )
     return path
@@ -149,11 +172,13 @@ def node_config(
 class Node(Proc):
     """``edge-node run`` with a config file written by :func:`node_config`."""
 
-    def __init__(self, config: Path, *, exit_when_drained: bool = True) -> None:
+    def __init__(
+        self, config: Path, *, exit_when_drained: bool = True, env: dict[str, str] | None = None
+    ) -> None:
         args = [_script("edge-node"), "run", "--config", str(config)]
         if exit_when_drained:
             args.append("--exit-when-drained")
-        super().__init__(args, {}, config.with_suffix(f".{time.monotonic_ns()}.log"))
+        super().__init__(args, env or {}, config.with_suffix(f".{time.monotonic_ns()}.log"))
 
 
 def wait_for(check: Callable[[], bool], timeout: float, what: str, *procs: Proc) -> None:

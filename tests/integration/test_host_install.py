@@ -15,14 +15,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.broker import DEFAULT_CONF, REPO_ROOT, free_port, rewrite_conf
+from tests.broker import DEFAULT_CONF, DYNSEC_PLUGIN, REPO_ROOT, free_port, rewrite_conf
 
 pytestmark = pytest.mark.integration
 
 README = REPO_ROOT / "README.md"
 HOST_CONF = REPO_ROOT / "mosquitto" / "mosquitto-host.conf"
 UNITS = REPO_ROOT / "deploy" / "host" / "systemd"
-SITE_KEYS = {"listener", "password_file", "acl_file", "persistence_location", "log_dest"}
+SITE_KEYS = {
+    *("listener", "password_file", "acl_file", "persistence_location", "log_dest"),
+    *("plugin", "plugin_opt_config_file"),
+}
 
 
 def readme_snippet(section: str) -> str:
@@ -87,7 +90,7 @@ def test_running_it_for_real_works_as_written(clean_folder: Path) -> None:
     assert "registered  pump-pca@1" in text
     # Everything lives in the folders the README names; secrets are private.
     etc = clean_folder / "etc"
-    for secret in ("hub.pw", "pump-7.pw", "mosquitto/passwd"):
+    for secret in ("hub.pw", "pump-7.pw", "mosquitto/passwd", "mosquitto/dynamic-security.json"):
         assert (etc / secret).stat().st_mode & 0o077 == 0, secret
     assert (clean_folder / "var" / "hub" / "hub.db").is_file()
     assert (clean_folder / "var" / "node" / "outbox.db").is_file()
@@ -108,6 +111,11 @@ def test_host_broker_config_has_the_container_limits() -> None:
     assert _other_lines(host) == _other_lines(DEFAULT_CONF.read_text(encoding="utf-8"))
     # Paths under the folders README names; a plain listener on loopback only.
     assert "password_file /etc/edgeml/mosquitto/passwd" in host.splitlines()
+    dynsec = "plugin_opt_config_file /etc/edgeml/mosquitto/dynamic-security.json"
+    assert dynsec in host.splitlines()
+    # Both load the dynamic security plugin (each at its system's path) beside the same ACL.
+    for conf in (host, DEFAULT_CONF.read_text(encoding="utf-8")):
+        assert any(x.startswith("plugin ") and x.endswith(DYNSEC_PLUGIN) for x in conf.splitlines())
     assert "persistence_location /var/lib/edgeml/mosquitto/" in host.splitlines()
     assert "listener 1883 127.0.0.1" in host.splitlines()
     rewrite_conf(host, {"listener": "1 127.0.0.1"}, str(HOST_CONF))  # one active listener

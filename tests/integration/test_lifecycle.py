@@ -9,23 +9,26 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from schemas.codec import decode, encode
 from schemas.manifest import decode_manifest
-from schemas.messages import Ack, Deploy, Ping, ResultBatch
+from schemas.messages import Ack, Command, Deploy, Ping, ResultBatch
 from schemas.packing import unpack_f32
+from schemas.signing import sign
 from tests.broker import Broker
 from tests.integration import models
-from tests.integration.processes import Hub, Node, node_config, wait_for
+from tests.integration.processes import Hub, Node, node_config, signed, wait_for
 from tests.mqtt_clients import close, mqtt_client, receive, state, subscribe
 
 pytestmark = pytest.mark.integration
@@ -177,7 +180,7 @@ def test_the_same_command_twice_is_applied_once(fleet: Fleet) -> None:
     try:
         _drain(fleet.watcher)
         for _ in range(2):
-            sender.publish("edgeml/v1/life-1/cmd", encode(command), qos=1)
+            sender.publish("edgeml/v1/life-1/cmd", encode(signed(command)), qos=1)
         acks = fleet.acks_until_settled(command.id, timeout=40, settle=3.0)
     finally:
         close(sender)
@@ -201,12 +204,48 @@ def test_an_expired_command_is_refused(fleet: Fleet) -> None:
     sender = mqtt_client(fleet.broker, "hub", client_id=f"late-{secrets.token_hex(3)}")
     try:
         _drain(fleet.watcher)
-        sender.publish("edgeml/v1/life-1/cmd", encode(ping), qos=1)
+        sender.publish("edgeml/v1/life-1/cmd", encode(signed(ping)), qos=1)
         (ack,) = fleet.acks_of(ping.id, 1)
     finally:
         close(sender)
     assert ack.status == "rejected"
     assert "expired" in ack.reason
+
+
+@pytest.mark.parametrize(
+    ("forge", "reason"),
+    [
+        (lambda c: c, "unsigned command"),
+        (lambda c: sign(c, Ed25519PrivateKey.generate()), "not made by a trusted hub key"),
+        (
+            lambda c: msgspec.structs.replace(signed(c), expires_at=c.expires_at + 1e9),
+            "bad command signature",
+        ),
+    ],
+    ids=["unsigned", "forged", "tampered"],
+)
+def test_a_command_without_the_hubs_signature_is_refused(
+    fleet: Fleet, forge: Callable[[Ping], Command], reason: str
+) -> None:
+    now = time.time()
+    ping = Ping(
+        node="life-1",
+        boot="test",
+        seq=3,
+        ts=now,
+        id=secrets.token_hex(6),
+        issued_at=now,
+        expires_at=now + 60,
+    )
+    # The hub's own broker account: the signature, not the password, is what a node trusts.
+    sender = mqtt_client(fleet.broker, "hub", client_id=f"forger-{secrets.token_hex(3)}")
+    try:
+        _drain(fleet.watcher)
+        sender.publish("edgeml/v1/life-1/cmd", encode(forge(ping)), qos=1)
+        (ack,) = fleet.acks_of(ping.id, 1)
+    finally:
+        close(sender)
+    assert ack.status == "rejected" and reason in ack.reason
 
 
 def test_a_corrupt_artifact_is_refused(fleet: Fleet, tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ ALERTS = REPO_ROOT / "deploy" / "prometheus" / "alerts.yml"
 ALERTMANAGER = REPO_ROOT / "deploy" / "alertmanager" / "alertmanager.yml"
 RUNBOOK = REPO_ROOT / "docs" / "RUNBOOK.md"
 NODES = ("obs-1", "obs-2")
+SPARE = "obs-3"
 # What Grafana puts in for its variables: $__rate_interval is 4 scrape intervals here.
 GRAFANA_VARIABLES = {"$__rate_interval": "4s", "$node": NODES[0]}
 
@@ -123,10 +124,12 @@ def stack(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 def _send_bad_results(broker: Broker, count: int) -> None:
     """Messages the hub must reject (not msgpack), spread over scrapes so rate() sees them."""
-    client = mqtt_client(broker, NODES[1])
+    # An account of its own: a node's account is bound to its client id, so logging in as a
+    # running node would take its session.
+    client = mqtt_client(broker, SPARE)
     try:
         for _ in range(count):
-            publish(client, f"edgeml/v1/{NODES[1]}/result", b"\xc1 not msgpack")
+            publish(client, f"edgeml/v1/{SPARE}/result", b"\xc1 not msgpack")
             time.sleep(1.2)
     finally:
         close(client)

@@ -88,7 +88,7 @@ def test_compose_broker_runs_the_config_the_tests_use() -> None:
     config_dir = Path(mounts[str(Path(IMAGE_CONF).parent)])
     assert (config_dir / "mosquitto.conf").resolve() == DEFAULT_CONF.resolve()
     # The files the config names must be inside the mounts the container gets.
-    for key in ("password_file", "acl_file"):
+    for key in ("password_file", "acl_file", "plugin_opt_config_file"):
         assert Path(_conf_value(key)).parent == Path(IMAGE_CONF).parent, key
     assert any(_conf_value("persistence_location").startswith(t + "/") for t in mounts)
     assert (config_dir / Path(_conf_value("acl_file")).name).is_file()
@@ -97,8 +97,9 @@ def test_compose_broker_runs_the_config_the_tests_use() -> None:
 def test_test_broker_config_differs_only_in_site_lines() -> None:
     project = DEFAULT_CONF.read_text(encoding="utf-8")
     site = {"listener": "1 127.0.0.1", "password_file": "/p", "acl_file": "/a", "log_dest": "x"}
+    site |= {"plugin": "/l.so", "plugin_opt_config_file": "/j"}
     rewritten = rewrite_conf(project, {**site, "persistence_location": "/d/"})
-    kept = {"listener", "password_file", "acl_file", "log_dest", "persistence_location"}
+    kept = {*site, "persistence_location"}
 
     def other_lines(text: str) -> list[str]:
         return [ln for ln in text.splitlines() if not ln.split() or ln.split()[0] not in kept]

@@ -19,6 +19,7 @@ from edge_node.lifecycle.ledger import Ledger
 from edge_node.lifecycle.model_store import ModelStore
 from edge_node.lifecycle.probation import ProbationPolicy
 from edge_node.lifecycle.switcher import Switcher, open_active
+from edge_node.lifecycle.trust import Trust
 from edge_node.scoring.batcher import ResultBatcher
 from edge_node.scoring.events import EpisodeConfig
 from edge_node.scoring.pipeline import Pipeline, Scored, Scorer
@@ -92,6 +93,7 @@ class Node:
         *,
         executor: Executor | None = None,
         load: Callable[[Path], Scorer] | None = None,
+        trust: Trust | None = None,
     ) -> None:
         self.store = ModelStore(root / "models")
         if self.store.state().active is None:
@@ -116,6 +118,7 @@ class Node:
             subscriber=self.subscriber,
             ledger=Ledger(root / "commands.json"),
             started=10.0,
+            trust=trust,
         )
         self.fed = 0
         self.out: list[Outgoing] = []
