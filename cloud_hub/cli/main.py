@@ -275,7 +275,7 @@ def format_nodes(
         "ANOMALIES",
         "P99 MS",
         "OUTBOX",
-        "PSI MAX",
+        "DRIFT",
     )
     lines = [header] + [_cells(r, now, offline_after_s, silent) for r in rows]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -296,7 +296,7 @@ def _cells(row: NodeRow, now: float, offline_after_s: float, silent: bool) -> tu
         str(row.anomalies),
         _num(row.latency_p99_ms, ".2f"),
         _num(row.outbox_depth, "d"),
-        _num(row.drift_psi_max, ".3f"),
+        row.drift or "-",
     )
 
 

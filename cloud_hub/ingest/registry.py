@@ -53,15 +53,16 @@ CREATE TABLE IF NOT EXISTS nodes (
     latency_p99_ms  REAL,
     outbox_depth    INTEGER,
     drift_psi_max   REAL,
-    updated_at      REAL NOT NULL
+    updated_at      REAL NOT NULL,
+    drift           TEXT
 )
 """
 _COLUMNS: Final = (
     "node, online, boot, started_at, last_seen, active_model, active_version, capabilities, "
-    "readings, anomalies, latency_p99_ms, outbox_depth, drift_psi_max, updated_at"
+    "readings, anomalies, latency_p99_ms, outbox_depth, drift_psi_max, updated_at, drift"
 )
 _UPSERT: Final = (
-    f"INSERT INTO nodes ({_COLUMNS}) VALUES ({', '.join('?' * 14)}) "
+    f"INSERT INTO nodes ({_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
     "ON CONFLICT(node) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
 )
@@ -89,6 +90,7 @@ class NodeRow:
     outbox_depth: int | None
     drift_psi_max: float | None
     updated_at: float
+    drift: str | None = None  # "ok", or "watch: <channel>" / "drifting: <channel>"
 
 
 def row_of(state: NodeState, updated_at: float) -> NodeRow:
@@ -110,7 +112,15 @@ def row_of(state: NodeState, updated_at: float) -> NodeRow:
         outbox_depth=telemetry.outbox_depth if telemetry else None,
         drift_psi_max=state.drift.psi_max if state.drift else None,
         updated_at=updated_at,
+        drift=_drift_text(state),
     )
+
+
+def _drift_text(state: NodeState) -> str | None:
+    drift = state.drift.state if state.drift else None
+    if drift is None:
+        return None
+    return drift.level if not drift.channel else f"{drift.level}: {drift.channel}"
 
 
 class Registry:
@@ -135,6 +145,9 @@ class Registry:
         db.execute("PRAGMA synchronous=NORMAL")
         with db:
             db.execute(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(nodes)")}
+            if "drift" not in columns:  # a registry written before drift states
+                db.execute("ALTER TABLE nodes ADD COLUMN drift TEXT")
             db.executescript(_STATE_SCHEMA)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         return db
@@ -241,12 +254,13 @@ def _params(row: NodeRow) -> tuple[object, ...]:
         row.outbox_depth,
         row.drift_psi_max,
         row.updated_at,
+        row.drift,
     )
 
 
 def _row(values: tuple[Any, ...]) -> NodeRow:
     (node, online, boot, started, seen, model, version, caps, *rest) = values
-    readings, anomalies, p99, depth, psi, updated = rest
+    readings, anomalies, p99, depth, psi, updated, drift = rest
     return NodeRow(
         node=node,
         online=None if online is None else bool(online),
@@ -262,4 +276,5 @@ def _row(values: tuple[Any, ...]) -> NodeRow:
         outbox_depth=depth,
         drift_psi_max=psi,
         updated_at=updated,
+        drift=drift,
     )
