@@ -14,7 +14,6 @@ from typing import Any, Literal
 import numpy as np
 
 from cloud_hub.cli.args import (
-    UsageError,
     model_name,
     model_version,
     node_id,
@@ -23,7 +22,7 @@ from cloud_hub.cli.args import (
     positive_int,
 )
 from cloud_hub.cli.cards import format_side_by_side
-from cloud_hub.cli.fit import node_capabilities
+from cloud_hub.cli.fit import catalog_entry, node_capabilities
 from cloud_hub.cli.session import Session, load_config
 from cloud_hub.commands.commander import (
     DEFAULT_EXPIRES_IN_S,
@@ -137,7 +136,7 @@ def _add_deploy_options(parser: argparse.ArgumentParser) -> None:
 def run_deploy(args: argparse.Namespace) -> int:
     """``cloud-hub deploy``: refused for nodes the model does not fit, unless ``--force``."""
     config = load_config(args.config)
-    entry = _catalog_entry(config, args.model, args.version)
+    entry = catalog_entry(config, args.model, args.version, read_artifact=True)
     nodes = _unique(args.node)
     known = node_capabilities(config)
     misfits = [
@@ -336,22 +335,6 @@ def _train_and_register(
         return entry, before.manifest if before is not None else None
     finally:
         catalog.close()
-
-
-def _catalog_entry(config: HubConfig, name: str, version: str) -> CatalogEntry:
-    """The entry to deploy; its artifact is read once so a damaged file stops here."""
-    catalog = Catalog(config.store.models_path())
-    try:
-        entry = catalog.get(name, version)
-        if entry is None:
-            raise UsageError(
-                f"{name}@{version} is not in the catalog at {catalog.root}; "
-                "add it with: cloud-hub register DIR"
-            )
-        catalog.artifact(name, version)
-    finally:
-        catalog.close()
-    return entry
 
 
 def _unique(nodes: Sequence[str]) -> list[str]:

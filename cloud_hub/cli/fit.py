@@ -91,8 +91,11 @@ def node_capabilities(config: HubConfig) -> dict[str, Capabilities | None]:
         registry.close()
 
 
-def catalog_entry(config: HubConfig, name: str, version: str) -> CatalogEntry:
-    """The catalog entry, or a UsageError naming what the catalog has."""
+def catalog_entry(
+    config: HubConfig, name: str, version: str, *, read_artifact: bool = False
+) -> CatalogEntry:
+    """The catalog entry, or a UsageError naming the catalog; with ``read_artifact`` its file is
+    read once too, so that a damaged one stops a deploy before anything is sent."""
     catalog = Catalog(config.store.models_path())
     try:
         entry = catalog.get(name, version)
@@ -101,6 +104,8 @@ def catalog_entry(config: HubConfig, name: str, version: str) -> CatalogEntry:
                 f"{name}@{version} is not in the catalog at {catalog.root}; "
                 "add it with: cloud-hub register DIR"
             )
+        if read_artifact:
+            catalog.artifact(name, version)
         return entry
     finally:
         catalog.close()
