@@ -25,6 +25,7 @@ from cloud_hub.cli.args import (
 from cloud_hub.cli.cards import format_side_by_side
 from cloud_hub.cli.fit import node_capabilities
 from cloud_hub.cli.session import Session, load_config
+from cloud_hub.commands.capture_wait import CaptureWait, sample_rate
 from cloud_hub.commands.commander import (
     DEFAULT_EXPIRES_IN_S,
     DEFAULT_SETTLE_S,
@@ -219,7 +220,7 @@ def run_retrain(args: argparse.Namespace) -> int:
 
 def retrain(session: Session, config: HubConfig, args: Any) -> int:
     """Capture on ``args.node`` over an open session, train and register; maybe deploy."""
-    data, tracker = _capture(session, args)
+    data, tracker = _capture(session, args, _sample_rate(session, config, args.node))
     if data is None:
         session.print_report(tracker.report())
         return EXIT_FAILED
@@ -242,8 +243,9 @@ def retrain(session: Session, config: HubConfig, args: Any) -> int:
     return deploy(session, entry, [args.node], args)
 
 
-def _capture(session: Session, args: Any) -> tuple[CaptureData | None, Tracker]:
-    """Send the retrain command and collect its capture chunks."""
+def _capture(session: Session, args: Any, rate: float | None) -> tuple[CaptureData | None, Tracker]:
+    """Send the retrain command and collect its capture chunks; the wait follows the capture
+    (its expected duration at ``rate`` readings/s, plus ``--timeout``, longer while chunks come)."""
     session.listen([args.node], [Kind.ACK, Kind.CAPTURE])
     mode: Literal["next", "last"] = args.mode
     issue = Issue(session.identity, session.clock(), args.expires_in)
@@ -251,7 +253,9 @@ def _capture(session: Session, args: Any) -> tuple[CaptureData | None, Tracker]:
         issue, args.node, readings=args.readings, mode=mode, command_id=new_command_id()
     )
     assembly = CaptureAssembly(command.id, args.node)
-    tracker = Tracker([command], session.clock(), args.timeout)
+    now = session.clock()
+    wait = CaptureWait.start(now, args.readings, mode, rate, args.timeout)
+    tracker = Tracker([command], now, wait.deadline - now)
 
     def on_capture(chunk: Capture, now: float) -> None:
         if chunk.command != command.id or chunk.node != args.node:
@@ -260,24 +264,40 @@ def _capture(session: Session, args: Any) -> tuple[CaptureData | None, Tracker]:
             assembly.add(chunk)
         except CaptureError as exc:
             log.warning("%s", exc)
+            return
+        wait.on_chunk(now)
 
     def until(now: float) -> bool:
         state = tracker.nodes[args.node].state
-        return assembly.complete or state in ("rejected", "failed") or now >= tracker.deadline
+        return assembly.complete or state in ("rejected", "failed") or wait.expired(now)
 
     def describe() -> str:
-        return f"{tracker.progress()}, {_chunks_text(assembly)} captured"
+        progress = tracker.nodes[args.node]
+        return wait.progress(session.clock(), progress.accepted_at, assembly.readings)
 
     session.on_capture = on_capture
     session.send([command])
     session.follow(tracker, until, describe)
     if not assembly.complete:
         progress = tracker.nodes[args.node]
+        tracker.timeout = wait.deadline - wait.started
         if progress.state not in ("rejected", "failed"):
             progress.state = "timeout"
-            progress.reason = f"capture incomplete: {_chunks_text(assembly)} arrived"
+            progress.reason = (
+                f"capture incomplete: {_chunks_text(assembly)} arrived; if it arrives later, "
+                f"train from it with: cloud-hub train --capture {command.id}"
+            )
         return None, tracker
     return assembly.assemble(), tracker
+
+
+def _sample_rate(session: Session, config: HubConfig, node: str) -> float | None:
+    """The node's announced sample rate: from the fleet registry, else its retained birth."""
+    rate = sample_rate(node_capabilities(config).get(node))
+    if rate is None:
+        status = session.statuses([node]).get(node)
+        rate = sample_rate(status.capabilities if status is not None else None)
+    return rate
 
 
 def _chunks_text(assembly: CaptureAssembly) -> str:
