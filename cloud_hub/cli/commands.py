@@ -71,12 +71,22 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     deploy.set_defaults(run=run_deploy)
 
-    for name, text in (("rollback", "go back to the previous model"), ("ping", "ask for status")):
+    for name, text in (
+        ("rollback", "go one step back in the node's model history"),
+        ("ping", "ask for status"),
+    ):
         parser = sub.add_parser(name, parents=[common], help=text)
         _add_nodes(parser)
         _add_expiry(parser)
         _add_queue(parser)
         parser.set_defaults(run=run_simple)
+        if name == "rollback":
+            parser.add_argument(
+                "--to",
+                type=model_version,
+                metavar="VERSION",
+                help="go to this version of the node's model (still installed on it) instead",
+            )
 
     retrain = sub.add_parser(
         "retrain", parents=[common], help="capture readings on a node and train a new version"
@@ -178,14 +188,18 @@ def deploy(session: Session, entry: CatalogEntry, nodes: list[str], args: Any) -
 
 def run_simple(args: argparse.Namespace) -> int:
     """``cloud-hub rollback`` and ``cloud-hub ping``."""
-    build = build_rollback if args.command == "rollback" else build_ping
     nodes = _unique(args.node)
     with Session(load_config(args.config), args.command) as session:
         if not present(session, nodes, args):
             return EXIT_FAILED
         session.listen(nodes, [Kind.ACK])
         issue = Issue(session.identity, session.clock(), args.expires_in)
-        commands: list[Command] = [build(issue, node, new_command_id()) for node in nodes]
+        commands: list[Command] = [
+            build_rollback(issue, node, new_command_id(), getattr(args, "to", None))
+            if args.command == "rollback"
+            else build_ping(issue, node, new_command_id())
+            for node in nodes
+        ]
         return _run(session, commands, args.timeout)
 
 
