@@ -286,7 +286,10 @@ class Deploy(CommandBase, kw_only=True, tag="deploy"):
 
 
 class Rollback(CommandBase, kw_only=True, tag="rollback"):
-    """Go back to the previous model."""
+    """Go back one step in the node's model history, or to version ``to`` of the active
+    model's name when given (it must still be installed on the node)."""
+
+    to: str | None = None
 
 
 class Retrain(CommandBase, kw_only=True, tag="retrain"):

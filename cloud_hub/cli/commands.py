@@ -24,6 +24,7 @@ from cloud_hub.cli.args import (
 from cloud_hub.cli.cards import format_side_by_side
 from cloud_hub.cli.fit import catalog_entry, node_capabilities
 from cloud_hub.cli.session import Session, load_config
+from cloud_hub.commands.capture_wait import CaptureWait, sample_rate
 from cloud_hub.commands.commander import (
     DEFAULT_EXPIRES_IN_S,
     DEFAULT_SETTLE_S,
@@ -69,12 +70,22 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     deploy.set_defaults(run=run_deploy)
 
-    for name, text in (("rollback", "go back to the previous model"), ("ping", "ask for status")):
+    for name, text in (
+        ("rollback", "go one step back in the node's model history"),
+        ("ping", "ask for status"),
+    ):
         parser = sub.add_parser(name, parents=[common], help=text)
         _add_nodes(parser)
         _add_expiry(parser)
         _add_queue(parser)
         parser.set_defaults(run=run_simple)
+        if name == "rollback":
+            parser.add_argument(
+                "--to",
+                type=model_version,
+                metavar="VERSION",
+                help="go to this version of the node's model (still installed on it) instead",
+            )
 
     retrain = sub.add_parser(
         "retrain", parents=[common], help="capture readings on a node and train a new version"
@@ -176,14 +187,18 @@ def deploy(session: Session, entry: CatalogEntry, nodes: list[str], args: Any) -
 
 def run_simple(args: argparse.Namespace) -> int:
     """``cloud-hub rollback`` and ``cloud-hub ping``."""
-    build = build_rollback if args.command == "rollback" else build_ping
     nodes = _unique(args.node)
     with Session(load_config(args.config), args.command) as session:
         if not present(session, nodes, args):
             return EXIT_FAILED
         session.listen(nodes, [Kind.ACK])
         issue = Issue(session.identity, session.clock(), args.expires_in)
-        commands: list[Command] = [build(issue, node, new_command_id()) for node in nodes]
+        commands: list[Command] = [
+            build_rollback(issue, node, new_command_id(), getattr(args, "to", None))
+            if args.command == "rollback"
+            else build_ping(issue, node, new_command_id())
+            for node in nodes
+        ]
         return _run(session, commands, args.timeout)
 
 
@@ -218,7 +233,7 @@ def run_retrain(args: argparse.Namespace) -> int:
 
 def retrain(session: Session, config: HubConfig, args: Any) -> int:
     """Capture on ``args.node`` over an open session, train and register; maybe deploy."""
-    data, tracker = _capture(session, args)
+    data, tracker = _capture(session, args, _sample_rate(session, config, args.node))
     if data is None:
         session.print_report(tracker.report())
         return EXIT_FAILED
@@ -241,8 +256,9 @@ def retrain(session: Session, config: HubConfig, args: Any) -> int:
     return deploy(session, entry, [args.node], args)
 
 
-def _capture(session: Session, args: Any) -> tuple[CaptureData | None, Tracker]:
-    """Send the retrain command and collect its capture chunks."""
+def _capture(session: Session, args: Any, rate: float | None) -> tuple[CaptureData | None, Tracker]:
+    """Send the retrain command and collect its capture chunks; the wait follows the capture
+    (its expected duration at ``rate`` readings/s, plus ``--timeout``, longer while chunks come)."""
     session.listen([args.node], [Kind.ACK, Kind.CAPTURE])
     mode: Literal["next", "last"] = args.mode
     issue = Issue(session.identity, session.clock(), args.expires_in)
@@ -250,7 +266,9 @@ def _capture(session: Session, args: Any) -> tuple[CaptureData | None, Tracker]:
         issue, args.node, readings=args.readings, mode=mode, command_id=new_command_id()
     )
     assembly = CaptureAssembly(command.id, args.node)
-    tracker = Tracker([command], session.clock(), args.timeout)
+    now = session.clock()
+    wait = CaptureWait.start(now, args.readings, mode, rate, args.timeout)
+    tracker = Tracker([command], now, wait.deadline - now)
 
     def on_capture(chunk: Capture, now: float) -> None:
         if chunk.command != command.id or chunk.node != args.node:
@@ -259,24 +277,40 @@ def _capture(session: Session, args: Any) -> tuple[CaptureData | None, Tracker]:
             assembly.add(chunk)
         except CaptureError as exc:
             log.warning("%s", exc)
+            return
+        wait.on_chunk(now)
 
     def until(now: float) -> bool:
         state = tracker.nodes[args.node].state
-        return assembly.complete or state in ("rejected", "failed") or now >= tracker.deadline
+        return assembly.complete or state in ("rejected", "failed") or wait.expired(now)
 
     def describe() -> str:
-        return f"{tracker.progress()}, {_chunks_text(assembly)} captured"
+        progress = tracker.nodes[args.node]
+        return wait.progress(session.clock(), progress.accepted_at, assembly.readings)
 
     session.on_capture = on_capture
     session.send([command])
     session.follow(tracker, until, describe)
     if not assembly.complete:
         progress = tracker.nodes[args.node]
+        tracker.timeout = wait.deadline - wait.started
         if progress.state not in ("rejected", "failed"):
             progress.state = "timeout"
-            progress.reason = f"capture incomplete: {_chunks_text(assembly)} arrived"
+            progress.reason = (
+                f"capture incomplete: {_chunks_text(assembly)} arrived; if it arrives later, "
+                f"train from it with: cloud-hub train --capture {command.id}"
+            )
         return None, tracker
     return assembly.assemble(), tracker
+
+
+def _sample_rate(session: Session, config: HubConfig, node: str) -> float | None:
+    """The node's announced sample rate: from the fleet registry, else its retained birth."""
+    rate = sample_rate(node_capabilities(config).get(node))
+    if rate is None:
+        status = session.statuses([node]).get(node)
+        rate = sample_rate(status.capabilities if status is not None else None)
+    return rate
 
 
 def _chunks_text(assembly: CaptureAssembly) -> str:

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,28 +21,51 @@ from cloud_hub.cli.args import UsageError, model_name, model_version, positive_i
 from cloud_hub.cli.cards import format_card
 from cloud_hub.cli.session import load_config
 from cloud_hub.commands.commander import EXIT_OK
+from cloud_hub.config import HubConfig
+from cloud_hub.models.capture_store import RESULT_FILE, load_capture
+from cloud_hub.models.captures import CaptureData
 from cloud_hub.models.catalog import Catalog
 from schemas.manifest import Validation
 from schemas.readings_csv import CsvData, read_csv
+from schemas.topics import TopicError, check_id
 
 if TYPE_CHECKING:
     from cloud_hub.models.trainer import TrainConfig
 
+log = logging.getLogger(__name__)
+
 ALGORITHMS = ("pca", "autoencoder", "mset")
+
+
+def capture_id(text: str) -> str:
+    """A command id as a --capture value (it names a folder, so no path tricks)."""
+    try:
+        return check_id(text, "capture id")
+    except TopicError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``train`` to ``sub``."""
     train = sub.add_parser("train", parents=[common], help="train a model from healthy CSV data")
-    train.add_argument(
-        "--csv", type=Path, action="append", required=True, metavar="FILE", help="repeatable"
+    source = train.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--csv", type=Path, action="append", metavar="FILE", help="healthy readings (repeatable)"
+    )
+    source.add_argument(
+        "--capture",
+        type=capture_id,
+        metavar="ID",
+        help="readings a node captured for the retrain command ID (kept by cloud-hub serve)",
     )
     train.add_argument("--rows", type=positive_int, metavar="N", help="use the first N rows")
     train.add_argument("--name", required=True, type=model_name, help="model name")
     train.add_argument(
         "--version", type=model_version, help="model version (with --register: the next free)"
     )
-    train.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    train.add_argument(
+        "--out", type=Path, metavar="DIR", help="output folder (optional with --capture --register)"
+    )
     train.add_argument(
         "--algorithm", choices=ALGORITHMS, default="pca", help="detector family (default pca)"
     )
@@ -70,7 +94,9 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     train.add_argument("--int8", action="store_true", help="also write DIR-int8 (int8 weights)")
     train.add_argument("--register", action="store_true", help="add the model to the catalog")
-    train.add_argument("--config", type=Path, help="TOML settings file (for the catalog)")
+    train.add_argument(
+        "--config", type=Path, help="TOML settings file (for the catalog and the captures)"
+    )
     train.set_defaults(run=run_train)
 
 
@@ -81,28 +107,34 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.version is None and not args.register:
         raise UsageError("--version is required unless --register picks the next free one")
-    catalog = Catalog(load_config(args.config).store.models_path()) if args.register else None
+    if args.out is None and (args.csv or not args.register or args.int8):
+        raise UsageError("--out DIR is required (only --capture with --register may omit it)")
+    hub = load_config(args.config) if args.register or args.capture else None
+    catalog = Catalog(hub.store.models_path()) if hub is not None and args.register else None
     try:
         version = args.version or (catalog.next_version(args.name) if catalog else "1")
         try:
             config = _config(args)
-            channels, files = _healthy_readings(args.csv, args.rows)
-            values = np.concatenate([data.values for data in files])
-            validation = _validation(args.validate, args.validate_rows, config, channels)
+            readings = _readings(args, hub)
+            validation = _validation(args.validate, args.validate_rows, config, readings.channels)
             onnx_bytes, manifest = train_model(
-                values,
-                channels,
+                readings.values,
+                readings.channels,
                 name=args.name,
                 version=version,
-                trained_by="cloud-hub train",
+                trained_by=readings.trained_by,
                 config=config,
                 now=time.time(),
-                sources=[p.name for p in args.csv],
-                period_s=files[0].period(str(args.csv[0])) if len(files[0].values) > 1 else None,
+                sources=readings.sources,
+                period_s=readings.period,
                 validation=validation,
             )
         except ValueError as exc:  # bad data or parameters; the message names file or field
             raise UsageError(str(exc)) from None
+        if args.out is None and catalog is not None:
+            entry = catalog.add(onnx_bytes, manifest, time.time(), source=readings.trained_by)
+            print(f"{format_card(manifest)}\n\nregistered  {entry.ref}")
+            return EXIT_OK
         outputs = [(args.out, onnx_bytes, manifest)]
         if args.int8:
             outputs.append(
@@ -117,6 +149,58 @@ def run_train(args: argparse.Namespace) -> int:
         if catalog is not None:
             catalog.close()
     return EXIT_OK
+
+
+@dataclass(frozen=True)
+class Readings:
+    """What a model is trained on, and how its card names where it came from."""
+
+    channels: list[str]
+    values: NDArray[np.float32]
+    sources: list[str]
+    trained_by: str
+    period: float | None
+
+
+def _readings(args: argparse.Namespace, hub: HubConfig | None) -> Readings:
+    """The healthy readings of the ``--csv`` files or of the ``--capture``."""
+    if args.capture is None or hub is None:
+        channels, files = _healthy_readings(args.csv, args.rows)
+        period = files[0].period(str(args.csv[0])) if len(files[0].values) > 1 else None
+        values = np.concatenate([data.values for data in files])
+        return Readings(channels, values, [p.name for p in args.csv], "cloud-hub train", period)
+    data = read_capture(hub.store.captures_path(), args.capture)
+    values = data.values[: args.rows] if args.rows is not None else data.values
+    finite = values[np.isfinite(values).all(axis=1)]
+    if len(finite) < len(values):
+        log.warning("dropped %d readings with missing values", len(values) - len(finite))
+    return Readings(
+        data.channels,
+        finite,
+        [f"capture {data.command} from {data.node}"],
+        f"cloud-hub train --capture {data.command} (from {data.node})",
+        data.period if data.period > 0 else None,
+    )
+
+
+def read_capture(root: Path, command: str) -> CaptureData:
+    """The complete capture of ``command`` under ``root``; ValueError saying what is missing."""
+    folder = root / command
+    if not folder.is_dir():
+        known = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        shown = ", ".join(known[-5:]) or "none"
+        raise ValueError(f"no capture {command} in {root} (newest there: {shown})")
+    path = folder / RESULT_FILE
+    if not path.exists():
+        parts = len(list(folder.glob("chunk-*.msgpack")))
+        raise ValueError(
+            f"capture {command} is incomplete: {parts} chunks arrived so far; "
+            "cloud-hub serve writes it once the last one is in"
+        )
+    try:
+        return load_capture(path)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: unreadable capture: {exc}") from None
 
 
 def _config(args: argparse.Namespace) -> TrainConfig:

@@ -74,9 +74,9 @@ def build_deploy(
     )
 
 
-def build_rollback(issue: Issue, node: str, command_id: str) -> Rollback:
-    """Go back to the previous model on ``node``."""
-    return Rollback(**issue.fields(node, command_id))
+def build_rollback(issue: Issue, node: str, command_id: str, to: str | None = None) -> Rollback:
+    """Go one step back in ``node``'s model history, or to version ``to`` of its model."""
+    return Rollback(**issue.fields(node, command_id), to=to)
 
 
 def build_ping(issue: Issue, node: str, command_id: str) -> Ping:

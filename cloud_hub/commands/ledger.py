@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from schemas.messages import Ack, Command, Deploy, ModelRef, Retrain
+from schemas.messages import Ack, Command, Deploy, ModelRef, Retrain, Rollback
 
 SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT_MS: Final = 10_000
@@ -125,6 +125,8 @@ def record_of(command: Command, issued_by: str) -> CommandRecord:
         }
     elif isinstance(command, Retrain):
         args = {"readings": command.readings, "mode": command.mode}
+    elif isinstance(command, Rollback) and command.to is not None:
+        args = {"to": command.to}
     tag = type(command).__struct_config__.tag
     return CommandRecord(
         id=command.id,

@@ -54,6 +54,11 @@ class CaptureAssembly:
         return len(self._chunks)
 
     @property
+    def readings(self) -> int:
+        """How many readings the chunks received so far hold."""
+        return sum(chunk.n for chunk in self._chunks.values())
+
+    @property
     def complete(self) -> bool:
         """True once every chunk is in."""
         return self._first is not None and len(self._chunks) == self._first.chunks

@@ -172,7 +172,7 @@ def decide(command: Command, view: NodeView, book: CommandBook, now: float) -> A
         case Rollback():
             if view.model_busy:
                 return draft(command, "rejected", f"{view.model_busy} in progress")
-            if view.previous is None:
+            if view.previous is None and command.to is None:
                 return draft(command, "rejected", "no previous model")
         case Retrain():
             return _check_retrain(command, view)

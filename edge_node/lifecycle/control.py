@@ -199,7 +199,7 @@ class Control:
                 return self._begin_deploy(command, now, wall)
             case Rollback():
                 try:
-                    target = self._switcher.rollback(command.id)
+                    target = self._switcher.rollback(command.id, command.to)
                 except StoreError as exc:
                     return [self._ack(draft(command, "failed", str(exc)), wall)]
                 return [self._ack(draft(command, "accepted", model=target), wall)]

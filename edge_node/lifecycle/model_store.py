@@ -1,10 +1,12 @@
 """The model store: the only code that writes model files on the node.
 
 Layout: ``versions/<name>/<version>/{model.onnx,manifest.json}`` plus ``state.json`` naming the
-active and the previous version. A version folder appears only complete (written and fsync'd
-under a temporary name, then renamed) and ``state.json`` is replaced atomically, so a crash at
-any point leaves a valid active model: installing never touches ``state.json``, and activating
-never touches a version folder. Leftovers of a crash are hidden names (``.incoming-*``,
+active version and the history of those active before it (newest last, at most
+``HISTORY_LIMIT``; ``previous`` is its last entry), so repeated rollbacks walk back through it.
+A version folder appears only complete (written and fsync'd under a temporary name, then
+renamed) and ``state.json`` is replaced atomically, so a crash at any point leaves a valid
+active model: installing never touches ``state.json``, and activating never touches a version
+folder. Leftovers of a crash are hidden names (``.incoming-*``,
 ``.state-*``) that nothing reads and :meth:`ModelStore.clean` removes.
 """
 
@@ -16,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +37,8 @@ from schemas.topics import check_id
 log = logging.getLogger(__name__)
 
 _TEMP_PREFIXES = (".incoming-", ".state-", ".state.json.", ".replaced-")
+# Versions a node can walk back through; their folders are kept (pruning never takes them).
+HISTORY_LIMIT = 5
 
 
 class StoreError(Exception):
@@ -42,8 +47,46 @@ class StoreError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class StoreState:
+    """The active version and the ones active before it (oldest first)."""
+
     active: ModelRef | None
     previous: ModelRef | None
+    older: tuple[ModelRef, ...] = ()  # active before ``previous``, oldest first
+
+    @property
+    def history(self) -> tuple[ModelRef, ...]:
+        """Every version a rollback can walk back to, oldest first (``previous`` last)."""
+        return self.older + ((self.previous,) if self.previous is not None else ())
+
+
+def with_history(active: ModelRef | None, history: Sequence[ModelRef]) -> StoreState:
+    """A state with ``history`` (oldest first) bounded to ``HISTORY_LIMIT`` and without
+    ``active`` or repeats (a version keeps its newest place)."""
+    kept: list[ModelRef] = []
+    for ref in reversed(history):
+        if ref != active and ref not in kept:
+            kept.append(ref)
+    kept = kept[:HISTORY_LIMIT][::-1]
+    return StoreState(active, kept[-1] if kept else None, tuple(kept[:-1]))
+
+
+def rolled_back(state: StoreState, to: ModelRef | None = None) -> StoreState:
+    """The state after a rollback (pure): one step back in the history, or to ``to``.
+
+    A step back drops the version left from the history, so the next rollback goes further
+    back rather than forth again. ``to`` in the history drops what came after it; ``to``
+    elsewhere (a version rolled back from earlier, still installed) is switched to like a
+    deploy, the version left joining the history.
+    """
+    history = list(state.history)
+    target = to if to is not None else (history[-1] if history else None)
+    if target is None:
+        raise StoreError("no previous model to roll back to")
+    if target == state.active:
+        raise StoreError(f"{target.name}@{target.version} is already active")
+    if target in history:
+        return with_history(target, history[: history.index(target)])
+    return with_history(target, [*history, *([state.active] if state.active else [])])
 
 
 class ModelStore:
@@ -156,28 +199,36 @@ class ModelStore:
             return StoreState(None, None)
         except (OSError, ValueError) as exc:
             raise StoreError(f"{path}: unreadable store state: {exc}") from None
-        return StoreState(_ref(raw.get("active")), _ref(raw.get("previous")))
+        if not isinstance(raw, dict):
+            raise StoreError(f"{path}: unreadable store state: not an object")
+        history = raw.get("history")
+        if isinstance(history, list):
+            refs = [ref for ref in map(_ref, history) if ref is not None]
+        else:  # written before there was a history: the previous version is all of it
+            refs = [ref for ref in [_ref(raw.get("previous"))] if ref is not None]
+        active = _ref(raw.get("active"))
+        return StoreState(active, refs[-1] if refs else None, tuple(refs[:-1]))
 
     def activate(self, ref: ModelRef) -> StoreState:
-        """Make ``ref`` active and the current active one previous, atomically."""
+        """Make ``ref`` active and push the current active one onto the history, atomically."""
         if not (self.path(ref) / MODEL_FILE).exists():
             raise StoreError(f"{ref.name}@{ref.version} is not installed in {self.root}")
         current = self.state()
-        previous = current.active if current.active != ref else current.previous
-        new = StoreState(ref, previous)
+        new = with_history(ref, [*current.history, *([current.active] if current.active else [])])
         self._write_state(new)
         return new
 
-    def rollback(self) -> StoreState:
-        """Swap active and previous: the previous version becomes active again."""
-        current = self.state()
-        if current.previous is None:
-            raise StoreError(f"{self.root}: no previous model to roll back to")
-        return self.restore(StoreState(current.previous, current.active))
+    def rollback(self, to: ModelRef | None = None) -> StoreState:
+        """Go one step back in the history (or to ``to``), atomically; see :func:`rolled_back`."""
+        try:
+            new = rolled_back(self.state(), to)
+        except StoreError as exc:
+            raise StoreError(f"{self.root}: {exc}") from None
+        return self.restore(new)
 
     def restore(self, state: StoreState) -> StoreState:
         """Write ``state`` as it is (to undo a switch exactly, or drop a broken version)."""
-        for ref in (state.active, state.previous):
+        for ref in (state.active, *state.history):
             if ref is not None and not (self.path(ref) / MODEL_FILE).exists():
                 raise StoreError(f"{ref.name}@{ref.version} is not installed in {self.root}")
         self._write_state(state)
@@ -196,9 +247,10 @@ class ModelStore:
         return [ref for _, ref in sorted(found, key=lambda item: item[0])]
 
     def prune(self, keep: int = 2) -> list[ModelRef]:
-        """Delete all versions but the active, the previous and the ``keep`` newest others."""
+        """Delete all versions but the active, those in its history and the ``keep`` newest
+        others (a version rolled back from stays a while, for ``rollback --to``)."""
         state = self.state()
-        pinned = {state.active, state.previous}
+        pinned = {state.active, *state.history}
         others = [ref for ref in self.versions() if ref not in pinned]
         doomed = others[: max(len(others) - keep, 0)]
         for ref in doomed:
@@ -220,7 +272,14 @@ class ModelStore:
         return removed
 
     def _write_state(self, state: StoreState) -> None:
-        body = json.dumps({"active": _raw(state.active), "previous": _raw(state.previous)})
+        # "previous" stays beside the history so that an older node software reads it.
+        body = json.dumps(
+            {
+                "active": _raw(state.active),
+                "previous": _raw(state.previous),
+                "history": [_raw(ref) for ref in state.history],
+            }
+        )
         atomic_write(self.root / "state.json", body.encode())
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from edge_node.lifecycle.model_store import StoreError, StoreState
+from edge_node.lifecycle.model_store import StoreError, StoreState, rolled_back
 from edge_node.lifecycle.probation import ProbationPolicy
 from edge_node.scoring.pipeline import ChannelMismatch, Pipeline, RolledBack, Scored, Scorer
-from schemas.manifest import Manifest
+from schemas.manifest import MODEL_FILE, Manifest
 from schemas.messages import ModelRef
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class Store(Protocol):
 
     def activate(self, ref: ModelRef) -> StoreState: ...
 
-    def rollback(self) -> StoreState: ...
+    def rollback(self, to: ModelRef | None = None) -> StoreState: ...
 
     def restore(self, state: StoreState) -> StoreState: ...
 
@@ -106,14 +106,32 @@ class Switcher:
         future = self._executor.submit(self._install, manifest, artifact)
         self._start(_Job(command, "deploy", ref, future))
 
-    def rollback(self, command: str) -> ModelRef:
-        """Load the store's previous model in the worker; return which one it is."""
+    def rollback(self, command: str, to: str | None = None) -> ModelRef:
+        """Load the model a rollback goes to in the worker: the last one in the store's history,
+        or version ``to`` of the active model's name; return which one it is."""
         self._check_idle()
-        target = self.store.state().previous
-        if target is None:
-            raise StoreError("no previous model")
+        state = self.store.state()
+        target = self._target(state, to)
         future = self._executor.submit(self._load, self.store.path(target))
         self._start(_Job(command, "rollback", target, future))
+        return target
+
+    def _target(self, state: StoreState, to: str | None) -> ModelRef:
+        if to is None:
+            if state.previous is None:
+                raise StoreError("no previous model")
+            return state.previous
+        name = state.active.name if state.active else self.pipeline.scorer.ref.name
+        target = ModelRef(name, to)
+        if target == state.active:
+            raise StoreError(f"{name}@{to} is already active")
+        try:
+            installed = (self.store.path(target) / MODEL_FILE).exists()
+        except ValueError as exc:  # a version that cannot be a folder name
+            raise StoreError(str(exc)) from None
+        if not installed:
+            kept = ", ".join(f"{r.version}" for r in state.history if r.name == name) or "none"
+            raise StoreError(f"{name}@{to} is not installed here (history: {kept})")
         return target
 
     def poll(self, now: float) -> Switched | None:
@@ -190,9 +208,7 @@ class Switcher:
     def _switch(self, job: _Job, scorer: Scorer, now: float) -> Scored:
         before = self.store.state()
         if job.command_type == "rollback":
-            if before.previous != scorer.ref:
-                raise StoreError(f"the previous model changed to {before.previous} meanwhile")
-            self.store.rollback()
+            self.store.rollback(scorer.ref)
         else:
             self.store.activate(scorer.ref)
         try:
@@ -220,5 +236,5 @@ def open_active(store: Store, load: Loader) -> tuple[Scorer, str]:
             raise
         problem = f"active model {state.active.name}@{state.active.version} failed to load: {exc}"
     scorer = load(store.path(state.previous))
-    store.restore(StoreState(state.previous, None))
+    store.restore(rolled_back(state))
     return scorer, f"{problem}; fell back to {state.previous.name}@{state.previous.version}"

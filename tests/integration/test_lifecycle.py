@@ -404,3 +404,33 @@ def test_models_and_commands_list_what_happened(fleet: Fleet) -> None:
     assert code == 0
     for word in ("deploy", "rollback", "applied", "failed", "rejected"):
         assert word in out, out
+
+
+def test_rollbacks_walk_back_through_the_nodes_model_history(
+    broker: Broker, tmp_path: Path
+) -> None:
+    v1 = models.train(tmp_path / "v1", "1", slice(0, 3000))
+    later = [models.padded(v1, tmp_path / f"v{v}", v, 1000 * int(v)) for v in "23"]
+    with solo(broker, tmp_path, "life-4", 4, [v1, *later]) as fleet:
+
+        def run(*args: str) -> str:
+            done = fleet.hub.cli(*args, "--node", "life-4", timeout=60)
+            assert done.returncode == 0, done.stdout + done.stderr
+            return done.stdout
+
+        def scoring() -> str:
+            _drain(fleet.watcher)
+            version: str = fleet.next("result").model.version
+            return version
+
+        for version in "23":
+            run("deploy", "--model", "pump-pca", "--version", version, "--settle", "1")
+        assert scoring() == "3"
+        assert "pump-pca@2" in run("rollback")
+        assert scoring() == "2"
+        assert "pump-pca@1" in run("rollback"), "further back, not a swap back to 3"
+        assert scoring() == "1"
+        refused = fleet.hub.cli("rollback", "--node", "life-4", timeout=60)
+        assert refused.returncode == 1 and "no previous model" in refused.stdout
+        assert "pump-pca@3" in run("rollback", "--to", "3")
+        assert scoring() == "3"

@@ -42,7 +42,7 @@ def models() -> dict[str, tuple[bytes, Manifest]]:
     return {"1": train("1", 0), "2": train("2", 1)}
 
 
-def test_rollback_goes_back_and_forth(tmp_path: Path, models: dict[str, Any]) -> None:
+def test_rollback_walks_back_and_to_goes_forth(tmp_path: Path, models: dict[str, Any]) -> None:
     node = Node(tmp_path, models)
     rollback = Rollback(
         node=NODE, boot="hub", seq=3, ts=WALL, id="r-0", issued_at=WALL, expires_at=WALL + 60
@@ -57,8 +57,17 @@ def test_rollback_goes_back_and_forth(tmp_path: Path, models: dict[str, Any]) ->
     assert (accepted.status, accepted.model) == ("accepted", V1)
     (applied,) = node.tick()
     assert (applied.status, applied.model, applied.command_type) == ("applied", V1, "rollback")
-    assert node.store.state() == StoreState(V1, V2)
+    assert node.store.state() == StoreState(V1, None), "2 left the history: no swap back"
     assert node.batch_models(50) == [V1]
+    (again,) = node.send(msgspec.structs.replace(rollback, id="r-2"))
+    assert (again.status, again.reason) == ("rejected", "no previous model")
+    (missing,) = node.send(msgspec.structs.replace(rollback, id="r-3", to="9"))
+    assert missing.status == "failed" and "pump@9 is not installed" in missing.reason
+    (forth,) = node.send(msgspec.structs.replace(rollback, id="r-4", to="2"))
+    assert (forth.status, forth.model) == ("accepted", V2)
+    (applied,) = node.tick()
+    assert (applied.status, applied.model) == ("applied", V2)
+    assert node.store.state() == StoreState(V2, V1)
 
 
 def test_a_model_scoring_nan_on_probation_is_rolled_back(

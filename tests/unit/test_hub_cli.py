@@ -27,7 +27,16 @@ from cloud_hub.models.catalog import Catalog, CatalogEntry
 from schemas.codec import decode, encode
 from schemas.commands import format_ranges
 from schemas.manifest import encode_manifest
-from schemas.messages import Ack, AckStatus, Capture, Deploy, ModelRef, Retrain
+from schemas.messages import (
+    Ack,
+    AckStatus,
+    Capabilities,
+    Capture,
+    Deploy,
+    ModelRef,
+    Retrain,
+    Status,
+)
 from schemas.packing import pack_f32
 from schemas.samples import MANIFEST
 
@@ -319,6 +328,78 @@ def test_retrain_session_trains_registers_and_deploys(config: HubConfig) -> None
     assert trained.trained_by.startswith("retrain ") and trained.trained_by.endswith("pump-1")
     sent = decode("cmd", broker.published[0][1])
     assert isinstance(sent, Retrain) and (sent.readings, sent.mode) == (240, "last")
+
+
+class SlowNode(Broker):
+    """A 1 Hz node (its retained birth says so) that uploads its capture ``after`` seconds
+    after the retrain, as a node collecting the next readings does; the clock runs on while
+    nothing arrives."""
+
+    def __init__(self, clock: Clock, readings: np.ndarray[Any, Any], after: float) -> None:
+        super().__init__(self.capture)
+        self.clock, self.readings, self.after = clock, readings, after
+        self.later: list[tuple[float, Received]] = []
+
+    def subscribe(self, topics: list[tuple[str, int]], timeout: float) -> None:
+        super().subscribe(topics, timeout)
+        if ("edgeml/v1/pump-1/status", 1) in topics:
+            status = Status(
+                node="pump-1",
+                boot="node-boot",
+                seq=0,
+                ts=T0,
+                state="online",
+                started_at=T0,
+                capabilities=Capabilities(
+                    channels=["a", "b", "c"],
+                    sample_hz=1.0,
+                    memory_mb=512.0,
+                    cpu_count=2,
+                    onnx_opset=17,
+                    ort_version="1.17",
+                    platform="linux",
+                ),
+            )
+            self.inbox.append(Received("edgeml/v1/pump-1/status", encode(status)))
+
+    def capture(self, command: Any) -> list[Received]:
+        due = self.clock.now + self.after
+        self.later = [(due, m) for m in capture_chunks(command, self.readings)]
+        self.later.append((due, answer(command, "applied", 2)))
+        return [answer(command, "accepted", 1)]
+
+    def receive(self, timeout: float) -> Received | None:
+        if not self.inbox and self.later and self.later[0][0] <= self.clock.now:
+            self.inbox.extend(m for _, m in self.later)
+            self.later = []
+        if not self.inbox:
+            self.clock.now += 1.0  # nothing yet: a second passes
+        return super().receive(timeout)
+
+
+def test_retrain_waits_for_a_capture_longer_than_the_timeout(config: HubConfig) -> None:
+    # 300 readings at 1 Hz take 300 s; --timeout 30 is slack on top, not the whole wait.
+    readings = np.random.default_rng(5).normal(size=(300, 3)) + 10.0
+    clock = Clock()
+    broker, out, err = SlowNode(clock, readings, after=301.0), io.StringIO(), io.StringIO()
+    args = options(node="pump-1", readings=300, mode="next", name="m", deploy=False)
+    with Session(config, "test", client=broker, clock=clock, out=out, err=err) as s:
+        assert retrain(s, config, args) == 0
+    assert out.getvalue().startswith("pump-1  captured  300 readings of 3 channels")
+    assert "registered m@1" in out.getvalue()
+    assert "readings captured, " in err.getvalue() and " s left" in err.getvalue()
+
+
+def test_retrain_that_gives_up_names_the_capture_to_train_from_later(config: HubConfig) -> None:
+    readings = np.random.default_rng(5).normal(size=(100, 3))
+    clock = Clock()
+    broker, out = SlowNode(clock, readings, after=200.0), io.StringIO()
+    args = options(node="pump-1", readings=100, mode="next", name="m", deploy=False)
+    with Session(config, "test", client=broker, clock=clock, out=out, err=io.StringIO()) as s:
+        assert retrain(s, config, args) == 1
+    sent = decode("cmd", broker.published[0][1])
+    assert "within 130 s" in out.getvalue()
+    assert f"cloud-hub train --capture {sent.id}" in out.getvalue()
 
 
 def test_retrain_rejected_by_the_node_exits_1(config: HubConfig) -> None:

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from cloud_hub.commands.ledger import NOT_RECORDED, Ledger, LedgerError, record_of
-from schemas.messages import Ack, Deploy, ModelRef, Ping, Retrain
+from schemas.messages import Ack, Deploy, ModelRef, Ping, Retrain, Rollback
 from schemas.samples import SAMPLES
 
 T0 = 1_800_000_000.0
@@ -67,6 +67,9 @@ def test_retrain_and_ping_records_carry_their_own_fields(ledger: Ledger) -> None
         None,
     )
     assert (ping.type, ping.args) == ("ping", {})
+    rollback = cast(Rollback, SAMPLES["cmd_rollback"])
+    assert record_of(rollback, "t").args == {}
+    assert record_of(msgspec.structs.replace(rollback, to="3"), "t").args == {"to": "3"}
 
 
 def test_a_command_id_cannot_be_recorded_twice(ledger: Ledger) -> None:

@@ -1,4 +1,4 @@
-"""The node's model store: install, atomic active/previous switch, crash leftovers."""
+"""The node's model store: install, atomic switches through a bounded history, crash leftovers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from edge_node.lifecycle.model_store import ModelStore, StoreError, StoreState
+from edge_node.lifecycle.model_store import (
+    HISTORY_LIMIT,
+    ModelStore,
+    StoreError,
+    StoreState,
+    with_history,
+)
 from schemas.manifest import Manifest, decode_manifest, encode_manifest
 from schemas.messages import ModelRef
 from schemas.samples import MANIFEST
@@ -117,16 +123,51 @@ def test_a_crash_between_install_and_activate_keeps_the_old_model(tmp_path: Path
     assert restarted.state() == StoreState(v1, None)
 
 
-def test_rollback_swaps_active_and_previous(tmp_path: Path) -> None:
+def test_rollbacks_walk_back_through_the_history(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
-    v1, v2 = (store.install(_model_dir(tmp_path, v)) for v in "12")
+    v1, v2, v3 = (store.install(_model_dir(tmp_path, v)) for v in "123")
     with pytest.raises(StoreError, match="no previous model"):
         store.rollback()
-    store.activate(v1)
-    store.activate(v2)
-    assert store.rollback() == StoreState(v1, v2)
-    assert ModelStore(tmp_path / "store").state() == StoreState(v1, v2)
+    for ref in (v1, v2, v3):
+        store.activate(ref)
+    assert store.state().history == (v1, v2)
     assert store.rollback() == StoreState(v2, v1)
+    assert ModelStore(tmp_path / "store").state() == StoreState(v2, v1), "kept on disk"
+    assert store.rollback() == StoreState(v1, None), "further back, not forth to 3"
+    with pytest.raises(StoreError, match="no previous model"):
+        store.rollback()
+    # A version rolled back from is still installed: --to goes forth to it like a deploy.
+    assert store.rollback(to=v3) == StoreState(v3, v1)
+    with pytest.raises(StoreError, match="already active"):
+        store.rollback(to=v3)
+    with pytest.raises(StoreError, match="not installed"):
+        store.rollback(to=ModelRef("pump-pca", "9"))
+
+
+def test_rollback_to_a_version_in_the_history_drops_what_came_after(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    refs = [store.install(_model_dir(tmp_path, v)) for v in "1234"]
+    for ref in refs:
+        store.activate(ref)
+    assert store.rollback(to=refs[1]) == StoreState(refs[1], refs[0])
+
+
+def test_history_is_bounded_and_keeps_each_version_once(tmp_path: Path) -> None:
+    refs = [ModelRef("m", str(i)) for i in range(1, 10)]
+    state = with_history(refs[-1], [*refs[:-1], refs[0]])
+    assert len(state.history) == HISTORY_LIMIT
+    assert state.history[-1] == refs[0], "a version re-activated keeps its newest place"
+    assert refs[-1] not in state.history
+
+
+def test_a_state_written_before_the_history_is_read_as_previous_only(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path / "store")
+    v1, v2 = (store.install(_model_dir(tmp_path, v)) for v in "12")
+    body = '{"active": {"name": "pump-pca", "version": "2"}, '
+    body += '"previous": {"name": "pump-pca", "version": "1"}}'
+    (tmp_path / "store" / "state.json").write_text(body)
+    assert store.state() == StoreState(v2, v1)
+    assert store.rollback() == StoreState(v1, None)
 
 
 def test_restore_writes_an_earlier_state_of_installed_versions_only(tmp_path: Path) -> None:
@@ -138,7 +179,7 @@ def test_restore_writes_an_earlier_state_of_installed_versions_only(tmp_path: Pa
     assert store.state() == StoreState(v1, None)
 
 
-def test_prune_keeps_active_previous_and_the_newest_others(tmp_path: Path) -> None:
+def test_prune_keeps_the_history_and_the_newest_others(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store")
     refs = []
     for i in range(1, 7):
@@ -146,10 +187,11 @@ def test_prune_keeps_active_previous_and_the_newest_others(tmp_path: Path) -> No
         os.utime(store.path(ref), (1000.0 + i, 1000.0 + i))  # installed in this order
         refs.append(ref)
     store.activate(refs[0])
-    store.activate(refs[2])  # active 3, previous 1
-    pruned = store.prune(keep=2)
-    assert pruned == [refs[1], refs[3]]
-    assert set(store.versions()) == {refs[0], refs[2], refs[4], refs[5]}
+    store.activate(refs[1])
+    store.activate(refs[3])  # active 4, history 1, 2
+    pruned = store.prune(keep=1)
+    assert pruned == [refs[2], refs[4]]
+    assert set(store.versions()) == {refs[0], refs[1], refs[3], refs[5]}
 
 
 def test_clean_removes_what_a_crash_left_behind(tmp_path: Path) -> None:

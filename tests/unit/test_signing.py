@@ -41,6 +41,7 @@ def commands() -> list[Command]:
         Ping(**ENV, id="p", expires_at=end),
         Rollback(**ENV, id="r", expires_at=end),
         Retrain(**ENV, id="t", expires_at=end, readings=100, mode="last"),
+        Rollback(**ENV, id="r3", expires_at=end, to="3"),
     ]
 
 
@@ -63,8 +64,8 @@ def test_unsigned_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "change",
-    [{"expires_at": WALL + 31 * 365 * 86400}, {"node": "pump-02"}, {"id": "other"}],
-    ids=["expiry", "node", "id"],
+    [{"expires_at": WALL + 31 * 365 * 86400}, {"node": "pump-02"}, {"id": "other"}, {"to": "1"}],
+    ids=["expiry", "node", "id", "rollback-target"],
 )
 def test_a_tampered_field_breaks_the_signature(change: dict[str, object]) -> None:
     signed = sign(commands()[1], HUB)
