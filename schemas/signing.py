@@ -4,9 +4,10 @@ What is signed is a *canonical encoding*: the message as MessagePack with its ``
 field emptied, maps in sorted key order (``order="deterministic"``), behind a domain prefix
 that says what kind of thing it is, so a signature over a manifest can never pass for one over
 a command. The signer and the checker build it from the same struct, so it does not depend on
-how the message travelled (JSON on disk, MessagePack on the wire). A field a newer hub adds
-and an older node does not know is dropped when the node decodes, and the node's canonical
-bytes then differ: such a change is a new topic version (schemas/messages.py).
+how the message travelled (JSON on disk, MessagePack on the wire). Fields at their default value
+are left out of it, so a field a newer hub adds (with a default, as every added field has)
+changes nothing for an older node while it is unused; a message that uses it cannot be checked
+by a node that does not know it, and is refused.
 
 Keys are raw 32-byte Ed25519 public keys, written as base64 in settings; a key's id is the
 first 8 bytes of its SHA-256 in hex, short enough to name in a log line.
@@ -75,7 +76,29 @@ def canonical(message: Command | Manifest) -> bytes:
     # Through builtins and back, so every value has its field's type: an int put in a float
     # field (created_at=0) travels as an int but is decoded as a float on the other side.
     typed = msgspec.convert(msgspec.to_builtins(unsigned), type(unsigned))
-    return domain + _canonical.encode(typed)
+    return domain + _canonical.encode(_without_defaults(typed))
+
+
+def _without_defaults(value: object) -> object:
+    """Structs as maps of their non-default fields (recursively); other values as they are."""
+    if isinstance(value, msgspec.Struct):
+        out: dict[str, object] = {}
+        for field in msgspec.structs.fields(value):
+            item = getattr(value, field.name)
+            if field.default is not msgspec.NODEFAULT and item == field.default:
+                continue
+            if field.default_factory is not msgspec.NODEFAULT and item == field.default_factory():
+                continue
+            out[field.encode_name] = _without_defaults(item)
+        tag = value.__struct_config__.tag
+        if tag is not None:
+            out[value.__struct_config__.tag_field or "type"] = tag
+        return out
+    if isinstance(value, list | tuple):
+        return [_without_defaults(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _without_defaults(v) for k, v in value.items()}
+    return value
 
 
 def sign(message: Signed, private: Ed25519PrivateKey) -> Signed:

@@ -15,6 +15,7 @@ from edge_node.lifecycle.trust import REORDER_S, Accepted, Marks, check
 from schemas.codec import decode, encode
 from schemas.manifest import decode_manifest, encode_manifest
 from schemas.messages import Command, Deploy, Ping, Retrain, Rollback
+from schemas.samples import SAMPLES
 from schemas.signing import (
     PublicKey,
     SignatureError,
@@ -186,3 +187,19 @@ def test_cloud_hub_keygen_prints_what_goes_into_each_config(
     assert f'hub_keys = ["{public}"]' in out and f'signing_key = "{key}"' in out
     assert main(["keygen", "--out", str(key)]) == 1  # never overwrites a key
     assert "exists" in capsys.readouterr().err
+
+
+def test_a_field_added_with_its_default_changes_nothing_an_older_node_checks() -> None:
+    """An older node's Rollback has no ``to``: a rollback that leaves it unset still verifies
+    there; one that uses it cannot, and is refused rather than half-understood."""
+    from schemas.messages import CommandBase
+    from schemas.signing import canonical
+
+    older = msgspec.defstruct("Rollback", [], bases=(CommandBase,), tag="rollback", kw_only=True)
+    plain = decode("cmd", encode(SAMPLES["cmd_rollback"]))
+    assert isinstance(plain, Rollback) and plain.to is None
+    seen_by_older = msgspec.msgpack.decode(encode(plain), type=older)
+    assert canonical(seen_by_older) == canonical(plain)  # type: ignore[arg-type]
+    targeted = msgspec.structs.replace(plain, to="3")
+    seen_by_older = msgspec.msgpack.decode(encode(targeted), type=older)
+    assert canonical(seen_by_older) != canonical(targeted)  # type: ignore[arg-type]
