@@ -55,7 +55,8 @@ def publish_backlog(broker: Broker, nodes: list[str], per_node: int, boot: str) 
     scores = pack_f32(np.zeros(READINGS, dtype=np.float32))
     flags = pack_flags(np.zeros(READINGS, dtype=bool))
     for node in nodes:
-        client = _client(f"pub-{node}-{boot}", node, broker.users[node])
+        # Node accounts connect under their own id only (the broker binds them).
+        client = _client(node, node, broker.users[node])
         client.max_inflight_messages_set(1000)
         _connect(client, broker, clean=True)
         client.loop_start()
