@@ -20,13 +20,14 @@ fresh healthy pumps. This module is the one implementation the trainer and the n
 from __future__ import annotations
 
 import math
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
 F64 = NDArray[np.float64]
+FloatT = TypeVar("FloatT", np.float32, np.float64)
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 SCORE = "score"  # the thresholds' key for the model's score
 DEFAULT_MARGIN = 1.5
@@ -57,10 +58,10 @@ class DriftSpec(msgspec.Struct, kw_only=True, frozen=True):
         return f"CUSUM k={self.k:g} SD, h={self.default_h:g} SD*s{fitted}"
 
 
-def finite(a: F64) -> F64:
+def finite(a: NDArray[FloatT]) -> NDArray[FloatT]:
     """``np.nan_to_num(a)`` (NaN to 0, infinities to the largest finite values) in two numpy
     calls: nan_to_num's own Python costs more than the arithmetic on a node's blocks."""
-    out: F64 = np.where(np.isnan(a), 0.0, a)
+    out: NDArray[FloatT] = np.where(np.isnan(a), a.dtype.type(0), a)
     limit = np.finfo(out.dtype).max
     return np.clip(out, -limit, limit, out=out)
 
