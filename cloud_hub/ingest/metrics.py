@@ -15,6 +15,7 @@ only the fleet-wide families.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -105,14 +106,14 @@ class HubCollector(Collector):
                 families.append(backlog)
             if self._delivery is not None:
                 families += _delivery_families(self._delivery())
-            snapshots = (
-                [self._snapshot(s, now) for s in self._fleet.nodes()] if self._per_node else []
-            )
+            snapshots = [self._snapshot(s, now) for s in self._fleet.nodes()]
+            open_counts = sorted(self._ingest.episodes.open.counts().items())
+        families += _fleet_totals(snapshots, open_counts)
         if self._per_node:
             per_node = _NodeFamilies()
             for snapshot in snapshots:
                 per_node.add(snapshot)
-            families += per_node.all()
+            families += [*per_node.all(), _open_episodes(open_counts)]
         return iter(families)
 
     def _snapshot(self, s: NodeState, now: float) -> _NodeSnapshot:
@@ -152,17 +153,114 @@ class HubCollector(Collector):
         online, offline = self._fleet.counts(now)
         nodes.add_metric(["online"], online)
         nodes.add_metric(["offline"], offline)
-        return [messages, duplicates, rejected, nodes, self._open_episodes()]
+        return [messages, duplicates, rejected, nodes]
 
-    def _open_episodes(self) -> Metric:
-        family = GaugeMetricFamily(
-            "edgeml_open_episodes",
-            "Episodes open now, by node and kind (machine anomaly or sensor fault).",
-            labels=["node", "kind"],
+
+def _open_episodes(counts: list[tuple[tuple[str, str], int]]) -> Metric:
+    family = GaugeMetricFamily(
+        "edgeml_open_episodes",
+        "Episodes open now, by node and kind (machine anomaly or sensor fault).",
+        labels=["node", "kind"],
+    )
+    for (node, kind), count in counts:
+        family.add_metric([node, kind], count)
+    return family
+
+
+def _fleet_totals(
+    snapshots: list[_NodeSnapshot], open_counts: list[tuple[tuple[str, str], int]]
+) -> list[Metric]:
+    """Fleet-wide sums of the per-node numbers: a fixed number of series whatever the fleet's
+    size, exposed with or without ``per_node`` (dashboards and rules of large fleets use them)."""
+    totals = dict.fromkeys(_TOTALS, 0)
+    models: Counter[tuple[str, str]] = Counter()
+    drift: Counter[str] = Counter()
+    for s in snapshots:
+        totals["readings"] += s.readings
+        totals["anomalous"] += s.anomalous
+        totals["opened"] += s.events_opened
+        totals["closed"] += s.events_closed
+        totals["gaps"] += s.gaps
+        totals["missing"] += s.missing
+        if s.telemetry is not None:
+            totals["errors"] += s.errors
+            totals["dropped"] += s.telemetry.dropped
+        if s.model is not None:
+            models[(s.model.name, s.model.version)] += 1
+        if s.drift is not None and s.drift.state is not None:
+            drift[s.drift.state.level] += 1
+    families: list[Metric] = []
+    for key, (kind, name, documentation) in _TOTALS.items():
+        if key in ("opened", "closed"):
+            continue
+        family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+            name, documentation
         )
-        for (node, kind), count in sorted(self._ingest.episodes.open.counts().items()):
-            family.add_metric([node, kind], count)
-        return family
+        family.add_metric([], totals[key])
+        families.append(family)
+    events = CounterMetricFamily(
+        "edgeml_fleet_events",
+        "Anomaly episodes opened and closed, all nodes, received since the hub started.",
+        labels=["state"],
+    )
+    events.add_metric(["open"], totals["opened"])
+    events.add_metric(["close"], totals["closed"])
+    by_model = GaugeMetricFamily(
+        "edgeml_fleet_nodes_by_model",
+        "Nodes whose active model is this name and version.",
+        labels=["model", "version"],
+    )
+    for (name, version), count in sorted(models.items()):
+        by_model.add_metric([name, version], count)
+    by_drift = GaugeMetricFamily(
+        "edgeml_fleet_drift_state",
+        "Nodes in each drift state (ok, watch, drifting) from their last drift report.",
+        labels=["state"],
+    )
+    for level in DRIFT_LEVELS:
+        by_drift.add_metric([level], drift[level])
+    episodes = GaugeMetricFamily(
+        "edgeml_fleet_open_episodes",
+        "Episodes open now, all nodes, by kind (machine anomaly or sensor fault).",
+        labels=["kind"],
+    )
+    open_by_kind: Counter[str] = Counter()
+    for (_, kind), count in open_counts:
+        open_by_kind[kind] += count
+    for kind in sorted({"machine", "sensor", *open_by_kind}):
+        episodes.add_metric([kind], open_by_kind[kind])
+    return [*families, events, by_model, by_drift, episodes]
+
+
+# key -> (type, name, help) of the fleet-wide sums; opened/closed go into edgeml_fleet_events.
+_TOTALS: dict[str, tuple[str, str, str]] = {
+    "readings": (
+        "counter",
+        "edgeml_fleet_readings",
+        "Readings scored by all nodes, received since the hub started.",
+    ),
+    "anomalous": (
+        "counter",
+        "edgeml_fleet_anomalous_readings",
+        "Readings all nodes flagged anomalous, received since the hub started.",
+    ),
+    "opened": ("counter", "", ""),
+    "closed": ("counter", "", ""),
+    "gaps": ("gauge", "edgeml_fleet_seq_gaps", "Message seqs never received, all nodes."),
+    "missing": (
+        "gauge",
+        "edgeml_fleet_missing_readings",
+        "Readings never received in results, all nodes.",
+    ),
+    # Sums of numbers each node counts since its own boot: they drop when a node restarts,
+    # so they are gauges (a counter's reset would make rate() count the whole sum again).
+    "errors": ("gauge", "edgeml_fleet_node_errors", "Errors nodes reported since their boots."),
+    "dropped": (
+        "gauge",
+        "edgeml_fleet_outbox_dropped",
+        "Messages nodes' outboxes dropped, as the nodes last reported.",
+    ),
+}
 
 
 def _lifecycle_families(counts: LifecycleCounts) -> list[Metric]:
