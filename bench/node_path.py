@@ -5,7 +5,7 @@
 readings in blocks of 256 readings and of 1 reading (a node polling at 50 Hz); the ratio is
 (b)/(a). Also the capture ring's memory growth over a simulated 30 minutes at 50 Hz.
 
-    .venv/bin/python bench/node_path.py [--repeat 3] [--skab-dir DIR] [--profile]
+    .venv/bin/python bench/node_path.py [--rounds 5] [--repeat 1] [--skab-dir DIR] [--profile]
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def capture_growth(channels: int, minutes: float, capacity: int = 20_000) -> tup
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1, help="passes over the readings per round")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds, best kept")
     parser.add_argument("--skab-dir", type=Path, default=DEFAULT_SKAB)
     parser.add_argument("--profile", action="store_true", help="cProfile the 256-reading blocks")
     args = parser.parse_args()
@@ -116,9 +117,11 @@ def main() -> None:
         window = manifest.input.window
         print(f"model window {window}, {len(healthy.channels)} channels, {len(values):,} readings")
         for block in (RUN, 1):
-            repeat = args.repeat if block > 1 else 1
-            base = bare(model, values, window, repeat, block)
-            rate = node(model, healthy.channels, values, block, repeat)
+            # The machine is shared: alternate the two and keep each one's best round.
+            base, rate = 0.0, 0.0
+            for _ in range(args.rounds if block > 1 else 1):
+                base = max(base, bare(model, values, window, args.repeat, block))
+                rate = max(rate, node(model, healthy.channels, values, block, args.repeat))
             print(
                 f"blocks of {block:3d}: bare onnxruntime loop (baseline) {base:12,.0f} readings/s; "
                 f"Pipeline.process {rate:12,.0f} readings/s = {rate / base:.3f} x baseline"
