@@ -85,23 +85,25 @@ class Cusum:
     def add_chunks(self, z: F64, dt: float) -> None:
         """``z`` [k, n, columns]: ``k`` consecutive chunks at once, each summed as :meth:`add`
         would (so the result does not depend on how many chunks come per call)."""
-        step = np.empty((2, *z.shape))
-        np.subtract(z, self.k, out=step[0])
-        np.negative(z, out=step[1])
+        k, n, columns = z.shape
+        # Rows last, so the running sums, minima and maxima go along contiguous memory.
+        step = np.empty((2, k, columns, n))
+        np.subtract(z.transpose(0, 2, 1), self.k, out=step[0])
+        np.negative(z.transpose(0, 2, 1), out=step[1])
         step[1] -= self.k
         step = finite(step) * dt
         # S_t = max(0, S_t-1 + d_t) in closed form: C_t - min(-S_0, min_{j<=t} C_j).
-        total = np.cumsum(step, axis=2)
-        lowest = np.minimum.accumulate(total, axis=2)
+        total = np.cumsum(step, axis=3)
+        lowest = np.minimum.accumulate(total, axis=3)
         # Each chunk starts from the sums the one before left (a step per chunk, not per row).
-        starts = np.empty((2, z.shape[0], z.shape[2]))
+        starts = np.empty((2, k, columns))
         state = self.state
-        for j in range(z.shape[0]):
+        for j in range(k):
             starts[:, j] = state
-            state = total[:, j, -1] - np.minimum(lowest[:, j, -1], -state)
-        s = total - np.minimum(lowest, -starts[:, :, None, :])
-        self.peak = np.maximum(self.peak, s.max(axis=(1, 2)))
-        self.state = s[:, -1, -1, :]
+            state = total[:, j, :, -1] - np.minimum(lowest[:, j, :, -1], -state)
+        s = total - np.minimum(lowest, -starts[..., None])
+        self.peak = np.maximum(self.peak, s.max(axis=3).max(axis=1))
+        self.state = s[:, -1, :, -1]
 
     def restart_peaks(self) -> None:
         """Peaks from now on (the sums carry on)."""
