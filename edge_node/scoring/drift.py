@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from schemas.drift import SCORE, Cusum, DriftSpec, finite
+from schemas.drift import SCORE, Cusum, DriftSpec
 from schemas.manifest import Profile, ReferenceProfile
 from schemas.messages import ChannelDrift, ScoreStats
 
@@ -32,6 +32,7 @@ SCORE_SAMPLE_CAP = 65_536
 # finite mean shift instead of a division by zero.
 STD_FLOOR = 1e-6
 CHUNK = 128
+_LARGEST = np.finfo(np.float64).max
 # Chunks buffered before they are summed together in one pass (same sums, fewer numpy calls).
 CHUNKS = 8
 
@@ -153,12 +154,6 @@ class _Binner:
         return np.split(counts, self._splits)
 
 
-def _running(start: F64, chunks: NDArray[np.float64] | NDArray[np.int64]) -> F64:
-    """``start`` plus each row of ``chunks`` in turn (add.accumulate adds in order)."""
-    out: F64 = np.add.accumulate(np.vstack([start[None, :], chunks]), axis=0)[-1]
-    return out
-
-
 class _Sums:
     """Count, sum, squares and lag-1 products of each column, around a fixed centre."""
 
@@ -180,11 +175,22 @@ class _Sums:
         prev[0, 0] = self.last
         prev[1:, 0] = y[:-1, -1]
         both = present & ~np.isnan(prev)
-        self.count = _running(self.count, present.sum(axis=1))
-        self.total = _running(self.total, y0.sum(axis=1))
-        self.squares = _running(self.squares, (y0 * y0).sum(axis=1))
-        self.pairs = _running(self.pairs, both.sum(axis=1))
-        self.lagged = _running(self.lagged, np.where(both, y0 * finite(prev), 0.0).sum(axis=1))
+        # NaN products are masked out below; only infinities need bounding (as nan_to_num).
+        bounded = np.minimum(np.maximum(prev, -_LARGEST), _LARGEST)
+        chunks = np.stack(
+            [
+                present.sum(axis=1),
+                y0.sum(axis=1),
+                (y0 * y0).sum(axis=1),
+                both.sum(axis=1),
+                np.where(both, y0 * bounded, 0.0).sum(axis=1),
+            ],
+            dtype=np.float64,
+        )
+        start = np.stack([self.count, self.total, self.squares, self.pairs, self.lagged])
+        # start plus each chunk's sums in turn (add.accumulate adds in order)
+        sums = np.add.accumulate(np.concatenate([start[:, None], chunks], axis=1), axis=1)[:, -1]
+        self.count, self.total, self.squares, self.pairs, self.lagged = sums
         self.last = y[-1, -1].copy()
 
     def stats(self) -> tuple[F64, F64, F64]:
