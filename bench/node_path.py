@@ -37,7 +37,7 @@ from edge_node.scoring.runtime import ModelRuntime  # noqa: E402
 from edge_node.sources.base import Block  # noqa: E402
 from schemas.readings_csv import read_csv  # noqa: E402
 
-DEFAULT_SKAB = Path(os.environ.get("SKAB_DIR", "/work/shared/data/skab"))
+DEFAULT_SKAB = Path(os.environ.get("SKAB_DIR", REPO.parent / "shared" / "data" / "skab"))
 RUN = 256
 
 
