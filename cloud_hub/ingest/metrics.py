@@ -15,7 +15,6 @@ only the fleet-wide families.
 from __future__ import annotations
 
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -25,9 +24,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from cloud_hub.commands.lifecycle import ACK_STATUSES, ACK_TYPES, LifecycleCounts
 from cloud_hub.ingest.drift_state import LEVELS as DRIFT_LEVELS
-from cloud_hub.ingest.fleet import DriftSummary, NodeState
+from cloud_hub.ingest.fleet import NodeState
+from cloud_hub.ingest.fleet_totals import NodeSnapshot, fleet_totals
 from cloud_hub.ingest.inbound import MESSAGE_KINDS, Ingest
-from schemas.messages import ModelRef, Telemetry
 
 _NODE = ["node"]
 
@@ -116,8 +115,8 @@ class HubCollector(Collector):
             families += [*per_node.all(), _open_episodes(open_counts)]
         return iter(families)
 
-    def _snapshot(self, s: NodeState, now: float) -> _NodeSnapshot:
-        return _NodeSnapshot(
+    def _snapshot(self, s: NodeState, now: float) -> NodeSnapshot:
+        return NodeSnapshot(
             node=s.node,
             online=self._fleet.is_online(s, now),
             readings=s.readings,
@@ -168,31 +167,15 @@ def _open_episodes(counts: list[tuple[tuple[str, str], int]]) -> Metric:
 
 
 def _fleet_totals(
-    snapshots: list[_NodeSnapshot], open_counts: list[tuple[tuple[str, str], int]]
+    snapshots: list[NodeSnapshot], open_counts: list[tuple[tuple[str, str], int]]
 ) -> list[Metric]:
     """Fleet-wide sums of the per-node numbers: a fixed number of series whatever the fleet's
     size, exposed with or without ``per_node`` (dashboards and rules of large fleets use them)."""
-    totals = dict.fromkeys(_TOTALS, 0)
-    models: Counter[tuple[str, str]] = Counter()
-    drift: Counter[str] = Counter()
-    for s in snapshots:
-        totals["readings"] += s.readings
-        totals["anomalous"] += s.anomalous
-        totals["opened"] += s.events_opened
-        totals["closed"] += s.events_closed
-        totals["gaps"] += s.gaps
-        totals["missing"] += s.missing
-        if s.telemetry is not None:
-            totals["errors"] += s.errors
-            totals["dropped"] += s.telemetry.dropped
-        if s.model is not None:
-            models[(s.model.name, s.model.version)] += 1
-        if s.drift is not None and s.drift.state is not None:
-            drift[s.drift.state.level] += 1
+    t = fleet_totals(snapshots, open_counts)
+    totals = {"readings": t.readings, "anomalous": t.anomalous, "gaps": t.gaps}
+    totals |= {"missing": t.missing, "errors": t.errors, "dropped": t.dropped}
     families: list[Metric] = []
     for key, (kind, name, documentation) in _TOTALS.items():
-        if key in ("opened", "closed"):
-            continue
         family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
             name, documentation
         )
@@ -203,14 +186,14 @@ def _fleet_totals(
         "Anomaly episodes opened and closed, all nodes, received since the hub started.",
         labels=["state"],
     )
-    events.add_metric(["open"], totals["opened"])
-    events.add_metric(["close"], totals["closed"])
+    events.add_metric(["open"], t.opened)
+    events.add_metric(["close"], t.closed)
     by_model = GaugeMetricFamily(
         "edgeml_fleet_nodes_by_model",
         "Nodes whose active model is this name and version.",
         labels=["model", "version"],
     )
-    for (name, version), count in sorted(models.items()):
+    for (name, version), count in sorted(t.models.items()):
         by_model.add_metric([name, version], count)
     by_drift = GaugeMetricFamily(
         "edgeml_fleet_drift_state",
@@ -218,21 +201,18 @@ def _fleet_totals(
         labels=["state"],
     )
     for level in DRIFT_LEVELS:
-        by_drift.add_metric([level], drift[level])
+        by_drift.add_metric([level], t.drift[level])
     episodes = GaugeMetricFamily(
         "edgeml_fleet_open_episodes",
         "Episodes open now, all nodes, by kind (machine anomaly or sensor fault).",
         labels=["kind"],
     )
-    open_by_kind: Counter[str] = Counter()
-    for (_, kind), count in open_counts:
-        open_by_kind[kind] += count
-    for kind in sorted({"machine", "sensor", *open_by_kind}):
-        episodes.add_metric([kind], open_by_kind[kind])
+    for kind in sorted({"machine", "sensor", *t.open_episodes}):
+        episodes.add_metric([kind], t.open_episodes[kind])
     return [*families, events, by_model, by_drift, episodes]
 
 
-# key -> (type, name, help) of the fleet-wide sums; opened/closed go into edgeml_fleet_events.
+# key -> (type, name, help) of the fleet-wide sums without labels.
 _TOTALS: dict[str, tuple[str, str, str]] = {
     "readings": (
         "counter",
@@ -244,8 +224,6 @@ _TOTALS: dict[str, tuple[str, str, str]] = {
         "edgeml_fleet_anomalous_readings",
         "Readings all nodes flagged anomalous, received since the hub started.",
     ),
-    "opened": ("counter", "", ""),
-    "closed": ("counter", "", ""),
     "gaps": ("gauge", "edgeml_fleet_seq_gaps", "Message seqs never received, all nodes."),
     "missing": (
         "gauge",
@@ -299,24 +277,6 @@ def _lifecycle_families(counts: LifecycleCounts) -> list[Metric]:
     for reason, count in sorted(counts.capture_refusals.items()):
         bad_captures.add_metric([reason], count)
     return [acks, published, pending, refused, captures, bad_captures]
-
-
-@dataclass(frozen=True, slots=True)
-class _NodeSnapshot:
-    """One node's numbers at scrape time (telemetry and drift are replaced, never changed)."""
-
-    node: str
-    online: bool
-    readings: int
-    anomalous: int
-    events_opened: int
-    events_closed: int
-    model: ModelRef | None
-    telemetry: Telemetry | None
-    drift: DriftSummary | None
-    gaps: int
-    missing: int
-    errors: int
 
 
 class _NodeFamilies:
@@ -377,7 +337,7 @@ class _NodeFamilies:
         self.gaps = _gauge("edgeml_seq_gaps", "Message seqs never received (gaps in the stream).")
         self.missing = _gauge("edgeml_missing_readings", "Readings never received in results.")
 
-    def add(self, s: _NodeSnapshot) -> None:
+    def add(self, s: NodeSnapshot) -> None:
         """Add the samples of one node."""
         n = [s.node]
         self.readings.add_metric(n, s.readings)
