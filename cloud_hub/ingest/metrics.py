@@ -24,9 +24,9 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from cloud_hub.commands.lifecycle import ACK_STATUSES, ACK_TYPES, LifecycleCounts
 from cloud_hub.ingest.drift_state import LEVELS as DRIFT_LEVELS
-from cloud_hub.ingest.fleet import DriftSummary, NodeState
+from cloud_hub.ingest.fleet import NodeState
+from cloud_hub.ingest.fleet_totals import NodeSnapshot, fleet_totals
 from cloud_hub.ingest.inbound import MESSAGE_KINDS, Ingest
-from schemas.messages import ModelRef, Telemetry
 
 _NODE = ["node"]
 
@@ -105,18 +105,18 @@ class HubCollector(Collector):
                 families.append(backlog)
             if self._delivery is not None:
                 families += _delivery_families(self._delivery())
-            snapshots = (
-                [self._snapshot(s, now) for s in self._fleet.nodes()] if self._per_node else []
-            )
+            snapshots = [self._snapshot(s, now) for s in self._fleet.nodes()]
+            open_counts = sorted(self._ingest.episodes.open.counts().items())
+        families += _fleet_totals(snapshots, open_counts)
         if self._per_node:
             per_node = _NodeFamilies()
             for snapshot in snapshots:
                 per_node.add(snapshot)
-            families += per_node.all()
+            families += [*per_node.all(), _open_episodes(open_counts)]
         return iter(families)
 
-    def _snapshot(self, s: NodeState, now: float) -> _NodeSnapshot:
-        return _NodeSnapshot(
+    def _snapshot(self, s: NodeState, now: float) -> NodeSnapshot:
+        return NodeSnapshot(
             node=s.node,
             online=self._fleet.is_online(s, now),
             readings=s.readings,
@@ -152,17 +152,93 @@ class HubCollector(Collector):
         online, offline = self._fleet.counts(now)
         nodes.add_metric(["online"], online)
         nodes.add_metric(["offline"], offline)
-        return [messages, duplicates, rejected, nodes, self._open_episodes()]
+        return [messages, duplicates, rejected, nodes]
 
-    def _open_episodes(self) -> Metric:
-        family = GaugeMetricFamily(
-            "edgeml_open_episodes",
-            "Episodes open now, by node and kind (machine anomaly or sensor fault).",
-            labels=["node", "kind"],
+
+def _open_episodes(counts: list[tuple[tuple[str, str], int]]) -> Metric:
+    family = GaugeMetricFamily(
+        "edgeml_open_episodes",
+        "Episodes open now, by node and kind (machine anomaly or sensor fault).",
+        labels=["node", "kind"],
+    )
+    for (node, kind), count in counts:
+        family.add_metric([node, kind], count)
+    return family
+
+
+def _fleet_totals(
+    snapshots: list[NodeSnapshot], open_counts: list[tuple[tuple[str, str], int]]
+) -> list[Metric]:
+    """Fleet-wide sums of the per-node numbers: a fixed number of series whatever the fleet's
+    size, exposed with or without ``per_node`` (dashboards and rules of large fleets use them)."""
+    t = fleet_totals(snapshots, open_counts)
+    totals = {"readings": t.readings, "anomalous": t.anomalous, "gaps": t.gaps}
+    totals |= {"missing": t.missing, "errors": t.errors, "dropped": t.dropped}
+    families: list[Metric] = []
+    for key, (kind, name, documentation) in _TOTALS.items():
+        family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
+            name, documentation
         )
-        for (node, kind), count in sorted(self._ingest.episodes.open.counts().items()):
-            family.add_metric([node, kind], count)
-        return family
+        family.add_metric([], totals[key])
+        families.append(family)
+    events = CounterMetricFamily(
+        "edgeml_fleet_events",
+        "Anomaly episodes opened and closed, all nodes, received since the hub started.",
+        labels=["state"],
+    )
+    events.add_metric(["open"], t.opened)
+    events.add_metric(["close"], t.closed)
+    by_model = GaugeMetricFamily(
+        "edgeml_fleet_nodes_by_model",
+        "Nodes whose active model is this name and version.",
+        labels=["model", "version"],
+    )
+    for (name, version), count in sorted(t.models.items()):
+        by_model.add_metric([name, version], count)
+    by_drift = GaugeMetricFamily(
+        "edgeml_fleet_drift_state",
+        "Nodes in each drift state (ok, watch, drifting) from their last drift report.",
+        labels=["state"],
+    )
+    for level in DRIFT_LEVELS:
+        by_drift.add_metric([level], t.drift[level])
+    episodes = GaugeMetricFamily(
+        "edgeml_fleet_open_episodes",
+        "Episodes open now, all nodes, by kind (machine anomaly or sensor fault).",
+        labels=["kind"],
+    )
+    for kind in sorted({"machine", "sensor", *t.open_episodes}):
+        episodes.add_metric([kind], t.open_episodes[kind])
+    return [*families, events, by_model, by_drift, episodes]
+
+
+# key -> (type, name, help) of the fleet-wide sums without labels.
+_TOTALS: dict[str, tuple[str, str, str]] = {
+    "readings": (
+        "counter",
+        "edgeml_fleet_readings",
+        "Readings scored by all nodes, received since the hub started.",
+    ),
+    "anomalous": (
+        "counter",
+        "edgeml_fleet_anomalous_readings",
+        "Readings all nodes flagged anomalous, received since the hub started.",
+    ),
+    "gaps": ("gauge", "edgeml_fleet_seq_gaps", "Message seqs never received, all nodes."),
+    "missing": (
+        "gauge",
+        "edgeml_fleet_missing_readings",
+        "Readings never received in results, all nodes.",
+    ),
+    # Sums of numbers each node counts since its own boot: they drop when a node restarts,
+    # so they are gauges (a counter's reset would make rate() count the whole sum again).
+    "errors": ("gauge", "edgeml_fleet_node_errors", "Errors nodes reported since their boots."),
+    "dropped": (
+        "gauge",
+        "edgeml_fleet_outbox_dropped",
+        "Messages nodes' outboxes dropped, as the nodes last reported.",
+    ),
+}
 
 
 def _lifecycle_families(counts: LifecycleCounts) -> list[Metric]:
@@ -201,24 +277,6 @@ def _lifecycle_families(counts: LifecycleCounts) -> list[Metric]:
     for reason, count in sorted(counts.capture_refusals.items()):
         bad_captures.add_metric([reason], count)
     return [acks, published, pending, refused, captures, bad_captures]
-
-
-@dataclass(frozen=True, slots=True)
-class _NodeSnapshot:
-    """One node's numbers at scrape time (telemetry and drift are replaced, never changed)."""
-
-    node: str
-    online: bool
-    readings: int
-    anomalous: int
-    events_opened: int
-    events_closed: int
-    model: ModelRef | None
-    telemetry: Telemetry | None
-    drift: DriftSummary | None
-    gaps: int
-    missing: int
-    errors: int
 
 
 class _NodeFamilies:
@@ -279,7 +337,7 @@ class _NodeFamilies:
         self.gaps = _gauge("edgeml_seq_gaps", "Message seqs never received (gaps in the stream).")
         self.missing = _gauge("edgeml_missing_readings", "Readings never received in results.")
 
-    def add(self, s: _NodeSnapshot) -> None:
+    def add(self, s: NodeSnapshot) -> None:
         """Add the samples of one node."""
         n = [s.node]
         self.readings.add_metric(n, s.readings)

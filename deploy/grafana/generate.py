@@ -84,14 +84,14 @@ FLEET = Dashboard(
         ),
         Panel(
             "Readings/s (fleet)",
-            (q(f"sum(rate(edgeml_readings_total[{RATE}]))", "readings/s"),),
+            (q(f"rate(edgeml_fleet_readings_total[{RATE}])", "readings/s"),),
             kind="stat",
             unit="reqps",
             width=4,
         ),
         Panel(
             "Models in use",
-            (q("count by (model, version) (edgeml_node_info)", "{{model}}@{{version}}"),),
+            (q("edgeml_fleet_nodes_by_model", "{{model}}@{{version}}"),),
             kind="bargauge",
             width=6,
             description="Nodes running each model version.",

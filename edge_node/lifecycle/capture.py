@@ -7,8 +7,8 @@ the hub trains on what the sensors said rather than on one model's view of it.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -51,14 +51,19 @@ def _segment(t0: float, period: float, values: ArrayLike, channels: int) -> Segm
 
 
 class CaptureRing:
-    """The last ``capacity`` readings, kept as the blocks they came in."""
+    """The last ``capacity`` readings in preallocated arrays (values, and each reading's time
+    and period), so a node polling one reading at a time adds no object per poll: memory is
+    fixed from the start, about ``capacity * (4 * channels + 16)`` bytes."""
 
     def __init__(self, capacity: int, channels: int) -> None:
         if capacity < 1 or channels < 1:
             raise ValueError(f"capacity and channels must be >= 1, got {capacity}, {channels}")
         self.capacity = capacity
         self.channels = channels
-        self._blocks: deque[Segment] = deque()
+        self._values = np.zeros((capacity, channels), dtype=np.float32)
+        self._times = np.zeros(capacity, dtype=np.float64)
+        self._periods = np.zeros(capacity, dtype=np.float64)
+        self._next = 0  # row the next reading goes to
         self._size = 0
 
     def __len__(self) -> int:
@@ -66,33 +71,35 @@ class CaptureRing:
 
     def add(self, t0: float, period: float, values: ArrayLike) -> None:
         """Append a block of readings, forgetting the oldest beyond ``capacity``."""
-        block = _segment(t0, period, values, self.channels)
-        if block.n == 0:
+        rows = np.asarray(values, dtype=np.float32)
+        if rows.ndim != 2 or rows.shape[1] != self.channels:
+            raise ValueError(f"values have shape {list(rows.shape)}, expected [n, {self.channels}]")
+        n = rows.shape[0]
+        if n == 0:
             return
-        if block.n > self.capacity:
-            block = block.tail(self.capacity)
-        self._blocks.append(block)
-        self._size += block.n
-        while self._size > self.capacity:
-            oldest = self._blocks.popleft()
-            excess = self._size - self.capacity
-            if oldest.n > excess:
-                self._blocks.appendleft(oldest.tail(oldest.n - excess))
-                self._size -= excess
-            else:
-                self._size -= oldest.n
+        skip = max(n - self.capacity, 0)
+        index = (self._next + np.arange(n - skip)) % self.capacity
+        self._values[index] = rows[skip:]  # copied in: the caller may reuse its buffer
+        self._times[index] = float(t0) + np.arange(skip, n) * float(period)
+        self._periods[index] = float(period)
+        self._next = int(index[-1] + 1) % self.capacity
+        self._size = min(self._size + n - skip, self.capacity)
 
     def last(self, n: int) -> list[Segment]:
-        """The last ``n`` readings (fewer if the ring holds fewer), oldest first."""
-        out: list[Segment] = []
-        left = n
-        for block in reversed(self._blocks):
-            if left <= 0:
-                break
-            take = min(left, block.n)
-            out.append(block.tail(take))
-            left -= take
-        return out[::-1]
+        """The last ``n`` readings (fewer if the ring holds fewer), oldest first, as runs of
+        readings that follow each other in time (cut where time jumps or the period changes)."""
+        take = min(max(n, 0), self._size)
+        if take == 0:
+            return []
+        index = (self._next - take + np.arange(take)) % self.capacity
+        values, times, periods = self._values[index], self._times[index], self._periods[index]
+        follows = (periods[1:] == periods[:-1]) & (
+            np.abs(times[1:] - (times[:-1] + periods[:-1])) <= periods[:-1] / 2
+        )
+        starts = [0, *(np.flatnonzero(~follows) + 1).tolist(), take]
+        return [
+            Segment(float(times[a]), float(periods[a]), values[a:b]) for a, b in pairwise(starts)
+        ]
 
 
 class NextCapture:

@@ -218,4 +218,6 @@ def _contributions(contributions: ArrayLike | None, n: int, channels: int) -> ND
     if c.shape != (n, channels):
         raise ValueError(f"contributions has shape {c.shape}, expected ({n}, {channels})")
     # Shares are of magnitude; a NaN or infinite contribution carries no usable evidence.
-    return np.nan_to_num(np.abs(c), nan=0.0, posinf=0.0)
+    magnitude = np.abs(c)
+    out: NDArray[np.float64] = np.where(np.isfinite(magnitude), magnitude, 0.0)
+    return out

@@ -31,6 +31,7 @@ from edge_node.scoring.validation import Checked, SensorChange, Validator
 from edge_node.scoring.window import RecentRows, Windower
 from edge_node.sources.base import Block
 from schemas.alarm import AlarmFilter
+from schemas.drift import finite
 from schemas.manifest import Manifest
 from schemas.messages import ModelRef
 
@@ -123,7 +124,7 @@ class _Run:
         in_window = self.checked.in_window
         if self.contributions is None or len(self.contributions) != len(in_window):
             return np.asarray(in_window.any(axis=1), dtype=bool)
-        top = np.argmax(np.nan_to_num(np.abs(self.contributions)), axis=1)
+        top = np.argmax(finite(np.abs(self.contributions)), axis=1)
         return np.asarray(in_window[np.arange(len(top)), top], dtype=bool)
 
     @property

@@ -122,6 +122,8 @@ class ModelRuntime:
         if not parts:
             empty = np.zeros((0, expected[1]), dtype=np.float32)
             return np.zeros(0, dtype=np.float32), empty if len(self._outputs) > 1 else None
+        if len(parts) == 1:  # a block within max_batch (the usual case): no copy
+            return parts[0][0], parts[0][1] if len(self._outputs) > 1 else None
         scores = np.concatenate([p[0] for p in parts])
         if len(self._outputs) == 1:
             return scores, None

@@ -109,14 +109,17 @@ class Validator:
     def check(self, t0: float, period: float, values: NDArray[np.float32]) -> Checked:
         """Check a block ``[n, channels]`` of readings taken every ``period`` s from ``t0``."""
         x = np.asarray(values, dtype=np.float64)
-        kinds = self._kinds(x, period)
-        faulty = kinds >= 0
+        masks = self._masks(x, period)
+        faulty = masks[0] | masks[1] | masks[2] | masks[3]
         counts: Counter[str] = Counter()
         self._seen |= (~faulty).any(axis=0)
         if not faulty.any() and not self._open and not self._tail_faulty:
             # The common case, in a few numpy calls: nothing to impute, mask or report.
             self._last_good = x[-1].copy()
             return Checked(np.asarray(values, np.float32), faulty, faulty, [], counts)
+        kinds = np.full(x.shape, -1, dtype=np.int64)
+        for i in (3, 2, 1, 0):  # where faults coincide, the lower index (in KINDS) is named
+            kinds[masks[i]] = i
         imputed = self._impute(x, faulty)
         changes = self._episodes_of(t0, period, kinds, counts)
         return Checked(imputed.astype(np.float32), faulty, self._windowed(faulty), changes, counts)
@@ -135,17 +138,13 @@ class Validator:
         hit: NDArray[np.bool_] = (total[w:] - total[: len(total) - w]) > 0
         return hit
 
-    def _kinds(self, x: F64, period: float) -> NDArray[np.int64]:
-        """Per cell the index in KINDS of its fault, or -1."""
+    def _masks(self, x: F64, period: float) -> tuple[NDArray[np.bool_], ...]:
+        """Per cell, one mask per fault kind in KINDS order (nan, out of range, spike, stuck)."""
         nan = np.isnan(x)
         out_of_range = ~nan & ((x < self._low) | (x > self._high))
         beyond = ~nan & ~out_of_range & ((x < self._spike_low) | (x > self._spike_high))
         spike = self._spikes(x, beyond, nan | out_of_range) if beyond.any() else beyond
-        stuck = self._stuck(x, period)
-        kinds = np.full(x.shape, -1, dtype=np.int64)
-        for i, mask in ((3, stuck), (2, spike), (1, out_of_range), (0, nan)):
-            kinds[mask] = i
-        return kinds
+        return nan, out_of_range, spike, self._stuck(x, period)
 
     def _spikes(
         self, x: F64, beyond: NDArray[np.bool_], bad: NDArray[np.bool_]

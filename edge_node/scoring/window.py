@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 from numpy.typing import ArrayLike, NDArray
 
 
@@ -66,15 +66,19 @@ class Windower:
         if n == 0:
             empty = np.empty((0, self._window, self.channels), dtype=np.float32)
             return WindowBatch(windows=empty, imputed=imputed, complete=complete)
-        filled = self._forward_fill(block, missing)
+        # Nothing to fill (the common case) needs no copy: the series concatenation copies.
+        filled = self._forward_fill(block, missing) if imputed.any() else block
         if self._history is None:
             self._history = np.repeat(filled[:1], self._window - 1, axis=0)
         series = np.concatenate([self._history, filled])
         self._history = series[len(series) - (self._window - 1) :].copy()
         self._last = filled[-1].copy()
-        views = sliding_window_view(series, self._window, axis=0)  # [n, C, window]
-        windows = np.ascontiguousarray(views.transpose(0, 2, 1))
-        return WindowBatch(windows=windows, imputed=imputed, complete=complete)
+        # Window i is rows i .. i + window - 1 of the series: a strided view, then one copy.
+        rows, channels = series.strides
+        views = as_strided(
+            series, (n, self._window, self.channels), (rows, rows, channels), writeable=False
+        )
+        return WindowBatch(windows=views.copy(), imputed=imputed, complete=complete)
 
     def _forward_fill(
         self, block: NDArray[np.float32], missing: NDArray[np.bool_]

@@ -114,3 +114,33 @@ def test_captured_data_round_trips_through_a_capture_message() -> None:
 def test_bad_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match=r"expected \[n, 3\]"):
         CaptureRing(10, 3).add(0.0, 1.0, np.zeros((2, 4), np.float32))
+
+
+def test_the_ring_cuts_its_runs_where_time_jumps_or_the_period_changes() -> None:
+    ring = CaptureRing(capacity=20, channels=3)
+    ring.add(0.0, 1.0, rows(0, 3))
+    ring.add(3.0, 1.0, rows(3, 1))  # continues
+    ring.add(10.0, 1.0, rows(4, 2))  # a gap
+    ring.add(12.0, 0.5, rows(6, 2))  # another period
+    runs = ring.last(20)
+    assert [(r.t0, r.period, r.n) for r in runs] == [(0.0, 1.0, 4), (10.0, 1.0, 2), (12.0, 0.5, 2)]
+    np.testing.assert_array_equal(stitched(runs), rows(0, 8))
+
+
+def test_a_full_ring_takes_no_more_memory_per_poll() -> None:
+    import tracemalloc
+
+    ring = CaptureRing(capacity=1_000, channels=8)
+    row = np.zeros((1, 8), np.float32)
+    for i in range(1_000):
+        ring.add(i * 0.02, 0.02, row)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1_000, 6_000):
+            ring.add(i * 0.02, 0.02, row + i)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 4_096  # 5,000 polls; a kept array per poll would be ~500 kB
+    np.testing.assert_array_equal(stitched(ring.last(2))[:, 0], [5_998.0, 5_999.0])

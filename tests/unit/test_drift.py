@@ -322,3 +322,42 @@ def test_slow_channels_get_thresholds_of_their_time_scale() -> None:
     assert decorrelation_s(z, 2.0)[1] == pytest.approx(200.0, rel=0.25)
     thresholds = fit_thresholds(z, ["fast", "slow", "score"], 2.0, k=3.0, margin=1.0)
     assert thresholds["fast"] == 30.0 and thresholds["slow"] >= 3.0 * 150
+
+
+def test_chunks_summed_together_match_chunks_summed_one_by_one() -> None:
+    # The accumulator sums buffered chunks in one pass; the result must be the very same
+    # numbers (not merely close) as adding the chunks one at a time.
+    rng = np.random.default_rng(3)
+    z = rng.normal(0.5, 1.5, size=(5, 128, 4))
+    z[1, 7, 2] = np.nan
+    z[3, 0, 0] = np.inf
+    together, apart = Cusum(4, 0.5), Cusum(4, 0.5)
+    together.add_chunks(z, 0.1)
+    for chunk in z:
+        apart.add(chunk, 0.1)
+    np.testing.assert_array_equal(together.state, apart.state)
+    np.testing.assert_array_equal(together.peak, apart.peak)
+
+
+def test_reports_are_identical_for_any_block_size_and_edge_order() -> None:
+    values, scores = healthy(3_000, seed=11)
+    values[100:130, 1] = np.nan
+    values[2_000:, 2] += 3 * STDS[2]
+    reference = make_reference()
+    unsorted = make_profile(values[:, 0].astype(np.float64))
+    unsorted.edges[3], unsorted.edges[4] = unsorted.edges[4], unsorted.edges[3]
+    shuffled = ReferenceProfile(
+        channels={**reference.channels, "a": unsorted}, score=reference.score
+    )
+    for ref in (reference, shuffled):
+        reports = []
+        for block in (1, 37, 128, 1_000, 3_000):
+            acc = DriftAccumulator(ref, NAMES, spec=DriftSpec(k=1.0, default_h=50.0))
+            for i in range(0, 3_000, block):
+                n = min(block, 3_000 - i)
+                acc.add(float(i), 1.0, values[i : i + n], scores[i : i + n], np.zeros(n, bool))
+            reports.append(_report(acc))
+        assert all(r == reports[0] for r in reports[1:])
+    # With edges out of order a value's bin is the number of inner edges at or below it.
+    below = (np.asarray(unsorted.edges[1:-1])[None, :] <= values[:, :1]).sum(axis=1)
+    assert reports[0].channels[0].counts == np.bincount(below, minlength=10).tolist()

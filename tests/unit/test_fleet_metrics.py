@@ -21,6 +21,7 @@ from schemas.topics import Kind, node_topic
 
 NOW = 1_800_000_000.0
 KIND_OF = {typ: kind for kind, typ in MESSAGE_TYPES.items()}
+SAMPLE_N = 3  # readings in the sample result batch
 ALLOWED_LABELS = {"node", "model", "version", "kind", "reason", "type", "state", "percentile"}
 
 
@@ -171,7 +172,60 @@ def test_per_node_false_hides_per_node_families() -> None:
         "edgeml_messages_total",
         "edgeml_duplicates_total",
         "edgeml_nodes",
+        *FLEET_SAMPLES,
     }
+    assert value(r, "edgeml_fleet_readings_total") == SAMPLE_N
+
+
+FLEET_SAMPLES = {
+    "edgeml_fleet_readings_total",
+    "edgeml_fleet_anomalous_readings_total",
+    "edgeml_fleet_seq_gaps",
+    "edgeml_fleet_missing_readings",
+    "edgeml_fleet_node_errors",
+    "edgeml_fleet_outbox_dropped",
+    "edgeml_fleet_events_total",
+    "edgeml_fleet_nodes_by_model",
+    "edgeml_fleet_drift_state",
+    "edgeml_fleet_open_episodes",
+}
+
+
+def test_fleet_totals_are_the_sums_over_nodes_with_or_without_per_node_series() -> None:
+    per_node = {"node-a": ("pca", "1"), "node-b": ("pca", "1"), "node-c": ("pca", "2")}
+    ingests = {flag: hub(per_node=flag) for flag in (True, False)}
+    for ingest, _, _ in ingests.values():
+        for i, (node, (name, version)) in enumerate(per_node.items()):
+            model = ModelRef(name, version)
+            send(ingest, msg("status", node))
+            send(ingest, msg("result", node, seq=10, first=0, model=model))
+            send(ingest, msg("result", node, seq=11 + i, first=10 * i, model=model))
+            send(ingest, msg("event", node, seq=20 + i, state="open"))
+            send(ingest, msg("telemetry", node, seq=30 + i, errors={"model": i}, model=model))
+    full, lean = ingests[True][1], ingests[False][1]
+    nodes = list(per_node)
+    for fleet, node_family in (
+        ("edgeml_fleet_readings_total", "edgeml_readings_total"),
+        ("edgeml_fleet_anomalous_readings_total", "edgeml_anomalous_readings_total"),
+        ("edgeml_fleet_seq_gaps", "edgeml_seq_gaps"),
+        ("edgeml_fleet_missing_readings", "edgeml_missing_readings"),
+        ("edgeml_fleet_node_errors", "edgeml_node_errors_total"),
+        ("edgeml_fleet_outbox_dropped", "edgeml_outbox_dropped_total"),
+    ):
+        expected = sum(value(full, node_family, node=n) or 0.0 for n in nodes)
+        assert value(full, fleet) == value(lean, fleet) == expected, fleet
+    assert value(lean, "edgeml_fleet_readings_total") == 3 * 2 * SAMPLE_N
+    assert (value(lean, "edgeml_fleet_seq_gaps") or 0) > 0
+    assert (value(lean, "edgeml_fleet_missing_readings") or 0) > 0
+    assert value(lean, "edgeml_fleet_node_errors") == 0 + 1 + 2
+    assert value(lean, "edgeml_fleet_events_total", state="open") == 3
+    assert value(lean, "edgeml_fleet_nodes_by_model", model="pca", version="1") == 2
+    assert value(lean, "edgeml_fleet_nodes_by_model", model="pca", version="2") == 1
+    open_per_node = sum(
+        value(full, "edgeml_open_episodes", node=n, kind="machine") or 0.0 for n in nodes
+    )
+    assert value(lean, "edgeml_fleet_open_episodes", kind="machine") == open_per_node == 3
+    assert value(lean, "edgeml_fleet_open_episodes", kind="sensor") == 0
 
 
 def test_label_cardinality_is_bounded_by_nodes_not_channels() -> None:
