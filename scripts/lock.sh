@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Refreshes requirements/lock.txt from the ranges in pyproject.toml (and the build backend in
+# Refreshes requirements/edgeml.lock from the ranges in pyproject.toml (and the build backend in
 # requirements/build.in): every package pinned with its hashes, for every Python from 3.11 on.
 # Review the diff like code: it changes what every machine installs.
 #   usage: scripts/lock.sh [--upgrade-package NAME ...]   (no argument: keep pins that still fit)
@@ -12,5 +12,5 @@ if [ ! -x "$tools/bin/uv" ]; then
 fi
 "$tools/bin/uv" pip compile pyproject.toml requirements/build.in --extra dev \
   --universal --python-version 3.11 --generate-hashes --quiet \
-  --output-file requirements/lock.txt "$@"
-echo "lock: requirements/lock.txt refreshed; run scripts/test.sh before committing it"
+  --output-file requirements/edgeml.lock "$@"
+echo "lock: requirements/edgeml.lock refreshed; run scripts/test.sh before committing it"

@@ -46,17 +46,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# The virtualenv follows the lock (requirements/lock.txt, hashes checked): it is brought in line
+# The virtualenv follows the lock (requirements/edgeml.lock, hashes checked): it is brought in line
 # whenever the lock or pyproject.toml changed since it was last installed.
 stamp=.venv/.edgeml-installed
-want=$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -d' ' -f1)
+want=$(cat requirements/edgeml.lock pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: preparing .venv with $($python --version) from requirements/lock.txt"
+  echo "setup: preparing .venv with $($python --version) from requirements/edgeml.lock"
   [ -x .venv/bin/python ] || "$python" -m venv .venv || {
     echo "setup: '$python -m venv' failed; install the venv module: apt-get install python3-venv" >&2
     exit 1
   }
-  .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements/lock.txt
+  .venv/bin/python -m pip install -q --require-hashes --no-deps -r requirements/edgeml.lock
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
