@@ -62,9 +62,8 @@ def check(device: Device, needs: Sequence[Needs]) -> list[Reason]:
     """Every reason the models ``needs`` (run together: memory and power add up) do not fit."""
     memory = sum(n.memory_mb for n in needs)
     power = sum(n.power_w for n in needs)
-    room = device.memory_available_mb if device.memory_available_mb is not None else None
     failing = {
-        "memory": memory > (room if room is not None else device.memory_mb),
+        "memory": memory > room_mb(device),
         "power": device.power_budget_w is not None and power > device.power_budget_w,
         "offline": any(n.offline for n in needs) and not device.offline_capable,
         "hub": any(n.hub for n in needs) and device.must_run_offline,
@@ -72,6 +71,12 @@ def check(device: Device, needs: Sequence[Needs]) -> list[Reason]:
         "channels": any(c not in device.channels for n in needs for c in n.channels),
     }
     return [reason for reason in REASONS if failing[reason]]
+
+
+def room_mb(device: Device) -> float:
+    """Memory a model may take: what is available when the node says, else its total."""
+    available = device.memory_available_mb
+    return available if available is not None else device.memory_mb
 
 
 def verdict(reasons: Sequence[Reason]) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from schemas.manifest import Manifest
+from schemas.manifest import Manifest, TrainingData
 
 
 def card_rows(manifest: Manifest) -> list[tuple[str, str]]:
@@ -21,7 +21,7 @@ def card_rows(manifest: Manifest) -> list[tuple[str, str]]:
     rows += [
         ("threshold rule", card.threshold_rule),
         ("features", ", ".join(card.features)),
-        ("trained on", _training(manifest)),
+        ("trained on", _training(card.training)),
         (
             "validation",
             "none (train with --validate FILE to measure F1/FAR/MAR)"
@@ -59,9 +59,7 @@ def format_side_by_side(current: Manifest | None, candidate: Manifest) -> str:
     )
 
 
-def _training(manifest: Manifest) -> str:
-    assert manifest.card is not None
-    data = manifest.card.training
+def _training(data: TrainingData) -> str:
     text = f"{data.readings} readings"
     if data.period_s:
         text += f" ({data.readings * data.period_s / 3600:.2g} h at {data.period_s:.3g} s)"

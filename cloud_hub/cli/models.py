@@ -106,7 +106,7 @@ def run_commands(args: argparse.Namespace) -> int:
     ledger = Ledger(load_config(args.config).store.ledger_path())
     try:
         history = ledger.commands(args.node, args.limit)
-        print(to_json(history) if args.json else format_commands(history))
+        print(to_json(history) if args.json else format_commands(history, time.time()))
     finally:
         ledger.close()
     return EXIT_OK
@@ -151,8 +151,9 @@ def _validation(entry: CatalogEntry) -> str:
     return f"F1 {card.validation.f1:.3f} FAR {card.validation.far:.1%}"
 
 
-def format_commands(history: Sequence[CommandHistory]) -> str:
-    """The ``commands`` table: newest first, each with its last status and reason."""
+def format_commands(history: Sequence[CommandHistory], now: float) -> str:
+    """The ``commands`` table: newest first, each with its last status and reason; a command
+    nobody answered is ``sent`` until it expires at ``now``, then ``expired``."""
     header = ("TIME", "ID", "TYPE", "NODE", "MODEL", "STATUS", "REASON")
     rows = []
     for h in history:
@@ -165,16 +166,11 @@ def format_commands(history: Sequence[CommandHistory]) -> str:
                 c.type,
                 c.node,
                 f"{model.name}@{model.version}" if model is not None else "-",
-                last.status if last is not None else _unanswered(c.expires_at),
+                last.status if last is not None else ("expired" if c.expires_at < now else "sent"),
                 last.reason if last is not None else "",
             )
         )
     return _table(header, rows, "(no commands yet)")
-
-
-def _unanswered(expires_at: float) -> str:
-    # A command nobody answered is only "sent" until it expires; then no node will take it.
-    return "expired" if expires_at < time.time() else "sent"
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]], empty: str) -> str:

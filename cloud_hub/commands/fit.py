@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import msgspec
 
-from schemas.fit import Needs, Reason, check, verdict
+from schemas.fit import Needs, Reason, check, room_mb, verdict
 from schemas.messages import Capabilities
 
 
@@ -78,7 +78,6 @@ def _node_fit(
         return NodeFit(node, unknown, None, None, (), caps.price, None)
     alone = check(caps, [needs])
     both = check(caps, [needs, other]) if other is not None else alone
-    room = caps.memory_available_mb if caps.memory_available_mb is not None else caps.memory_mb
     used = needs.memory_mb + (other.memory_mb if other is not None else 0.0)
     return NodeFit(
         node=node,
@@ -87,5 +86,5 @@ def _node_fit(
         together=None if other is None else verdict(both),
         reasons=tuple(both),
         price=caps.price,
-        spare_mb=room - used,
+        spare_mb=room_mb(caps) - used,
     )
