@@ -50,6 +50,7 @@ PRIORITY = {
     Kind.CAPTURE: Priority.DATA,
     Kind.EVENT: Priority.EVENTS,
     Kind.ACK: Priority.EVENTS,
+    Kind.SHADOW: Priority.STATS,
 }
 
 

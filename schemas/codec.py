@@ -16,6 +16,7 @@ from schemas.messages import (
     ModelChunk,
     Receipt,
     ResultBatch,
+    ShadowReport,
     Status,
     Telemetry,
 )
@@ -30,6 +31,7 @@ MESSAGE_TYPES: Final[dict[str, Any]] = {
     Kind.DRIFT.value: Drift,
     Kind.CAPTURE.value: Capture,
     Kind.ACK.value: Ack,
+    Kind.SHADOW.value: ShadowReport,
     Kind.CMD.value: Command,
     Kind.RECEIPT.value: Receipt,
     "model_chunk": ModelChunk,

@@ -229,6 +229,43 @@ class Drift(Envelope, kw_only=True):
     score: ScoreStats
 
 
+class ArmFigures(msgspec.Struct, kw_only=True):
+    """One model's behaviour over a shadow run's readings so far.
+
+    ``score_counts`` is the histogram of score / threshold on ``schemas.behaviour`` bins;
+    ``flagged`` counts what the model's alarm rule would flag (the candidate's flags raise
+    nothing); ``unscored`` counts readings the model left NaN (errors included).
+    """
+
+    model: ModelRef
+    threshold: float
+    readings: Count
+    flagged: Count
+    unscored: Count = 0
+    episodes: Count = 0
+    score_mean: float = 0.0
+    score_p50: float = 0.0
+    score_p99: float = 0.0
+    score_counts: list[int] = []
+    latency_p99_ms: float = 0.0
+
+
+class ShadowReport(Envelope, kw_only=True):
+    """A shadow run's figures, cumulative since it started (node -> hub, every drift interval
+    and once at the end). ``agreement`` is the fraction of readings scored by both arms that
+    they flagged alike; ``cpu_share`` is the candidate's scoring time over wall time."""
+
+    command: str
+    state: Literal["running", "done", "stopped", "over_budget", "failed"]
+    reason: str = ""
+    start: float
+    end: float
+    active: ArmFigures
+    candidate: ArmFigures
+    agreement: float
+    cpu_share: float
+
+
 class Capture(Envelope, kw_only=True):
     """One chunk of raw readings captured for training (``data``: ``n x len(channels)``
     little-endian float32, row-major)."""
@@ -303,7 +340,25 @@ class Ping(CommandBase, kw_only=True, tag="ping"):
     """Answer with the active model and uptime."""
 
 
-Command = Deploy | Rollback | Retrain | Ping
+class Shadow(CommandBase, kw_only=True, tag="shadow"):
+    """Fetch a candidate model like a deploy, then score every reading with it beside the
+    active model for ``duration_s`` and report both (``ShadowReport``). The candidate raises
+    no alarms and publishes no results; it is stopped (state ``over_budget``) when it takes
+    more than ``cpu_budget`` of one core. A new shadow command replaces a running one."""
+
+    manifest: Manifest
+    size: Count
+    chunk_size: Annotated[int, msgspec.Meta(ge=1)]
+    chunks: Annotated[int, msgspec.Meta(ge=1)]
+    duration_s: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)]
+    cpu_budget: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.25
+
+
+class StopShadow(CommandBase, kw_only=True, tag="stop_shadow"):
+    """End the running shadow run now (its last report says ``stopped``)."""
+
+
+Command = Deploy | Rollback | Retrain | Ping | Shadow | StopShadow
 
 
 Range = tuple[Seq, Seq]

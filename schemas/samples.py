@@ -21,6 +21,7 @@ from schemas.manifest import (
 )
 from schemas.messages import (
     Ack,
+    ArmFigures,
     Capabilities,
     Capture,
     ChannelDrift,
@@ -37,8 +38,11 @@ from schemas.messages import (
     Retrain,
     Rollback,
     ScoreStats,
+    Shadow,
+    ShadowReport,
     SourceHealth,
     Status,
+    StopShadow,
     Telemetry,
 )
 from schemas.packing import pack_f32, pack_flags
@@ -196,6 +200,39 @@ SAMPLES: Final[dict[str, msgspec.Struct]] = {
     "ack": Ack(
         **_NODE, seq=22, command="c-0001", command_type="deploy", status="applied", model=_MODEL
     ),
+    "shadow": ShadowReport(
+        **_NODE,
+        seq=23,
+        command="c-0005",
+        state="running",
+        start=1767225540.0,
+        end=1767225600.0,
+        active=ArmFigures(
+            model=_MODEL,
+            threshold=4.5,
+            readings=60,
+            flagged=3,
+            episodes=1,
+            score_mean=1.1,
+            score_p50=0.9,
+            score_p99=6.5,
+            score_counts=[10, 12, 20, 8, 5, 2, 1, 2, 0, 0],
+            latency_p99_ms=0.12,
+        ),
+        candidate=ArmFigures(
+            model=ModelRef("pump-pca", "4"),
+            threshold=5.0,
+            readings=60,
+            flagged=1,
+            score_mean=0.9,
+            score_p50=0.8,
+            score_p99=5.5,
+            score_counts=[12, 14, 20, 8, 4, 1, 1, 0, 0, 0],
+            latency_p99_ms=0.11,
+        ),
+        agreement=0.9667,
+        cpu_share=0.004,
+    ),
     "cmd_deploy": Deploy(
         **_COMMAND,
         seq=1,
@@ -209,6 +246,18 @@ SAMPLES: Final[dict[str, msgspec.Struct]] = {
     "cmd_rollback": Rollback(**_COMMAND, seq=2, id="c-0002", **_EXPIRY),
     "cmd_retrain": Retrain(**_COMMAND, seq=3, id="c-0003", **_EXPIRY, readings=600),
     "cmd_ping": Ping(**_COMMAND, seq=4, id="c-0004", **_EXPIRY),
+    "cmd_shadow": Shadow(
+        **_COMMAND,
+        seq=7,
+        id="c-0005",
+        **_EXPIRY,
+        manifest=MANIFEST,
+        size=2048,
+        chunk_size=1024,
+        chunks=2,
+        duration_s=3600.0,
+    ),
+    "cmd_stop_shadow": StopShadow(**_COMMAND, seq=8, id="c-0006", **_EXPIRY),
     "model_chunk": ModelChunk(
         node="hub",
         boot="hub-7d1e",

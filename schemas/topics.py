@@ -24,6 +24,7 @@ class Kind(StrEnum):
     DRIFT = "drift"
     CAPTURE = "capture"
     ACK = "ack"
+    SHADOW = "shadow"
     CMD = "cmd"
     RECEIPT = "receipt"
 
@@ -36,6 +37,7 @@ NODE_TO_HUB = (
     Kind.DRIFT,
     Kind.CAPTURE,
     Kind.ACK,
+    Kind.SHADOW,
 )
 
 

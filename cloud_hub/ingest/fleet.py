@@ -27,6 +27,7 @@ from schemas.messages import (
     ModelRef,
     ResultBatch,
     ScoreStats,
+    ShadowReport,
     Status,
     Telemetry,
 )
@@ -102,6 +103,8 @@ class FleetState:
         self._nodes: dict[str, NodeState] = {}
         self._dirty: set[str] = set()
         self._max_boots = max_boots
+        self.shadows: dict[str, ShadowReport] = {}
+        """The newest shadow report per node (in memory: a run reports again every interval)."""
 
     def node(self, node: str) -> NodeState | None:
         """The state of ``node``, or None if the hub never heard from it."""
@@ -212,6 +215,13 @@ class FleetState:
         state = self.touch(drift.node, drift.boot, now)
         if state.drift is None or drift.ts >= state.drift.ts:
             state.drift = summarize_drift(drift)
+
+    def apply_shadow(self, report: ShadowReport, now: float) -> None:
+        """Keep the newest shadow report (by ``ts``)."""
+        self.touch(report.node, report.boot, now)
+        kept = self.shadows.get(report.node)
+        if kept is None or report.ts >= kept.ts:
+            self.shadows[report.node] = report
 
     def _forget_old_boots(self, state: NodeState) -> None:
         while len(state.coverage) > self._max_boots:

@@ -15,7 +15,16 @@ from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.events_store import EpisodeSink
 from cloud_hub.ingest.fleet import FleetState
 from schemas.codec import DecodeError, decode
-from schemas.messages import Ack, Capture, Drift, Event, ResultBatch, Status, Telemetry
+from schemas.messages import (
+    Ack,
+    Capture,
+    Drift,
+    Event,
+    ResultBatch,
+    ShadowReport,
+    Status,
+    Telemetry,
+)
 from schemas.packing import unpack_flags
 from schemas.topics import NODE_TO_HUB, Kind, TopicError, parse_node_topic
 
@@ -209,6 +218,8 @@ class Ingest:
                 self.fleet.touch(message.node, message.boot, now)
                 self.capture_chunks += 1
                 self._captures.on_capture(message, now)
+            case ShadowReport():
+                self.fleet.apply_shadow(message, now)
             case _:
                 raise TypeError(f"no handler for {type(message).__name__}")
         return True

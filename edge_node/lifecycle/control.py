@@ -36,6 +36,8 @@ from schemas.messages import (
     Ping,
     Retrain,
     Rollback,
+    Shadow,
+    StopShadow,
 )
 from schemas.packing import pack_f32
 from schemas.topics import ROOT, Kind, model_chunk_topic, node_topic
@@ -209,6 +211,9 @@ class Control:
                 detail = {UPTIME_S: f"{now - self._started:.1f}", "boot": self._seq.boot}
                 model = self._switcher.pipeline.scorer.ref
                 return [self._ack(draft(command, "applied", model=model, detail=detail), wall)]
+            case Shadow() | StopShadow():
+                refused = "shadow runs are not supported by this node's software"
+                return [self._ack(draft(command, "rejected", refused), wall)]
 
     def _refusal(self, command: Command, wall: float) -> str:
         """Why a command is not trusted ("" if it is). A known id is answered from the book
