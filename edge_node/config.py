@@ -163,6 +163,9 @@ class SecuritySection(_Section):
     """
 
     hub_keys: list[str] = []
+    # A file of such keys, one per line ('#' comments): added to hub_keys when the config loads
+    # (a container mounts `hub.key.pub` where an environment variable cannot hold the key).
+    hub_keys_file: str = ""
     # A file with a base64 AES-256 key: model files are kept encrypted in the model store.
     model_key_file: str = ""
 
@@ -213,6 +216,7 @@ PATH_KEYS = (
     "model.initial",
     "outbox.path",
     "security.model_key_file",
+    "security.hub_keys_file",
 )
 
 
@@ -229,12 +233,37 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> NodeConfig:
         raise SettingsError(f"{where}: key mqtt.password_file: set password or password_file")
     if config.mqtt.reconnect_max_s < config.mqtt.reconnect_min_s:
         raise SettingsError(f"{where}: key mqtt.reconnect_max_s: below reconnect_min_s")
+    if config.security.hub_keys_file:
+        config.security.hub_keys += _keys_in(Path(config.security.hub_keys_file), where)
     for i, key in enumerate(config.security.hub_keys):
         try:
             parse_public_key(key, f"{where}: key security.hub_keys[{i}]")
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
     return config
+
+
+def _keys_in(path: Path, where: str) -> list[str]:
+    """The keys listed in a ``hub_keys_file``, each checked, errors naming file and line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsError(
+            f"{where}: key security.hub_keys_file: cannot read {path}: {exc}"
+        ) from None
+    keys: list[str] = []
+    for number, line in enumerate(lines, 1):
+        key = line.split("#", 1)[0].strip()
+        if not key:
+            continue
+        try:
+            parse_public_key(key, f"{where}: key security.hub_keys_file {path} line {number}")
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        keys.append(key)
+    if not keys:
+        raise SettingsError(f"{where}: key security.hub_keys_file: {path} lists no key")
+    return keys
 
 
 def _check_source(source: SourceSection, where: str) -> None:

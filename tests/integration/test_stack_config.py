@@ -147,6 +147,19 @@ def test_prometheus_scrapes_the_compose_hub() -> None:
     assert env["CLOUD_HUB__METRICS__HOST"] == "0.0.0.0"
 
 
+def test_compose_nodes_apply_only_what_the_compose_hub_signs() -> None:
+    hub_volumes, hub_env = _service("hub")
+    key = hub_env["CLOUD_HUB__SECURITY__SIGNING_KEY"]
+    key_volume = next(source for source, target in hub_volumes if key.startswith(target + "/"))
+    for node in ("node-1", "node-2", "node-3"):
+        volumes, env = _service(node)
+        trusted = env["EDGE_NODE__SECURITY__HUB_KEYS_FILE"]
+        assert trusted == key + ".pub", node  # where `cloud-hub keygen` puts the public half
+        assert any(s == key_volume and trusted.startswith(t + "/") for s, t in volumes), node
+    model_volumes = _service("model")[0]
+    assert any(s == key_volume for s, _ in model_volumes)  # the one-shot that makes the key
+
+
 def _alert(labels: dict[str, str], summary: str, description: str | None = None) -> dict[str, Any]:
     annotations = {"summary": summary}
     if description is not None:

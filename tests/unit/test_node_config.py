@@ -94,3 +94,26 @@ def test_command_settings_have_defaults_and_overrides(tmp_path: Path) -> None:
     assert config.commands_path == tmp_path / "d" / "commands.json"
     with pytest.raises(SettingsError, match=r"commands\.probation_runs"):
         load_config(_write(tmp_path, '[node]\nid = "p"\n[commands]\nprobation_runs = 0\n'), {})
+
+
+def test_hub_keys_file_adds_its_keys_and_names_a_bad_line(tmp_path: Path) -> None:
+    from cloud_hub.commands import keys
+
+    for name in ("a.key", "b.key"):
+        keys.generate(tmp_path / name)
+    first = keys.public_path(tmp_path / "a.key").read_text().strip()
+    second = keys.public_path(tmp_path / "b.key").read_text().strip()
+    (tmp_path / "hub.pub").write_text(f"# the hub's key\n{second}\n\n")
+    text = f'[node]\nid = "pump-1"\n[security]\nhub_keys = ["{first}"]\nhub_keys_file = "hub.pub"\n'
+    config = load_config(_write(tmp_path, text), {})
+    assert config.security.hub_keys == [first, second]
+
+    (tmp_path / "hub.pub").write_text(f"{second}\nnot-a-key\n")
+    with pytest.raises(SettingsError, match=r"hub_keys_file .*hub\.pub line 2"):
+        load_config(_write(tmp_path, text), {})
+    (tmp_path / "hub.pub").write_text("# nothing yet\n")
+    with pytest.raises(SettingsError, match="lists no key"):
+        load_config(_write(tmp_path, text), {})
+    env = {"EDGE_NODE__SECURITY__HUB_KEYS_FILE": str(tmp_path / "missing.pub")}
+    with pytest.raises(SettingsError, match="cannot read"):
+        load_config(_write(tmp_path, text), env)
