@@ -42,6 +42,10 @@ class HubStore(Protocol):
         """Where the store is, for logs (a path, or a URL without its password)."""
         ...
 
+    def schema_version(self) -> int:
+        """The highest migration step the store has run."""
+        ...
+
     def load_states(self) -> list[NodeState]:
         """Every node's stored state (empty for a new store)."""
         ...
