@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.broker import Broker
 from tests.chaos import make_model_and_csv
 from tests.integration.processes import wait_for
+from tests.mqtt_clients import close, mqtt_client, publish, receive_until, subscribe
 from tests.multihub import HubGroup
 
 pytestmark = pytest.mark.integration
@@ -63,3 +65,27 @@ def test_three_hubs_one_killed_mid_stream_lose_and_double_count_nothing(
         assert before.counted[name] == before.produced[name]
         assert after.counted[name] == before.counted[name], name
     assert after.fleet_totals == [total] * 3
+
+
+def test_the_hub_shares_the_stream_and_a_node_cannot_read_others_through_a_share(
+    broker: Broker,
+) -> None:
+    """The hub account needs no more than its `topic read edgeml/v1/#` line for `$share/...`;
+    a node subscribing through a share still reads only its own topics."""
+    hub = mqtt_client(broker, "hub")
+    node_a = mqtt_client(broker, "node-a")
+    node_b = mqtt_client(broker, "node-b")
+    try:
+        assert subscribe(hub, "$share/acl-test/edgeml/v1/+/result").value == 1
+        subscribe(node_a, "$share/snoop/edgeml/v1/+/result")  # granted or not: nothing leaks
+        assert subscribe(node_a, "edgeml/v1/node-a/cmd").value == 1
+        assert not publish(node_b, "edgeml/v1/node-b/result", b"private").is_failure
+        got = receive_until(hub, "edgeml/v1/node-b/result")
+        assert got[-1].payload == b"private"
+        # The broker keeps one sender's order: a leak would arrive before this marker.
+        assert not publish(hub, "edgeml/v1/node-a/cmd", b"marker").is_failure
+        seen = receive_until(node_a, "edgeml/v1/node-a/cmd")
+        assert [m.topic for m in seen] == ["edgeml/v1/node-a/cmd"]
+    finally:
+        for client in (hub, node_a, node_b):
+            close(client)
