@@ -110,6 +110,8 @@ class PostgresStore:
         self._timeout = connect_timeout_s
         self._where = redacted(url)
         self._holding = False  # inside locked(): never reconnect, the transaction is gone
+        # Streams read ahead by locked() (the nodes' recent boots), served by load_stream.
+        self._ahead: dict[tuple[str, str], bytes] = {}
         self._db = self._connect()
         try:
             self._migrate()
@@ -177,10 +179,25 @@ class PostgresStore:
                 "SELECT node, SUM(missing) FROM streams WHERE node = ANY(%s) GROUP BY node",
                 (names,),
             ).fetchall()
+            self._read_ahead(db, states)
             try:
                 yield Locked(states, {node: int(n) for node, n in gaps})
             finally:
                 self._holding = False
+                self._ahead = {}
+
+    def _read_ahead(self, db: psycopg.Connection[Any], states: list[NodeState]) -> None:
+        """Read the streams of the nodes' recent boots in one query rather than one each."""
+        keys = sorted({(s.node, boot) for s in states for boot in (s.boot, *s.coverage) if boot})
+        if not keys:
+            return
+        rows = db.execute(
+            "SELECT s.node, s.boot, s.data FROM streams AS s "
+            "JOIN unnest(%s::text[], %s::text[]) AS k(node, boot) "
+            "ON s.node = k.node AND s.boot = k.boot",
+            ([n for n, _ in keys], [b for _, b in keys]),
+        )
+        self._ahead = {(node, boot): data for node, boot, data in rows.fetchall()}
 
     def commit(
         self, states: list[NodeState], streams: dict[tuple[str, str], Coverage], now: float
@@ -214,6 +231,9 @@ class PostgresStore:
 
     def load_stream(self, node: str, boot: str) -> Coverage | None:
         """The stored seqs seen of one node's boot, or None if it has none."""
+        ahead = self._ahead.pop((node, boot), None)
+        if ahead is not None:
+            return load_coverage(ahead)
         with self._errors("read a stream"):
             row = (
                 self._conn()

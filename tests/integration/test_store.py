@@ -119,7 +119,7 @@ def test_a_block_that_fails_writes_nothing(pg_url: str) -> None:
 
 def test_hubs_applying_to_one_node_at_once_apply_one_after_the_other(pg_url: str) -> None:
     """Read-modify-write inside locked() from two connections: no update is lost."""
-    rounds, hubs = 150, 3
+    rounds, hubs = 50, 3
     stores = [PostgresStore(pg_url) for _ in range(hubs)]
 
     def hub(store: PostgresStore) -> None:
