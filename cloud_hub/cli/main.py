@@ -30,6 +30,7 @@ from cloud_hub.ingest.events_store import EventStoreError
 from cloud_hub.ingest.registry import NodeRow, Registry, RegistryError
 from cloud_hub.ingest.transport import TransportError
 from cloud_hub.models.catalog import CatalogError
+from cloud_hub.store.base import StoreError
 from schemas.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # "cannot reach 127.0.0.1:1883" is often the wrong settings, not the wrong broker.
         return _fail(args.command, f"{exc} (settings: {_settings_note(args)})", EXIT_FAILED)
     except (
-        RegistryError,
+        StoreError,  # RegistryError (SQLite) too
         EventStoreError,
         StartupError,
         CatalogError,

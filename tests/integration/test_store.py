@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cloud_hub.cli.main import main
 from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.store.base import HubStore, SharedStore, StoreError, open_store
@@ -143,3 +144,18 @@ def test_hubs_applying_to_one_node_at_once_apply_one_after_the_other(pg_url: str
         for s in stores:
             s.close()
     assert totals == {"pump": rounds * hubs, "valve": rounds * hubs}
+
+
+def test_serve_names_an_unreachable_store_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    for key, value in {
+        "CLOUD_HUB__STORE__URL": "postgresql://edgeml:s3cret@127.0.0.1:1/edgeml",
+        "CLOUD_HUB__STORE__DB": str(tmp_path / "hub.db"),
+        "CLOUD_HUB__METRICS__PORT": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    assert main(["serve"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cloud-hub serve: postgresql://edgeml@127.0.0.1:1/edgeml: cannot connect")
+    assert "s3cret" not in err and "Traceback" not in err
