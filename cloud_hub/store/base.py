@@ -112,6 +112,16 @@ def open_store(url: str, sqlite_path: Path) -> HubStore:
     return Registry(sqlite_path)
 
 
+def open_reader(url: str, sqlite_path: Path) -> HubStore:
+    """The store for reading the registry from another process (the CLI): PostgreSQL for a
+    ``postgresql://`` URL, else the SQLite file read-only."""
+    if url:
+        return open_store(url, sqlite_path)
+    from cloud_hub.ingest.registry import Registry
+
+    return Registry(sqlite_path, readonly=True)
+
+
 def node_ids(topics: Iterable[str]) -> list[str]:
     """The distinct node ids of node topics, sorted (the order locks are taken in)."""
     out: set[str] = set()

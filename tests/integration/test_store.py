@@ -4,6 +4,7 @@ apply messages of the same node."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterator
@@ -159,3 +160,16 @@ def test_serve_names_an_unreachable_store_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("cloud-hub serve: postgresql://edgeml@127.0.0.1:1/edgeml: cannot connect")
     assert "s3cret" not in err and "Traceback" not in err
+
+
+def test_cloud_hub_nodes_reads_the_shared_store(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    store = PostgresStore(pg_url)
+    store.commit([node("pump-7", 70), node("pump-8", 80)], {}, NOW)
+    store.close()
+    monkeypatch.setenv("CLOUD_HUB__STORE__URL", pg_url)
+    monkeypatch.setenv("CLOUD_HUB__STORE__DB", str(tmp_path / "absent" / "hub.db"))
+    assert main(["nodes", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [(n["node"], n["readings"]) for n in listed] == [("pump-7", 70), ("pump-8", 80)]
