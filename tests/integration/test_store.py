@@ -173,3 +173,23 @@ def test_cloud_hub_nodes_reads_the_shared_store(
     assert main(["nodes", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(n["node"], n["readings"]) for n in listed] == [("pump-7", 70), ("pump-8", 80)]
+
+
+def test_a_dropped_connection_fails_one_call_and_the_next_connects_again(pg_url: str) -> None:
+    store = PostgresStore(pg_url)
+    try:
+        store.commit([node("n1", 5)], {}, NOW)
+        with psycopg.connect(pg_url, autocommit=True) as db:
+            db.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE pid <> pg_backend_pid() AND datname = current_database()"
+            )
+        with (
+            pytest.raises(StoreError, match="cannot apply messages of 1 nodes"),
+            store.locked(["n1"]),
+        ):
+            pass
+        with store.locked(["n1"]) as stored:
+            assert [s.readings for s in stored.states] == [5]
+    finally:
+        store.close()
