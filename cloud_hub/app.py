@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
 from cloud_hub.commands.identity import HubIdentity, sender_id
@@ -20,11 +21,11 @@ from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Bounds, Ingest
 from cloud_hub.ingest.metrics import DeliveryCounts, HubCollector, MetricsServer, new_registry
 from cloud_hub.ingest.receipts import ReceiptPacer, receipt
-from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.ingest.transport import HubTransport, Inbound
 from cloud_hub.models.capture_store import CaptureStore
 from cloud_hub.models.catalog import Catalog
 from cloud_hub.models.chunks import ChunkServer
+from cloud_hub.store.base import SharedStore, StoreError, node_ids, open_store
 from schemas.codec import encode
 from schemas.topics import Kind, node_topic
 
@@ -49,7 +50,14 @@ class HubApp:
         self.fleet = FleetState(config.ingest.offline_after_s)
         self.inbox: queue.Queue[Inbound] = queue.Queue()
         self.transport = HubTransport(config.mqtt, password, self.inbox)
-        self.registry = Registry(config.store.db)
+        self.registry = open_store(config.store.url, Path(config.store.db))
+        # On a shared store (several hubs) messages are applied inside the commit's
+        # transaction, to the nodes' state as stored then (see _commit_shared).
+        self._shared: SharedStore | None = (
+            self.registry if isinstance(self.registry, SharedStore) else None
+        )
+        self._refresh_s = config.store.refresh_s
+        self._refreshed = -float("inf")
         # Where the last run stopped: totals, reading coverage, and the seqs seen per stream
         # (streams are loaded one by one, when a message of theirs arrives).
         self.fleet.restore(self.registry.load_states())
@@ -97,7 +105,7 @@ class HubApp:
             self._close_stores()
             where = f"{config.metrics.host}:{config.metrics.port}"
             raise StartupError(f"metrics: cannot listen on {where}: {exc.strerror}") from None
-        log.info("metrics at %s; registry at %s", self.metrics.url, self.registry.path)
+        log.info("metrics at %s; registry at %s", self.metrics.url, self.registry.location)
         log.info("models at %s; ledger at %s", self.catalog.root, self.ledger.path)
 
     def lifecycle_counts(self) -> LifecycleCounts:
@@ -130,6 +138,7 @@ class HubApp:
                 self.commit()
                 self.pump()
                 self.send_receipts()
+                self.refresh()
         finally:
             self.close()
 
@@ -150,11 +159,14 @@ class HubApp:
 
     def handle(self, message: Inbound) -> None:
         """Apply one message to state (rejected ones too: counted); it is acked after the
-        next commit."""
+        next commit. On a shared store it is only queued: the commit applies it."""
+        if self._shared is not None:
+            self._unacked.append(message)
+            return
         with self._lock:
             try:
                 self.ingest.handle(message.topic, message.payload, self._clock())
-            except RegistryError as exc:
+            except StoreError as exc:
                 # The dedupe state could not be read: applying could count a replay. Leave the
                 # message unacked; the broker delivers it again on the next connection.
                 log.error("not applied, left for redelivery: %s", exc)
@@ -168,6 +180,9 @@ class HubApp:
     def commit(self) -> None:
         """Write what changed (node totals and status, reading coverage, seqs seen) in one
         transaction; only then ack the messages applied and queue their receipts."""
+        if self._shared is not None:
+            self._commit_shared()
+            return
         now = self._clock()
         with self._lock:
             states = self.fleet.take_dirty()
@@ -176,7 +191,7 @@ class HubApp:
                 return
             try:
                 self.registry.commit(states, streams, now)
-            except RegistryError as exc:
+            except StoreError as exc:
                 # Nothing is acked or confirmed; the next round tries again with all of it.
                 self.fleet.mark_dirty(states)
                 self.ingest.deduper.mark_dirty(streams)
@@ -189,6 +204,62 @@ class HubApp:
         for message in applied:
             self.transport.ack(message)
         self.receipts.offer(due)
+
+    def _commit_shared(self) -> None:
+        """Apply the queued messages inside one transaction that holds their nodes: their
+        state is read from the store (another hub may have changed it), the messages are
+        applied to it, and the result is written before the locks go. Then ack and confirm
+        what the store now holds of each stream, whichever hub wrote it."""
+        if not self._unacked or self._shared is None:
+            return
+        now = self._clock()
+        messages = self._unacked
+        nodes = node_ids(m.topic for m in messages)
+        with self._lock:
+            try:
+                with self._shared.locked(nodes) as stored:
+                    self.fleet.reload(stored.states, nodes)
+                    self.ingest.deduper.reload(stored.gaps, nodes)
+                    for message in messages:
+                        self._apply(message, now)
+                    streams = self.ingest.deduper.take_dirty()
+                    self.registry.commit(self.fleet.take_dirty(), streams, now)
+                    due = self.ingest.deduper.take_due()
+            except StoreError as exc:
+                # Rolled back: the next round reads the nodes again and applies it all again.
+                self._commit_failures += 1
+                log.error("%s", exc)
+                return
+            self._commits += 1
+            self._unacked = []
+        for message in messages:
+            self.transport.ack(message)
+        self.receipts.offer(due)
+
+    def _apply(self, message: Inbound, now: float) -> None:
+        try:
+            self.ingest.handle(message.topic, message.payload, now)
+        except StoreError:
+            raise  # the transaction is lost: roll back, try again next round
+        except Exception:
+            log.exception("internal error handling a message on %s", message.topic)
+            self.ingest.record_internal_error(message.topic)
+
+    def refresh(self) -> None:
+        """On a shared store, read the whole fleet back every ``store.refresh_s``, so that
+        this hub's /metrics shows what every hub committed (not only its own share)."""
+        now = time.monotonic()
+        if self._shared is None or now - self._refreshed < self._refresh_s:
+            return
+        self._refreshed = now
+        try:
+            states, gaps = self.registry.load_states(), self.registry.stream_gaps()
+        except StoreError as exc:
+            log.error("%s", exc)
+            return
+        with self._lock:
+            self.fleet.reload(states)
+            self.ingest.deduper.reload(gaps)
 
     def send_receipts(self) -> None:
         """Publish the receipts whose interval has passed (paho queues them while offline)."""

@@ -54,6 +54,9 @@ class MqttConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    # Hubs with the same group share the node stream ($share/<group>/...); empty: this hub
+    # gets every message. A group needs a shared store (store.url).
+    share_group: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{0,64}$")] = ""
 
 
 class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -63,9 +66,15 @@ class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ``models_dir`` the model catalog (``<db folder>/models``, holding ``catalog.db``) and
     ``captures_dir`` the readings nodes captured for retraining (``<db folder>/captures``),
     ``events_db`` the nodes' anomaly and sensor-fault episodes (``<db folder>/events.db``).
+    ``url`` moves the ingest state (registry, snapshots, dedupe streams) to PostgreSQL;
+    the ledger, catalog, captures and episodes stay in these files.
     """
 
     db: NonEmpty = "var/hub/hub.db"
+    # postgresql://user@host:port/db: the ingest state shared by several hubs (empty: db).
+    url: str = ""
+    # How often a hub on a shared store reads the whole fleet back for /metrics (seconds).
+    refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
     ledger_db: str = ""
     models_dir: str = ""
     captures_dir: str = ""
@@ -129,7 +138,9 @@ class HubConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 def load_hub_config(path: Path | None, environ: Mapping[str, str]) -> HubConfig:
     """Read ``path`` (optional) with overrides from ``environ``; SettingsError names the key."""
     config = load_settings(HubConfig, path, environ, ENV_PREFIX, PATH_KEYS)
-    _check_tls(config.mqtt, str(path) if path else "defaults")
+    source = str(path) if path else "defaults"
+    _check_tls(config.mqtt, source)
+    _check_sharing(config, source)
     return config
 
 
@@ -150,3 +161,15 @@ def _check_tls(mqtt: MqttConfig, source: str) -> None:
     if bool(mqtt.tls_cert) != bool(mqtt.tls_key):
         missing = "mqtt.tls_key" if mqtt.tls_cert else "mqtt.tls_cert"
         raise SettingsError(f"{source}: key {missing}: tls_cert and tls_key go together")
+
+
+def _check_sharing(config: HubConfig, source: str) -> None:
+    """Hubs sharing the stream must share their store, or each would count a part."""
+    url = config.store.url
+    if url and not url.startswith(("postgresql://", "postgres://")):
+        raise SettingsError(f"{source}: key store.url: {url!r} is not a postgresql:// URL")
+    if config.mqtt.share_group and not url:
+        raise SettingsError(
+            f"{source}: key mqtt.share_group: hubs sharing the stream need a shared store: "
+            "set store.url = postgresql://..."
+        )

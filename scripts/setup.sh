@@ -22,17 +22,21 @@ python=$(pick_python) || {
 }
 
 # Debian packages: the broker for both; for the tests, Prometheus (and promtool), Alertmanager
-# (and amtool), docker-compose for the stack checks and systemd-analyze for the unit files.
+# (and amtool), docker-compose for the stack checks and systemd-analyze for the unit files,
+# PostgreSQL for the multi-hub store (its binaries live under /usr/lib/postgresql/<ver>/bin).
 commands=(mosquitto mosquitto_passwd)
 packages=(mosquitto mosquitto-clients)
 if [ "$purpose" = test ]; then
   commands+=(prometheus promtool prometheus-alertmanager amtool docker-compose)
-  packages+=(prometheus prometheus-alertmanager docker-compose)
+  packages+=(prometheus prometheus-alertmanager docker-compose postgresql)
 fi
 missing=()
 for c in "${commands[@]}"; do
   command -v "$c" >/dev/null 2>&1 || [ -x "/usr/sbin/$c" ] || missing+=("$c")
 done
+if [ "$purpose" = test ] && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  missing+=(initdb)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${packages[*]} (missing: ${missing[*]})"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -41,9 +42,9 @@ from cloud_hub.commands.commander import (
 from cloud_hub.commands.fit import fit_table
 from cloud_hub.commands.presence import absent
 from cloud_hub.config import HubConfig
-from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.models.captures import CaptureAssembly, CaptureData, CaptureError
 from cloud_hub.models.catalog import Catalog, CatalogEntry
+from cloud_hub.store.base import HubStore, StoreError, open_reader
 from schemas.commands import DEFAULT_CHUNK_SIZE
 from schemas.manifest import Manifest
 from schemas.messages import Capture, Command
@@ -325,9 +326,10 @@ def _captured_line(node: str, data: CaptureData, elapsed: float) -> str:
 
 def _active_model(config: HubConfig, node: str, tracker: Tracker) -> tuple[str | None, str | None]:
     """The node's active model (name, version): from the fleet registry, else from its ack."""
+    registry: HubStore | None
     try:
-        registry = Registry(config.store.db, readonly=True)
-    except RegistryError:
+        registry = open_reader(config.store.url, Path(config.store.db))
+    except StoreError:
         registry = None
     if registry is not None:
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from cloud_hub.cli.args import UsageError, model_name, model_version, node_id
@@ -17,8 +18,8 @@ from cloud_hub.cli.session import load_config
 from cloud_hub.commands.commander import EXIT_FAILED, EXIT_OK
 from cloud_hub.commands.fit import NodeFit, capabilities_of, cheapest, fit_table
 from cloud_hub.config import HubConfig
-from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.models.catalog import Catalog, CatalogEntry
+from cloud_hub.store.base import StoreError, open_reader
 from schemas.messages import Capabilities
 
 
@@ -82,8 +83,8 @@ def format_fit(table: Sequence[NodeFit], model: str, other: str | None) -> str:
 def node_capabilities(config: HubConfig) -> dict[str, Capabilities | None]:
     """Each registered node's capabilities from its last birth (None before one)."""
     try:
-        registry = Registry(config.store.db, readonly=True)
-    except RegistryError:
+        registry = open_reader(config.store.url, Path(config.store.db))
+    except StoreError:
         return {}
     try:
         return {row.node: capabilities_of(row.capabilities) for row in registry.nodes()}

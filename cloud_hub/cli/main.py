@@ -30,6 +30,7 @@ from cloud_hub.ingest.events_store import EventStoreError
 from cloud_hub.ingest.registry import NodeRow, Registry, RegistryError
 from cloud_hub.ingest.transport import TransportError
 from cloud_hub.models.catalog import CatalogError
+from cloud_hub.store.base import HubStore, StoreError, open_reader
 from schemas.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # "cannot reach 127.0.0.1:1883" is often the wrong settings, not the wrong broker.
         return _fail(args.command, f"{exc} (settings: {_settings_note(args)})", EXIT_FAILED)
     except (
-        RegistryError,
+        StoreError,  # RegistryError (SQLite) too
         EventStoreError,
         StartupError,
         CatalogError,
@@ -175,9 +176,10 @@ def _nodes(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         db, offline_after = Path(config.store.db), config.ingest.offline_after_s
     stale_after = args.stale_after or offline_after
-    registry = (
-        Registry(db, readonly=True)
-        if args.watch is None
+    url = "" if args.db is not None else config.store.url
+    registry: HubStore = (
+        open_reader(url, Path(db))
+        if args.watch is None or url
         else _registry_when_ready(Path(db), args.watch)
     )
     try:

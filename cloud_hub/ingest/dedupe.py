@@ -21,7 +21,7 @@ Memory is bounded twice:
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from schemas.messages import MAX_RECEIPT_RANGES, Range
@@ -172,6 +172,20 @@ class Deduper:
         on disk (they are loaded one by one, when a message of theirs arrives)."""
         for node, gaps in stored_gaps.items():
             self._streams(node).retired_gaps += gaps
+
+    def reload(self, gaps: dict[str, int], nodes: Iterable[str] | None = None) -> None:
+        """Forget what is in memory of ``nodes`` (all: None) and start again from the store's
+        ``gaps`` (a shared store: another hub may have written them since)."""
+        if nodes is None:
+            self._nodes = {n: _NodeStreams(retired_gaps=g) for n, g in gaps.items()}
+            self._dirty.clear()
+            self._due.clear()
+            return
+        names = set(nodes)
+        for node in names:
+            self._nodes[node] = _NodeStreams(retired_gaps=gaps.get(node, 0))
+        self._dirty = {k: c for k, c in self._dirty.items() if k[0] not in names}
+        self._due = {k: s for k, s in self._due.items() if k[0] not in names}
 
     def observe(self, node: str, boot: str, seq: int) -> bool:
         """Record ``seq``; True if it is new, False if it was seen (or given up) before."""

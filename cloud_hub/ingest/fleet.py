@@ -15,7 +15,7 @@ birth of every later reconnect; it is still the newest news about that boot's co
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from cloud_hub.ingest.dedupe import DEFAULT_MAX_BOOTS, Coverage
@@ -119,6 +119,16 @@ class FleetState:
 
     def restore(self, states: list[NodeState]) -> None:
         """Start from stored node states (before any message is applied)."""
+        for state in states:
+            self._nodes[state.node] = state
+
+    def reload(self, states: list[NodeState], nodes: Iterable[str] | None = None) -> None:
+        """Replace what is in memory of ``nodes`` (all: None) by their stored ``states``
+        (a shared store: another hub may have written them since)."""
+        names = set(self._nodes) if nodes is None else set(nodes)
+        for node in names:
+            self._nodes.pop(node, None)
+        self._dirty -= names
         for state in states:
             self._nodes[state.node] = state
 

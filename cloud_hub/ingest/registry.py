@@ -14,6 +14,7 @@ never corrupt the file), and the hub re-learns that second from the nodes anyway
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,21 +25,11 @@ import msgspec
 from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.ingest.snapshot import dump_coverage, dump_node, load_coverage, load_node
+from cloud_hub.store.base import StoreError
+from cloud_hub.store.migrations import VERSION_TABLE, MigrationError, Step, latest, pending
 from schemas.messages import ModelRef
 
-SCHEMA_VERSION: Final = 2
-_STATE_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS node_state (node TEXT PRIMARY KEY, data BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS streams (
-    node    TEXT NOT NULL,
-    boot    TEXT NOT NULL,
-    missing INTEGER NOT NULL,
-    data    BLOB NOT NULL,
-    PRIMARY KEY (node, boot)
-) WITHOUT ROWID;
-"""
-
-_SCHEMA: Final = """
+_NODES_V1: Final = """
 CREATE TABLE IF NOT EXISTS nodes (
     node            TEXT PRIMARY KEY,
     online          INTEGER,
@@ -53,22 +44,48 @@ CREATE TABLE IF NOT EXISTS nodes (
     latency_p99_ms  REAL,
     outbox_depth    INTEGER,
     drift_psi_max   REAL,
-    updated_at      REAL NOT NULL,
-    drift           TEXT
+    updated_at      REAL NOT NULL
 )
 """
-_COLUMNS: Final = (
+# Ordered steps (cloud_hub.store.migrations); a hub.db made before the schema_version table
+# is placed on them by what it holds (see _baseline).
+STEPS: Final = (
+    Step(1, "fleet registry: nodes", (_NODES_V1,)),
+    Step(2, "drift state per node", ("ALTER TABLE nodes ADD COLUMN drift TEXT",)),
+    Step(
+        3,
+        "durable ingest state: node snapshots and dedupe streams",
+        (
+            "CREATE TABLE IF NOT EXISTS node_state (node TEXT PRIMARY KEY, data BLOB NOT NULL)",
+            """CREATE TABLE IF NOT EXISTS streams (
+                node    TEXT NOT NULL,
+                boot    TEXT NOT NULL,
+                missing INTEGER NOT NULL,
+                data    BLOB NOT NULL,
+                PRIMARY KEY (node, boot)
+            ) WITHOUT ROWID""",
+        ),
+    ),
+)
+SCHEMA_VERSION: Final = latest(STEPS)
+_VERSION_TABLE: Final = (
+    f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} "
+    "(version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at REAL NOT NULL)"
+)
+_RECORD: Final = f"INSERT INTO {VERSION_TABLE} VALUES (?, ?, ?)"
+
+COLUMNS: Final = (
     "node, online, boot, started_at, last_seen, active_model, active_version, capabilities, "
     "readings, anomalies, latency_p99_ms, outbox_depth, drift_psi_max, updated_at, drift"
 )
 _UPSERT: Final = (
-    f"INSERT INTO nodes ({_COLUMNS}) VALUES ({', '.join('?' * 15)}) "
+    f"INSERT INTO nodes ({COLUMNS}) VALUES ({', '.join('?' * 15)}) "
     "ON CONFLICT(node) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[1:])
+    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[1:])
 )
 
 
-class RegistryError(RuntimeError):
+class RegistryError(StoreError):
     """The registry file cannot be opened or has an unexpected schema; names the file."""
 
 
@@ -143,20 +160,50 @@ class Registry:
         db = sqlite3.connect(self.path, timeout=5)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        with db:
-            db.execute(_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(nodes)")}
-            if "drift" not in columns:  # a registry written before drift states
-                db.execute("ALTER TABLE nodes ADD COLUMN drift TEXT")
-            db.executescript(_STATE_SCHEMA)
-            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            self._migrate(db)
+        except MigrationError as exc:
+            db.close()
+            raise RegistryError(str(exc)) from None
         return db
+
+    @property
+    def location(self) -> str:
+        """The SQLite file."""
+        return str(self.path)
+
+    def schema_version(self) -> int:
+        """The highest migration recorded in the file."""
+        (version,) = self._db.execute(f"SELECT MAX(version) FROM {VERSION_TABLE}").fetchone()
+        return int(version or 0)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        """Run the steps the file lacks, each with its schema_version row in one transaction."""
+        with db:
+            db.execute(_VERSION_TABLE)
+        (current,) = db.execute(f"SELECT MAX(version) FROM {VERSION_TABLE}").fetchone()
+        if current is None:
+            current = _baseline(db)
+            found = [(s.version, f"{s.description} (found)", time.time()) for s in STEPS[:current]]
+            with db:
+                db.executemany(_RECORD, found)
+        for step in pending(STEPS, current, str(self.path)):
+            db.execute("BEGIN IMMEDIATE")  # DDL too: sqlite3 opens no transaction for it
+            try:
+                for statement in step.statements:
+                    db.execute(statement)
+                db.execute(_RECORD, (step.version, step.description, time.time()))
+                db.execute(f"PRAGMA user_version={step.version}")
+            except BaseException:
+                db.rollback()
+                raise
+            db.commit()
 
     def commit(
         self, states: list[NodeState], streams: dict[tuple[str, str], Coverage], now: float
     ) -> None:
         """Write changed nodes (registry row and snapshot) and streams in one transaction."""
-        rows = [_params(row_of(s, now)) for s in states]
+        rows = [row_params(row_of(s, now)) for s in states]
         snapshots = [(s.node, dump_node(s)) for s in states]
         seen = [(n, b, c.missing(), dump_coverage(c)) for (n, b), c in streams.items()]
         try:
@@ -200,7 +247,7 @@ class Registry:
 
     def write(self, rows: list[NodeRow]) -> int:
         """Write rows made by :func:`row_of` in one transaction; return how many."""
-        params = [_params(row) for row in rows]
+        params = [row_params(row) for row in rows]
         if params:
             try:
                 with self._db:
@@ -212,14 +259,25 @@ class Registry:
     def nodes(self) -> list[NodeRow]:
         """Every node, sorted by id."""
         try:
-            cursor = self._db.execute(f"SELECT {_COLUMNS} FROM nodes ORDER BY node")
-            return [_row(r) for r in cursor.fetchall()]
+            cursor = self._db.execute(f"SELECT {COLUMNS} FROM nodes ORDER BY node")
+            return [row_from_values(r) for r in cursor.fetchall()]
         except sqlite3.Error as exc:
             raise RegistryError(f"{self.path}: cannot read nodes: {exc}") from None
 
     def close(self) -> None:
         """Close the connection (a writer's last transaction is already committed)."""
         self._db.close()
+
+
+def _baseline(db: sqlite3.Connection) -> int:
+    """The step a hub.db made before the schema_version table has reached, by what it holds."""
+    tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "nodes" not in tables:
+        return 0
+    if "node_state" in tables and "streams" in tables:
+        return 3
+    columns = {row[1] for row in db.execute("PRAGMA table_info(nodes)")}
+    return 2 if "drift" in columns else 1
 
 
 def _seed(row: NodeRow) -> NodeState:
@@ -236,7 +294,8 @@ def _seed(row: NodeRow) -> NodeState:
     )
 
 
-def _params(row: NodeRow) -> tuple[object, ...]:
+def row_params(row: NodeRow) -> tuple[object, ...]:
+    """The values of ``row`` in the order of the registry columns (both stores use them)."""
     caps = msgspec.json.encode(row.capabilities).decode() if row.capabilities else None
     online = None if row.online is None else int(row.online)
     return (
@@ -258,7 +317,8 @@ def _params(row: NodeRow) -> tuple[object, ...]:
     )
 
 
-def _row(values: tuple[Any, ...]) -> NodeRow:
+def row_from_values(values: tuple[Any, ...]) -> NodeRow:
+    """The row read back from the registry columns (the inverse of :func:`row_params`)."""
     (node, online, boot, started, seen, model, version, caps, *rest) = values
     readings, anomalies, p99, depth, psi, updated, drift = rest
     return NodeRow(

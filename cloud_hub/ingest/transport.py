@@ -38,7 +38,7 @@ from schemas.connection import (
     refused_by_broker,
     taken_over,
 )
-from schemas.topics import NODE_TO_HUB, subscription
+from schemas.topics import NODE_TO_HUB, Kind, subscription
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,12 @@ class HubTransport:
         self._connection += 1
         self._flapping.connected(time.monotonic())
         log.info("connected to the broker (session present: %s)", flags.session_present)
-        topics = [(subscription(kind), SubscribeOptions(qos=1)) for kind in NODE_TO_HUB]
+        group = self._config.share_group
+        topics = [(hub_filter(kind, group), SubscribeOptions(qos=1)) for kind in NODE_TO_HUB]
+        if group and flags.session_present:
+            # A session from before the group holds the plain filters: leave them, or this
+            # hub would receive every message of those kinds on top of its share.
+            client.unsubscribe([subscription(k) for k in NODE_TO_HUB if k is not Kind.STATUS])
         result, _mid = client.subscribe(topics)
         if result != MQTTErrorCode.MQTT_ERR_SUCCESS:
             log.error("subscribe failed: %s", mqtt.error_string(result))
@@ -222,6 +227,17 @@ class HubTransport:
         self._inbox.put(
             Inbound(topic, bytes(message.payload), message.mid, message.qos, self._connection)
         )
+
+
+def hub_filter(kind: Kind, share_group: str) -> str:
+    """The filter the hub subscribes ``kind`` with: ``$share/<group>/edgeml/v1/+/<kind>`` in a
+    group, so the broker hands each message to one hub of it. Status stays a plain filter on
+    every hub: it is retained (a shared subscription gets no retained messages) and it is
+    state, applied by newest ``ts``, so every hub applying it changes nothing."""
+    plain = subscription(kind)
+    if not share_group or kind is Kind.STATUS:
+        return plain
+    return f"$share/{share_group}/{plain}"
 
 
 def _new_client(

@@ -1,4 +1,5 @@
-"""Fixtures that run a real Mosquitto with the project's config, ACL and fresh passwords."""
+"""Fixtures that run a real Mosquitto with the project's config, ACL and fresh passwords, and a
+real PostgreSQL for the shared store."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.broker import INSTALL_HINT, Broker, find_mosquitto
+from tests.postgres import INSTALL_HINT as PG_INSTALL_HINT
+from tests.postgres import Postgres, find_bin
 
 HUB = "hub"
 NODES = (
@@ -47,3 +50,22 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 def fresh_broker(tmp_path: Path) -> Iterator[Broker]:
     """A broker of the test's own (own dir and port), for tests that restart or kill it."""
     yield from _run(tmp_path / "mosquitto")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One PostgreSQL server for the session (Debian package, temporary folder, loopback)."""
+    if find_bin() is None:
+        pytest.fail(f"integration tests need PostgreSQL: {PG_INSTALL_HINT}")
+    server = Postgres()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: Postgres) -> str:
+    """The URL of a fresh, empty database of the test's own."""
+    return postgres.new_database()

@@ -56,6 +56,7 @@ def test_processes_share_only_the_contract(package: str, forbidden: str) -> None
         ("edge_node", "asyncua", "edge_node/sources/opcua.py"),
         ("cloud_hub", "paho", "cloud_hub/ingest/transport.py"),
         ("cloud_hub", "prometheus_client", "cloud_hub/ingest/metrics.py"),
+        ("cloud_hub", "psycopg", "cloud_hub/store/postgres.py"),
     ],
 )
 def test_one_adapter_per_outside_system(package: str, library: str, owner: str) -> None:

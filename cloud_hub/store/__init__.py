@@ -1,0 +1,1 @@
+"""The store interface the hub uses; PostgreSQL (shared by several hubs); migrations."""

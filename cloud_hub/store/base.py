@@ -1,0 +1,133 @@
+"""The store interface the hub uses, and the choice of backend by URL.
+
+Two ports, small ``Protocol``s next to their consumer (``cloud_hub.app``):
+
+* :class:`HubStore`: what one hub needs (start from the stored state, commit a batch of
+  changes in one transaction, read the registry). SQLite (``cloud_hub.ingest.registry``) and
+  PostgreSQL (``cloud_hub.store.postgres``) both provide it.
+* :class:`SharedStore`: a store several hubs write at once. :meth:`SharedStore.locked`
+  opens a transaction holding a lock per node and gives the nodes' stored state; the hub
+  applies its messages to that state and commits in the same transaction, so two hubs that
+  received messages of one node apply them one after the other, each on the other's result.
+  Only PostgreSQL provides it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from schemas.topics import TopicError, parse_node_topic
+
+if TYPE_CHECKING:
+    from cloud_hub.ingest.dedupe import Coverage
+    from cloud_hub.ingest.fleet import NodeState
+    from cloud_hub.ingest.registry import NodeRow
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be reached, read or written; the message names it and the problem."""
+
+
+class HubStore(Protocol):
+    """The hub's durable ingest state: registry rows, node snapshots and dedupe streams."""
+
+    @property
+    def location(self) -> str:
+        """Where the store is, for logs (a path, or a URL without its password)."""
+        ...
+
+    def schema_version(self) -> int:
+        """The highest migration step the store has run."""
+        ...
+
+    def load_states(self) -> list[NodeState]:
+        """Every node's stored state (empty for a new store)."""
+        ...
+
+    def stream_gaps(self) -> dict[str, int]:
+        """Per node, the seqs missing from its stored streams."""
+        ...
+
+    def load_stream(self, node: str, boot: str) -> Coverage | None:
+        """The stored seqs seen of one node's boot, or None if it has none."""
+        ...
+
+    def commit(
+        self, states: list[NodeState], streams: dict[tuple[str, str], Coverage], now: float
+    ) -> None:
+        """Write changed nodes (registry row and snapshot) and streams in one transaction."""
+        ...
+
+    def nodes(self) -> list[NodeRow]:
+        """Every node's registry row, sorted by id."""
+        ...
+
+    def close(self) -> None:
+        """Release the connection."""
+        ...
+
+
+@dataclass(slots=True)
+class Locked:
+    """The stored state of the nodes a :meth:`SharedStore.locked` transaction holds."""
+
+    states: list[NodeState] = field(default_factory=list)
+    gaps: dict[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class SharedStore(HubStore, Protocol):
+    """A store several hub processes write at once (see the module docstring)."""
+
+    def locked(self, nodes: Sequence[str]) -> AbstractContextManager[Locked]:
+        """A transaction holding ``nodes`` (no other hub can write them until it ends) with
+        their stored state; ``commit`` and ``load_stream`` inside it belong to it. It commits
+        when the block ends, rolls back if the block raises."""
+        ...
+
+
+def is_postgres(url: str) -> bool:
+    """Whether ``url`` names a PostgreSQL store."""
+    return url.startswith(POSTGRES_SCHEMES)
+
+
+def open_store(url: str, sqlite_path: Path) -> HubStore:
+    """The store ``url`` names: PostgreSQL for ``postgresql://…``, else the SQLite file
+    ``sqlite_path`` (``url`` empty)."""
+    if is_postgres(url):
+        # Imported here so that a hub on SQLite never loads libpq.
+        from cloud_hub.store.postgres import PostgresStore
+
+        return PostgresStore(url)
+    if url:
+        raise StoreError(f"store.url {url!r}: not a postgresql:// URL (empty = SQLite store.db)")
+    from cloud_hub.ingest.registry import Registry  # it imports StoreError from here
+
+    return Registry(sqlite_path)
+
+
+def open_reader(url: str, sqlite_path: Path) -> HubStore:
+    """The store for reading the registry from another process (the CLI): PostgreSQL for a
+    ``postgresql://`` URL, else the SQLite file read-only."""
+    if url:
+        return open_store(url, sqlite_path)
+    from cloud_hub.ingest.registry import Registry
+
+    return Registry(sqlite_path, readonly=True)
+
+
+def node_ids(topics: Iterable[str]) -> list[str]:
+    """The distinct node ids of node topics, sorted (the order locks are taken in)."""
+    out: set[str] = set()
+    for topic in topics:
+        try:
+            out.add(parse_node_topic(topic).node)
+        except TopicError:
+            continue  # ingest rejects it and counts it; it touches no node
+    return sorted(out)
