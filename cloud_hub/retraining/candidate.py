@@ -169,4 +169,4 @@ def _train(
 def _far(onnx_bytes: bytes, manifest: Manifest, values: NDArray[np.float32]) -> float:
     from cloud_hub.models.onnx_export import score_readings
 
-    return far(score_readings(onnx_bytes, manifest, values), manifest.threshold, manifest)
+    return far(score_readings(onnx_bytes, manifest, values), manifest.threshold, manifest.alarm)

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from cloud_hub.models.trainer import DEFAULTS, TrainConfig
-from schemas.alarm import apply
+from schemas.alarm import AlarmSpec, apply
 from schemas.manifest import Manifest
 
 F32 = NDArray[np.float32]
@@ -56,12 +56,12 @@ def split(values: F32, held_back: float) -> tuple[F32, F32]:
     return values[:cut], values[cut:]
 
 
-def far(scores: NDArray[np.floating], threshold: float, manifest: Manifest) -> float:
-    """Share of readings flagged by ``manifest``'s alarm rule given their ``scores``."""
+def far(scores: NDArray[np.floating], threshold: float, alarm: AlarmSpec) -> float:
+    """Share of readings a node flags with this alarm rule given their ``scores``."""
     if len(scores) == 0:
         raise ValueError("no scores to measure a false-alarm rate on")
     exceed = np.isfinite(scores) & (np.asarray(scores) > threshold)
-    return float(apply(manifest.alarm, exceed).mean())
+    return float(apply(alarm, exceed).mean())
 
 
 def judge(comparison: Comparison, limits: Limits) -> tuple[bool, list[str]]:

@@ -9,7 +9,6 @@ false alarms have fallen, and loop-2 never had a run.
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections import defaultdict
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_hub.commands.ledger import Ledger
 from cloud_hub.models.onnx_export import save_model, train_model
 from cloud_hub.models.trainer import TrainConfig
 from cloud_hub.retraining.policy import Work
@@ -37,9 +37,9 @@ RATE_HZ = 20
 SOURCE = 'kind = "sim"\nseed = {seed}\nrate_hz = 20\nspeed = 20\nfaults = [{faults}]\n'
 LOOP = {
     "CLOUD_HUB__RETRAIN_LOOP__ENABLED": "true",
-    "CLOUD_HUB__RETRAIN_LOOP__HOLD_S": "2",
+    "CLOUD_HUB__RETRAIN_LOOP__HOLD_S": "1",
     "CLOUD_HUB__RETRAIN_LOOP__READINGS": "2000",
-    "CLOUD_HUB__RETRAIN_LOOP__BAKE_S": "4",
+    "CLOUD_HUB__RETRAIN_LOOP__BAKE_S": "3",
     "CLOUD_HUB__RETRAIN_LOOP__COOLDOWN_S": "3600",
     "CLOUD_HUB__RETRAIN_LOOP__COMMAND_TIMEOUT_S": "30",
 }
@@ -60,7 +60,8 @@ def _model(work: Path) -> tuple[Path, Path]:
         period_s=1 / RATE_HZ,
     )
     save_model(work / "v1", onnx_bytes, manifest)
-    write_csv(work / "healthy.csv", sim.channels, 0.0, 1 / RATE_HZ, values)
+    # Its reference: the second half of what it learned (enough for the comparison's checks).
+    write_csv(work / "healthy.csv", sim.channels, 0.0, 1 / RATE_HZ, values[12000:])
     return work / "v1", work / "healthy.csv"
 
 
@@ -157,8 +158,11 @@ def test_a_drifted_pump_gets_a_validated_model_and_a_healthy_one_none(
         steps = hub.cli("approvals", "--steps", work.id).stdout
         for stage in ("capturing", "training", "awaiting_approval", "approved", "promoting"):
             assert stage in steps, steps
-        ledger = json.loads(hub.cli("commands", "--node", "loop-1", "--json").stdout)
-        issued = {c["command"]["type"]: c["command"]["issued_by"] for c in ledger}
+        ledger = Ledger(hub.db.parent / "ledger.db")
+        try:
+            issued = {h.command.type: h.command.issued_by for h in ledger.commands("loop-1")}
+        finally:
+            ledger.close()
         assert f"retrain loop {work.id}" in issued["retrain"], issued
         assert "promote pump-pca@2" in issued["deploy"], issued
     finally:
