@@ -167,6 +167,6 @@ def test_a_drifted_pump_gets_a_validated_model_and_a_healthy_one_none(
         assert "promote pump-pca@2" in issued["deploy"], issued
     finally:
         close(watcher)
-        for node in nodes:
-            node.stop()
+        for proc in nodes:
+            proc.stop()
         hub.stop()
