@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cloud_hub.commands import keys
 from cloud_hub.commands.commander import Issue
 from cloud_hub.commands.identity import HubIdentity
-from cloud_hub.commands.ledger import CommandRecord, record_of
+from cloud_hub.commands.ledger import CommandRecord, LedgerError, record_of
 from schemas.codec import encode
 from schemas.messages import Command
 from schemas.topics import Kind, node_topic
@@ -61,7 +61,11 @@ class CommandSender:
         command = build(Issue(self._identity, now, expires_in))
         if self._key is not None:
             command = keys.sign_command(command, self._key)
-        self._ledger.record_command(record_of(command, f"{self.issued_by}: {why}"))
+        try:
+            self._ledger.record_command(record_of(command, f"{self.issued_by}: {why}"))
+        except LedgerError as exc:
+            # Nothing goes out that the ledger does not show.
+            raise SendError(f"{command.node}: {type(command).__name__} not sent: {exc}") from None
         outcome = self._publisher.offer(node_topic(command.node, Kind.CMD), encode(command))
         if outcome != "queued":
             raise SendError(f"{command.node}: {type(command).__name__} not sent: client {outcome}")

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from cloud_hub.commands.identity import HubIdentity
-from cloud_hub.commands.ledger import CommandRecord
+from cloud_hub.commands.ledger import CommandRecord, LedgerError
 from cloud_hub.commands.sender import CommandSender, SendError
 from cloud_hub.models.catalog import Catalog
 from cloud_hub.retraining.compare import Counts
@@ -148,6 +148,17 @@ def test_a_command_the_client_refuses_is_an_error_not_a_silent_loss(catalog: Cat
     wire.answer = "full"
     with pytest.raises(SendError, match="not sent: client full"):
         promoter(wire, catalog, Fleet()).promote(NODE, MANIFEST.name, "2", now=0.0)
+
+
+def test_a_command_the_ledger_cannot_record_is_not_sent(catalog: Catalog) -> None:
+    class FullDisk(Wire):
+        def record_command(self, record: CommandRecord) -> None:
+            raise LedgerError("ledger.db: cannot write the command ledger: disk I/O error")
+
+    wire = FullDisk()
+    with pytest.raises(SendError, match="disk I/O error"):
+        promoter(wire, catalog, Fleet()).promote(NODE, MANIFEST.name, "2", now=0.0)
+    assert wire.sent == []
 
 
 def test_the_table_moves_a_run_only_from_the_stage_its_writer_saw(tmp_path: Path) -> None:
