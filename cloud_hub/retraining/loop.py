@@ -94,7 +94,10 @@ class RetrainLoop:
             self._baselines.update({n: _start_counts(w) for n, w in runs.items()})
             ended = self._store.last_ended()
             with self._lock:
-                facts = {n: self._facts(s, runs.get(n), ended.get(n), now) for n, s in self._seen()}
+                facts = {
+                    n: self._facts(s, runs.get(n), ended.get(n), now)
+                    for n, s in self._candidates(runs)
+                }
             for node, fact in facts.items():
                 work = runs.get(node)
                 self._carry_out(work, decide(work, fact, self._policy, now), node, now)
@@ -113,9 +116,14 @@ class RetrainLoop:
         self._worker.shutdown(wait=True, cancel_futures=True)
         self._store.close()
 
-    def _seen(self) -> Iterator[tuple[str, NodeState]]:
+    def _candidates(self, runs: dict[str, Work]) -> Iterator[tuple[str, NodeState]]:
+        """Nodes with an open run or a drifting state (the rest only end their spell)."""
         for state in self._fleet.nodes():
-            yield state.node, state
+            drift = state.drift.state if state.drift is not None else None
+            if state.node in runs or (drift is not None and drift.level == "drifting"):
+                yield state.node, state
+            else:
+                self._since.pop(state.node, None)
 
     def _facts(self, state: NodeState, work: Work | None, ended: float | None, now: float) -> Facts:
         drift = state.drift.state if state.drift is not None else None
