@@ -140,7 +140,7 @@ class RetrainLoopConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     held_back: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.3
     max_far_held_back: Fraction = 0.02
     max_far_increase: Fraction = 0.005
-    bake_s: Annotated[float, msgspec.Meta(ge=0)] = 600.0
+    bake_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
     bake_tolerance: Fraction = 0.01
     command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
 

@@ -149,6 +149,24 @@ def test_an_approved_candidate_is_promoted_and_its_outcome_recorded(harness: Har
     assert [s.step for s in harness.store.steps(done.id)][-2:] == ["promoting", "discarded"]
 
 
+def test_with_automatic_approval_a_registered_candidate_is_promoted_at_once(
+    tmp_path: Path,
+) -> None:
+    auto = Harness(tmp_path, approval="auto")
+    auto.report(2.0, 100.0)
+    auto.report(2.0, 110.0)
+    (run,) = auto.store.open_runs()
+    waiting = replace(run, stage="awaiting_approval", candidate_version="2")
+    assert auto.store.advance("capturing", waiting, "awaiting_approval", "test")
+    auto.report(2.0, 111.5)
+    assert auto.promoter.promoted == [(NODE, "pump-pca", "2")]
+    auto.promoter.state = PromotionStatus("promoted", "flag rate 90% before, 0% after")
+    auto.report(2.0, 113.0)
+    (done,) = auto.store.runs()
+    assert done.stage == "promoted"
+    assert "approval = auto" in auto.store.steps(done.id)[-2].detail
+
+
 def test_baselines_follow_the_open_runs(harness: Harness) -> None:
     harness.fleet.apply_result(
         cast(ResultBatch, SAMPLES["result"]), 2, 99.0
