@@ -82,6 +82,7 @@ class RetrainLoop:
         self._baselines = baselines
         self._promoter_acks = promoter_acks
         self._promotion_figures: dict[str, dict[str, float]] = {}
+        self.internal_errors = 0
 
     def tick(self, now: float) -> None:
         """One round of the loop (a no-op until ``TICK_S`` after the previous round)."""
@@ -103,6 +104,10 @@ class RetrainLoop:
                 self._carry_out(work, decide(work, fact, self._policy, now), node, now)
         except LoopStoreError as exc:
             log.error("retrain loop: %s", exc)
+        except Exception:
+            # A bug in the loop must not stop serve's ingest; the next round tries again.
+            self.internal_errors += 1
+            log.exception("retrain loop: internal error")
 
     def on_ack(self, ack: Ack, now: float) -> int:
         """Note a node refusing a capture; pass the rest to the promoter (an AckConsumer)."""

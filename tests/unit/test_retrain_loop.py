@@ -175,3 +175,20 @@ def test_baselines_follow_the_open_runs(harness: Harness) -> None:
     harness.report(2.0, 110.0)
     harness.report(2.0, 111.5)
     assert harness.baselines == {NODE: Counts(3, 2)}
+
+
+def test_a_bug_in_a_round_is_logged_and_counted_and_serve_goes_on(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(node: str, model: str, version: str, now: float) -> str:
+        raise RuntimeError("promoter bug")
+
+    harness.promoter.promote = broken  # type: ignore[method-assign]
+    harness.report(2.0, 100.0)
+    harness.report(2.0, 110.0)
+    (run,) = harness.store.open_runs()
+    approved = replace(run, stage="approved", candidate_version="2")
+    assert harness.store.advance("capturing", approved, "approved", "test")
+    harness.report(2.0, 112.0)  # does not raise
+    assert harness.loop.internal_errors == 1 and "promoter bug" in caplog.text
+    assert harness.store.open_runs()[0].stage == "approved"  # tried again next round
