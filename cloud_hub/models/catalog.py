@@ -38,6 +38,8 @@ from schemas.topics import TopicError, check_id
 DB_FILE: Final = "catalog.db"
 # Healthy readings a version stands for, kept beside it for the retrain loop's comparison.
 REFERENCE_FILE: Final = "reference.npz"
+# The newest readings a version keeps as its reference (8 channels: ~640 KB).
+MAX_REFERENCE: Final = 20_000
 SCHEMA_VERSION: Final = 1
 
 _SCHEMA: Final = """

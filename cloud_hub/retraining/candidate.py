@@ -16,20 +16,16 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from cloud_hub.models.captures import CaptureData
-from cloud_hub.models.catalog import Catalog, CatalogEntry, Reference
+from cloud_hub.models.catalog import MAX_REFERENCE, Catalog, CatalogEntry, Reference
 from cloud_hub.retraining.compare import Comparison, Limits, far, judge, recipe_of, split
 from schemas.manifest import Manifest
 
 log = logging.getLogger(__name__)
-
-# The newest readings a version keeps as its reference (8 channels: ~640 KB).
-MAX_REFERENCE: Final = 20_000
 
 
 class CandidateError(ValueError):
