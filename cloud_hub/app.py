@@ -25,6 +25,7 @@ from cloud_hub.ingest.transport import HubTransport, Inbound
 from cloud_hub.models.capture_store import CaptureStore
 from cloud_hub.models.catalog import Catalog
 from cloud_hub.models.chunks import ChunkServer
+from cloud_hub.retraining.wiring import retrain_loop
 from cloud_hub.store.base import SharedStore, StoreError, node_ids, open_store
 from schemas.codec import encode
 from schemas.topics import Kind, node_topic
@@ -78,7 +79,17 @@ class HubApp:
             self.identity,
         )
         self.captures = CaptureStore(config.store.captures_path())
-        self.acks = AckTracker(self.ledger, [self.chunks])
+        self.retrain = retrain_loop(
+            config,
+            fleet=self.fleet,
+            lock=self._lock,
+            publisher=self.transport,
+            identity=self.identity,
+            ledger=self.ledger,
+            catalog=self.catalog,
+        )
+        loop = [self.retrain] if self.retrain is not None else []
+        self.acks = AckTracker(self.ledger, [self.chunks, *loop])
         self.events = EventStore(config.store.events_path())
         self.ingest = Ingest(
             self.fleet,
@@ -139,6 +150,8 @@ class HubApp:
                 self.pump()
                 self.send_receipts()
                 self.refresh()
+                if self.retrain is not None:
+                    self.retrain.tick(self._clock())
         finally:
             self.close()
 
@@ -293,6 +306,8 @@ class HubApp:
             log.info("cloud-hub stopped")
 
     def _close_stores(self) -> None:
+        if self.retrain is not None:
+            self.retrain.close()
         self.registry.close()
         self.catalog.close()
         self.ledger.close()

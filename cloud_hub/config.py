@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 import msgspec
 
@@ -125,6 +125,35 @@ class SecurityConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     signing_key: str = ""
 
 
+Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
+
+
+class RetrainLoopConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The drift -> retrain loop of ``serve`` (cloud_hub.retraining; off by default).
+
+    A node whose drift state stays ``drifting`` for ``hold_s`` is asked to capture ``readings``
+    (``mode`` next / last); a candidate is trained on the first ``1 - held_back`` of them plus
+    the current model's healthy reference and kept only if its false-alarm rate is at most
+    ``max_far_held_back`` on the held-back readings and at most ``max_far_increase`` above the
+    current model's on the reference. ``approval`` manual waits for ``cloud-hub approve``;
+    ``bake_s`` after the switch the flag rate may exceed the one before by ``bake_tolerance``
+    at most, else the node is rolled back. ``cooldown_s`` separates two runs on one node.
+    """
+
+    enabled: bool = False
+    hold_s: Annotated[float, msgspec.Meta(ge=0)] = 900.0
+    readings: Annotated[int, msgspec.Meta(ge=100)] = 6000
+    mode: Literal["next", "last"] = "next"
+    approval: Literal["manual", "auto"] = "manual"
+    cooldown_s: Annotated[float, msgspec.Meta(ge=0)] = 86400.0
+    held_back: Annotated[float, msgspec.Meta(gt=0, lt=1)] = 0.3
+    max_far_held_back: Fraction = 0.02
+    max_far_increase: Fraction = 0.005
+    bake_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
+    bake_tolerance: Fraction = 0.01
+    command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
+
+
 class HubConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """All cloud-hub settings."""
 
@@ -133,6 +162,7 @@ class HubConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
+    retrain_loop: RetrainLoopConfig = msgspec.field(default_factory=RetrainLoopConfig)
 
 
 def load_hub_config(path: Path | None, environ: Mapping[str, str]) -> HubConfig:

@@ -16,7 +16,8 @@ from cloud_hub.cli.cards import format_card
 from cloud_hub.cli.session import load_config
 from cloud_hub.commands.commander import EXIT_OK
 from cloud_hub.commands.ledger import CommandHistory, Ledger
-from cloud_hub.models.catalog import Catalog, CatalogEntry
+from cloud_hub.models.catalog import Catalog, CatalogEntry, Reference
+from schemas.readings_csv import read_csv
 
 JSON_HELP = "print a JSON array instead of the table (times as Unix seconds)"
 
@@ -39,6 +40,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
         "register", parents=[common], help="add a trained model folder to the catalog"
     )
     register.add_argument("dir", type=Path, metavar="DIR", help="folder with model.onnx")
+    register.add_argument(
+        "--reference",
+        type=Path,
+        metavar="CSV",
+        help="healthy readings the model stands for, kept beside it (the retrain loop checks "
+        "that a candidate flags no more of them)",
+    )
     register.set_defaults(run=run_register)
 
     commands = sub.add_parser("commands", parents=[common], help="show the command ledger")
@@ -88,8 +96,30 @@ def run_register(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if not args.dir.is_dir():
         raise UsageError(f"{args.dir} is not a folder")
-    print(register_folder(config.store.models_path(), args.dir, time.time()))
+    ref = register_folder(config.store.models_path(), args.dir, time.time())
+    print(ref)
+    if args.reference is not None:
+        print(f"reference  {keep_reference(config.store.models_path(), ref, args.reference)}")
     return EXIT_OK
+
+
+def keep_reference(models_dir: Path, ref: str, path: Path) -> str:
+    """Keep the readings of CSV ``path`` as the healthy reference of ``ref``; a summary."""
+    try:
+        data = read_csv(path)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    name, version = ref.split("@", 1)
+    catalog = Catalog(models_dir)
+    try:
+        entry = catalog.get(name, version)
+        if entry is not None and entry.channels != data.channels:
+            raise UsageError(f"{path}: channels {data.channels} differ from {entry.channels}")
+        period = data.period(str(path)) if len(data.values) > 1 else 0.0
+        catalog.keep_reference(name, version, Reference(data.channels, period, data.values))
+    finally:
+        catalog.close()
+    return f"{len(data.values)} readings of {path.name}"
 
 
 def register_folder(models_dir: Path, folder: Path, now: float) -> str:

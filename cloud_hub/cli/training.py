@@ -24,7 +24,7 @@ from cloud_hub.commands.commander import EXIT_OK
 from cloud_hub.config import HubConfig
 from cloud_hub.models.capture_store import RESULT_FILE, load_capture
 from cloud_hub.models.captures import CaptureData
-from cloud_hub.models.catalog import Catalog
+from cloud_hub.models.catalog import MAX_REFERENCE, Catalog, Reference
 from schemas.manifest import Validation
 from schemas.readings_csv import CsvData, read_csv
 from schemas.topics import TopicError, check_id
@@ -133,6 +133,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         if args.out is None and catalog is not None:
             entry = catalog.add(onnx_bytes, manifest, time.time(), source=readings.trained_by)
+            _keep_reference(catalog, entry.name, entry.version, readings)
             print(f"{format_card(manifest)}\n\nregistered  {entry.ref}")
             return EXIT_OK
         outputs = [(args.out, onnx_bytes, manifest)]
@@ -144,11 +145,22 @@ def run_train(args: argparse.Namespace) -> int:
             save_model(folder, data, described)
             print(f"wrote {folder}\n{format_card(described)}\n")
             if catalog is not None:
-                print(f"registered  {catalog.register(folder, time.time()).ref}")
+                entry = catalog.register(folder, time.time())
+                _keep_reference(catalog, entry.name, entry.version, readings)
+                print(f"registered  {entry.ref}")
     finally:
         if catalog is not None:
             catalog.close()
     return EXIT_OK
+
+
+def _keep_reference(catalog: Catalog, name: str, version: str, readings: Readings) -> None:
+    """The healthy readings a registered model was trained on are its reference (what the
+    retrain loop checks a candidate against); the newest MAX_REFERENCE of them."""
+    values = readings.values[-MAX_REFERENCE:]
+    catalog.keep_reference(
+        name, version, Reference(readings.channels, readings.period or 0.0, values)
+    )
 
 
 @dataclass(frozen=True)

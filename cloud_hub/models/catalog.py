@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import io
 import os
 import shutil
 import sqlite3
@@ -21,7 +22,10 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+import numpy as np
+from numpy.typing import NDArray
 
+from schemas.files import atomic_write
 from schemas.manifest import (
     MANIFEST_FILE,
     MODEL_FILE,
@@ -32,6 +36,10 @@ from schemas.manifest import (
 from schemas.topics import TopicError, check_id
 
 DB_FILE: Final = "catalog.db"
+# Healthy readings a version stands for, kept beside it for the retrain loop's comparison.
+REFERENCE_FILE: Final = "reference.npz"
+# The newest readings a version keeps as its reference (8 channels: ~640 KB).
+MAX_REFERENCE: Final = 20_000
 SCHEMA_VERSION: Final = 1
 
 _SCHEMA: Final = """
@@ -84,6 +92,15 @@ class CatalogEntry:
     def ref(self) -> str:
         """``name@version``."""
         return f"{self.name}@{self.version}"
+
+
+@dataclass(frozen=True, eq=False)  # arrays have no single truth value to compare by
+class Reference:
+    """Healthy readings ``[n, C]`` a model version stands for (``period`` 0: unknown)."""
+
+    channels: builtins.list[str]
+    period: float
+    values: NDArray[np.float32]
 
 
 class Catalog:
@@ -201,6 +218,38 @@ class Catalog:
         if hashlib.sha256(data).hexdigest() != entry.sha256:
             raise CatalogError(f"{path}: the file no longer matches the sha256 of {entry.ref}")
         return data
+
+    def keep_reference(self, name: str, version: str, reference: Reference) -> None:
+        """Keep healthy readings of ``name@version`` beside it (replacing earlier ones)."""
+        if self.get(name, version) is None:
+            raise UnknownModel(f"{name}@{version} is not in the catalog at {self.root}")
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            values=np.asarray(reference.values, dtype=np.float32),
+            channels=np.array(reference.channels),
+            period=np.float64(reference.period),
+        )
+        path = self.root / name / version / REFERENCE_FILE
+        try:
+            atomic_write(path, buffer.getvalue())
+        except OSError as exc:
+            raise CatalogError(f"{path}: cannot keep the reference: {exc.strerror}") from None
+
+    def reference(self, name: str, version: str) -> Reference | None:
+        """The healthy readings kept for ``name@version``, or None."""
+        path = self.root / name / version / REFERENCE_FILE
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                return Reference(
+                    [str(c) for c in npz["channels"]],
+                    float(npz["period"]),
+                    np.asarray(npz["values"], dtype=np.float32),
+                )
+        except (OSError, ValueError, KeyError) as exc:
+            raise CatalogError(f"{path}: unreadable reference: {exc}") from None
 
     def close(self) -> None:
         """Close the connection."""

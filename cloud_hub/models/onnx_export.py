@@ -267,6 +267,22 @@ def save_model(directory: Path, onnx_bytes: bytes, manifest: Manifest) -> None:
     atomic_write(directory / MANIFEST_FILE, encode_manifest(manifest))
 
 
+def score_readings(
+    onnx_bytes: bytes, manifest: Manifest, values: NDArray[np.floating], batch: int = 2048
+) -> NDArray[np.float32]:
+    """The score a node running this artifact gives each window of ``values`` ``[n, C]`` (one
+    per reading from the ``window``-th on), in batches of ``batch`` windows."""
+    window = manifest.input.window
+    windows = sliding_windows(np.asarray(values, dtype=np.float32), window)
+    session = _session(onnx_bytes)
+    name = session.get_inputs()[0].name
+    parts = [
+        session.run([manifest.output.score], {name: windows[i : i + batch]})[0]
+        for i in range(0, len(windows), batch)
+    ]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+
+
 def _session(onnx_bytes: bytes) -> Any:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

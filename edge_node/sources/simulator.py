@@ -54,7 +54,7 @@ CHUNK = 256
 SPIKE_PROBABILITY = 0.2
 DEFAULT_MAGNITUDE = 4.0
 
-FaultKind = Literal["drift", "spike", "stuck", "dropout"]
+FaultKind = Literal["drift", "offset", "spike", "stuck", "dropout"]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 
 
@@ -64,6 +64,8 @@ class Fault:
     first reading) lies in ``[start_s, start_s + duration_s)``; outside it the channel is healthy.
 
     - ``drift``: an offset growing linearly from 0 to ``magnitude`` nominal stds over the window.
+    - ``offset``: the same ramp, but the channel then keeps the full offset for ever (a sensor
+      recalibrated or a machine settled at a new normal); ``fault_labels`` marks only the ramp.
     - ``spike``: the first reading of the window and then each reading with probability
       ``SPIKE_PROBABILITY`` jumps by ``magnitude`` nominal stds, with a random sign.
     - ``stuck``: the channel repeats its healthy value from the reading just before the window.
@@ -335,9 +337,13 @@ class PumpSimulator:
             self._stuck_at[i] = float(healthy[ref - first, col])
         index = np.arange(first, first + CHUNK)
         active = (index >= start) & (index < stop)
+        size = fault.magnitude * NOMINAL_SD[fault.channel]
+        if fault.kind == "offset":
+            progress = (index * self._period - fault.start_s) / fault.duration_s
+            chunk[index >= start, col] += size * np.minimum(progress, 1.0)[index >= start]
+            return
         if not active.any():
             return
-        size = fault.magnitude * NOMINAL_SD[fault.channel]
         if fault.kind == "drift":
             progress = (index * self._period - fault.start_s) / fault.duration_s
             chunk[active, col] += size * progress[active]

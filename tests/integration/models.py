@@ -15,7 +15,7 @@ from cloud_hub.models.onnx_export import save_model, train_model
 from cloud_hub.models.trainer import TrainConfig
 from edge_node.sources.simulator import PumpSimulator
 from schemas.manifest import Manifest, decode_manifest
-from schemas.readings_csv import read_csv
+from schemas.readings_csv import read_csv, write_csv
 from tests.skab import skab_file
 
 
@@ -112,3 +112,24 @@ def sim_model(folder: Path) -> Path:
     )
     save_model(folder, onnx_bytes, manifest)
     return folder
+
+
+def sim_model_with_reference(work: Path, rate_hz: float) -> tuple[Path, Path]:
+    """``pump-pca@1`` trained on one whole load cycle of a healthy simulated pump (24,000
+    readings at 20 Hz: shorter ones miss how the other pumps' phases look), and the second
+    half of those readings as a CSV: the healthy reference the retrain loop compares against."""
+    sim = PumpSimulator(seed=11, rate_hz=rate_hz, speed=0, wall_start=0.0, max_block=4096)
+    values = sim.read(24000).values
+    onnx_bytes, manifest = train_model(
+        values,
+        sim.channels,
+        name="pump-pca",
+        version="1",
+        trained_by="tests",
+        config=TrainConfig(),
+        now=time.time(),
+        period_s=1 / rate_hz,
+    )
+    save_model(work / "v1", onnx_bytes, manifest)
+    write_csv(work / "healthy.csv", sim.channels, 0.0, 1 / rate_hz, values[12000:])
+    return work / "v1", work / "healthy.csv"

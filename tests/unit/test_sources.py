@@ -269,6 +269,16 @@ def test_drift_ramps_to_its_magnitude_inside_the_window_only() -> None:
     np.testing.assert_allclose(offset, 4 * np.arange(200) / 200, atol=1e-4)
 
 
+def test_an_offset_ramps_up_then_stays_after_its_window() -> None:
+    bad, good, inside = fault_effect(Fault("offset", "current", 260, 200, magnitude=4))
+    assert inside.sum() == 200 and inside[260] and not inside[460]
+    np.testing.assert_array_equal(bad[:260], good[:260])
+    offset = (bad - good) / NOMINAL_SD["current"]
+    np.testing.assert_allclose(offset[inside], 4 * np.arange(200) / 200, atol=1e-4)
+    np.testing.assert_allclose(offset[460:], 4.0, atol=1e-4)  # the new normal holds
+    assert parse_fault("offset:current:0:1:6") == Fault("offset", "current", 0, 1, 6)
+
+
 def test_spikes_are_large_sparse_excursions() -> None:
     bad, good, inside = fault_effect(Fault("spike", "temperature", 300, 100, magnitude=6))
     np.testing.assert_array_equal(bad[~inside], good[~inside])

@@ -66,10 +66,14 @@ def test_a_late_capture_is_trained_and_registered(
     catalog = Catalog(hub / "models")
     try:
         entry = catalog.get("pump-pca", "1")
+        reference = catalog.reference("pump-pca", "1")
     finally:
         catalog.close()
     assert entry is not None and entry.channels == ["a", "b", "c"]
     assert "c0ffee000001" in entry.trained_by and "pump-1" in entry.trained_by
+    # What it learned is kept as its healthy reference, for the retrain loop's checks.
+    assert reference is not None and reference.period == pytest.approx(0.1)
+    np.testing.assert_allclose(reference.values, readings(400), rtol=1e-6)
 
 
 def test_a_capture_can_be_written_to_a_folder(
