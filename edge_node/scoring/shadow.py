@@ -1,0 +1,371 @@
+"""A shadow run: a candidate model scores the same readings beside the active one (pure).
+
+The pipeline hands every block it scored, with the active model's scores and flags, to
+:meth:`ShadowRun.observe`. The candidate gets its own windows, sensor checks and alarm rule
+(from its manifest), so its flags follow its own rule; it raises no events, publishes no
+results and feeds no drift statistics: all it leaves behind are the figures of a
+``ShadowReport``. Both arms count the same readings: those from the first one whose candidate
+window holds no start-up padding (the first ``window - 1`` readings only warm it up).
+
+The candidate's cost is the time the ``clock`` passed in measures around its whole step
+(sensor checks, windows, model, alarm), over the time ``now`` says has passed. Over the last
+:func:`budget_window` seconds, a share above the run's ``cpu_budget`` ends it (``over_budget``):
+one slow block (a page fault, a scheduling hiccup) must not end a run, a steady cost must.
+A candidate that raises or returns NaN leaves its readings unscored; nothing it does reaches
+the active model's scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from edge_node.scoring.pipeline import Scorer
+from edge_node.scoring.validation import Validator
+from edge_node.scoring.window import Windower
+from edge_node.sources.base import Block
+from schemas import behaviour
+from schemas.alarm import AlarmFilter
+from schemas.drift import finite
+from schemas.messages import ArmFigures, ModelRef, ShadowReport
+
+log = logging.getLogger(__name__)
+
+F32 = npt.NDArray[np.float32]
+Flags = npt.NDArray[np.bool_]
+State = Literal["running", "done", "stopped", "over_budget", "failed"]
+
+# Scores and latencies kept for percentiles: a uniform sample of the whole run, fixed memory.
+SAMPLE_SIZE = 4096
+
+
+def budget_window(duration_s: float) -> float:
+    """Seconds over which the CPU budget is judged: a tenth of the run, within 2 s and 60 s."""
+    return min(60.0, max(2.0, duration_s / 10.0))
+
+
+class Reservoir:
+    """A uniform random sample of at most ``size`` values from everything added (Algorithm R,
+    vectorised per block); the seed makes a run's figures reproducible."""
+
+    def __init__(self, size: int = SAMPLE_SIZE, seed: int = 0) -> None:
+        self._values = np.empty(size, np.float64)
+        self._kept = 0
+        self._seen = 0
+        self._rng = np.random.default_rng(seed)
+
+    def add(self, values: npt.ArrayLike) -> None:
+        """Offer every value (in order) to the sample."""
+        x = np.asarray(values, np.float64).ravel()
+        room = min(len(self._values) - self._kept, x.size)
+        self._values[self._kept : self._kept + room] = x[:room]
+        self._kept += room
+        self._seen += room
+        rest = x[room:]
+        if rest.size == 0:
+            return
+        # Value number k (0-based, over the whole stream) replaces a random slot with
+        # probability size / (k + 1); later values in the block win over earlier ones.
+        k = self._seen + np.arange(rest.size)
+        slots = (self._rng.random(rest.size) * (k + 1)).astype(np.int64)
+        hit = slots < len(self._values)
+        self._values[slots[hit]] = rest[hit]
+        self._seen += rest.size
+
+    def percentiles(self, qs: list[float]) -> list[float]:
+        """The sample's percentiles ``qs`` (0..100); NaN each when nothing was added."""
+        if self._kept == 0:
+            return [float("nan")] * len(qs)
+        return [float(v) for v in np.percentile(self._values[: self._kept], qs)]
+
+
+class Arm:
+    """One model's figures over the readings a shadow run counts."""
+
+    def __init__(self, model: ModelRef, threshold: float) -> None:
+        self.model = model
+        self.threshold = threshold
+        self.readings = 0
+        self.flagged = 0
+        self.unscored = 0
+        self.episodes = 0
+        self._sum = 0.0
+        self._counts = [0] * behaviour.BINS
+        self._scores = Reservoir()
+        self._latency = Reservoir(seed=1)
+        self._was_flagged = False  # the alarm was open after the last counted reading
+
+    def add(self, scores: F32, flags: Flags, ms: float) -> None:
+        """Readings of one block (only those the run counts) and the model's time on it."""
+        self._latency.add([ms])
+        if scores.size == 0:
+            return
+        scored = np.isfinite(scores)
+        good = scores[scored]
+        self.readings += int(scores.size)
+        self.unscored += int(scores.size - good.size)
+        self.flagged += int(np.count_nonzero(flags))
+        before = np.concatenate([[self._was_flagged], flags[:-1]])
+        self.episodes += int(np.count_nonzero(flags & ~before))
+        self._was_flagged = bool(flags[-1])
+        self._sum += float(good.sum(dtype=np.float64))
+        self._counts = behaviour.merge(self._counts, behaviour.ratio_counts(good, self.threshold))
+        self._scores.add(good)
+
+    def figures(self) -> ArmFigures:
+        """The arm as the report carries it (NaN for a statistic of no readings)."""
+        scored = self.readings - self.unscored
+        p50, p99 = self._scores.percentiles([50, 99])
+        (latency,) = self._latency.percentiles([99])
+        return ArmFigures(
+            model=self.model,
+            threshold=self.threshold,
+            readings=self.readings,
+            flagged=self.flagged,
+            unscored=self.unscored,
+            episodes=self.episodes,
+            score_mean=self._sum / scored if scored else float("nan"),
+            score_p50=p50,
+            score_p99=p99,
+            score_counts=list(self._counts),
+            latency_p99_ms=latency if np.isfinite(latency) else 0.0,
+        )
+
+
+@dataclass(frozen=True)
+class CandidateRun:
+    """The candidate's view of one block."""
+
+    scores: F32
+    flags: Flags
+    complete: Flags  # windows with none of the start-up padding in them
+    ms: float  # the model call alone
+    error: str
+
+
+class Candidate:
+    """The candidate's own lane: its channels, sensor checks, windows and alarm rule."""
+
+    def __init__(self, scorer: Scorer, source_channels: list[str]) -> None:
+        manifest = scorer.manifest
+        channels = manifest.input.channels
+        missing = [c for c in channels if c not in source_channels]
+        if missing:
+            raise ValueError(
+                f"candidate {manifest.name}@{manifest.version} needs channels {missing} "
+                f"that the source does not have (it has {source_channels})"
+            )
+        self.scorer = scorer
+        self.threshold = manifest.threshold
+        self._columns = [source_channels.index(c) for c in channels]
+        fill = np.array([manifest.reference.channels[c].mean for c in channels], np.float32)
+        self._windower = Windower(manifest.input.window, fill)
+        self._validator = Validator(manifest)
+        self._alarm = AlarmFilter(manifest.alarm)
+
+    def run(self, block: Block, clock: Callable[[], float]) -> CandidateRun:
+        """Score one block; a model failure leaves its readings unscored (NaN)."""
+        values = np.ascontiguousarray(block.values[:, self._columns], dtype=np.float32)
+        checked = self._validator.check(block.t0, block.period, values)
+        batch = self._windower.push(checked.values)
+        error = ""
+        contributions: F32 | None = None
+        start = clock()
+        try:
+            scores, contributions = self.scorer.score(batch.windows)
+            scores = np.asarray(scores, np.float32).reshape(-1)
+            if scores.size != block.n:
+                raise ValueError(f"{scores.size} scores for {block.n} readings")
+        # Whatever the candidate does wrong stays in its arm: counted unscored, never raised.
+        except Exception as exc:
+            scores, contributions = np.full(block.n, np.nan, np.float32), None
+            error = f"inference failed: {type(exc).__name__}: {exc}"
+        ms = (clock() - start) * 1000.0
+        if not error and not np.isfinite(scores).all():
+            error = "model produced NaN or infinite scores"
+        in_window = checked.in_window
+        if contributions is None or len(contributions) != len(in_window):
+            driven = in_window.any(axis=1)
+        else:
+            top = np.argmax(finite(np.abs(contributions)), axis=1)
+            driven = in_window[np.arange(len(top)), top]
+        scored = np.isfinite(scores)
+        with np.errstate(invalid="ignore"):
+            exceed = scored & batch.complete & (scores > self.threshold) & ~driven
+        flags = self._alarm.update(exceed) & scored
+        return CandidateRun(scores, flags, batch.complete, ms, error)
+
+
+class CpuMeter:
+    """Seconds spent on the candidate, in total and over a sliding window of ``window_s``."""
+
+    def __init__(self, started: float, window_s: float) -> None:
+        self.started = started
+        self.window_s = window_s
+        self.total = 0.0
+        self._recent: deque[tuple[float, float]] = deque()
+        self._in_window = 0.0
+
+    def add(self, now: float, seconds: float) -> None:
+        """``seconds`` of candidate work ending at ``now``."""
+        self.total += seconds
+        self._recent.append((now, seconds))
+        self._in_window += seconds
+        while self._recent and self._recent[0][0] <= now - self.window_s:
+            self._in_window -= self._recent.popleft()[1]
+
+    def share(self, now: float) -> float:
+        """Candidate time over the time passed since the run started."""
+        elapsed = now - self.started
+        return self.total / elapsed if elapsed > 0 else 0.0
+
+    def window_share(self, now: float) -> float | None:
+        """Candidate time over the last ``window_s``; None until a whole window has passed."""
+        if now - self.started < self.window_s:
+            return None
+        return max(self._in_window, 0.0) / self.window_s
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the shadow command asked for, and how often to report."""
+
+    command: str
+    duration_s: float
+    cpu_budget: float
+    report_s: float
+
+
+class ShadowRun:
+    """One shadow run: the two arms, their agreement, the candidate's cost and the run's state.
+
+    ``now`` is the node's monotonic clock, ``wall`` its unix time (only for the report).
+    """
+
+    def __init__(
+        self,
+        spec: RunSpec,
+        candidate: Candidate,
+        active: Scorer,
+        *,
+        now: float,
+        wall: float,
+    ) -> None:
+        self.spec = spec
+        self.state: State = "running"
+        self.reason = ""
+        self.started = now
+        self.started_wall = wall
+        self._candidate = candidate
+        self.active = Arm(active.ref, active.manifest.threshold)
+        self.shadow = Arm(candidate.scorer.ref, candidate.threshold)
+        self.cpu = CpuMeter(now, budget_window(spec.duration_s))
+        self._both = 0
+        self._alike = 0
+        self._next_report = now + spec.report_s
+        self._ended: float | None = None
+        self.last_error = ""
+
+    @property
+    def finished(self) -> bool:
+        """The run has ended (its final report is due)."""
+        return self.state != "running"
+
+    @property
+    def agreement(self) -> float:
+        """Fraction of readings both arms scored that they flagged alike (NaN before any)."""
+        return self._alike / self._both if self._both else float("nan")
+
+    def observe(
+        self,
+        block: Block,
+        active: Scorer,
+        *,
+        scores: F32,
+        flags: Flags,
+        ms: float,
+        now: float,
+        clock: Callable[[], float],
+    ) -> None:
+        """The active model scored ``block``: score it with the candidate and count both."""
+        if self.finished:
+            return
+        if active.ref != self.active.model:
+            changed = f"{active.ref.name}@{active.ref.version}"
+            self.end("stopped", f"the active model changed to {changed}", now)
+            return
+        start = clock()
+        run = self._candidate.run(block, clock)
+        counted = run.complete
+        self.shadow.add(run.scores[counted], run.flags[counted], run.ms)
+        self.cpu.add(now, clock() - start)
+        if run.error:
+            self.last_error = run.error
+        self.active.add(scores[counted], flags[counted], ms)
+        both = counted & np.isfinite(scores) & np.isfinite(run.scores)
+        self._both += int(np.count_nonzero(both))
+        self._alike += int(np.count_nonzero(both & (flags == run.flags)))
+        self.check(now)
+
+    def check(self, now: float) -> None:
+        """End the run when its time is up or its cost over budget."""
+        if self.finished:
+            return
+        share = self.cpu.window_share(now)
+        if share is not None and share > self.spec.cpu_budget:
+            self.end(
+                "over_budget",
+                f"the candidate took {share:.1%} of a core over the last "
+                f"{self.cpu.window_s:g} s, above the budget of {self.spec.cpu_budget:.1%}",
+                now,
+            )
+        elif now - self.started >= self.spec.duration_s:
+            self.end("done", "", now)
+
+    def end(self, state: State, reason: str, now: float) -> None:
+        """End the run (the first ending wins)."""
+        if self.finished:
+            return
+        self.state, self.reason = state, reason
+        self._ended = now
+
+    def due(self, now: float) -> bool:
+        """Whether an interval report is due (at most one per ``report_s``)."""
+        if self.finished or now < self._next_report:
+            return False
+        self._next_report = now + self.spec.report_s
+        return True
+
+    def cpu_share(self, now: float) -> float:
+        """The candidate's time over the run's time so far."""
+        return self.cpu.share(now if self._ended is None else self._ended)
+
+    def explain(self) -> str:
+        """The report's reason: why the run ended, or the candidate's last error."""
+        if self.reason:
+            return self.reason
+        return f"candidate: {self.last_error}" if self.last_error else ""
+
+    def report(self, *, now: float, node: str, boot: str, seq: int, ts: float) -> ShadowReport:
+        """The run's figures so far as a message (``ts`` is the wall time it is sent at)."""
+        return ShadowReport(
+            node=node,
+            boot=boot,
+            seq=seq,
+            ts=ts,
+            command=self.spec.command,
+            state=self.state,
+            reason=self.explain(),
+            start=self.started_wall,
+            end=ts,
+            active=self.active.figures(),
+            candidate=self.shadow.figures(),
+            agreement=self.agreement,
+            cpu_share=self.cpu_share(now),
+        )
