@@ -54,6 +54,7 @@ class Switched:
     model: ModelRef
     error: str = ""
     scored: Scored = field(default_factory=Scored)
+    loaded: Scorer | None = None  # a staged model (shadow candidate), loaded but not active
 
 
 @dataclass
@@ -106,6 +107,15 @@ class Switcher:
         future = self._executor.submit(self._install, manifest, artifact)
         self._start(_Job(command, "deploy", ref, future))
 
+    def stage(self, command: str, manifest: Manifest, artifact: bytes) -> None:
+        """Install a received artifact without making it active and load it in the worker;
+        :meth:`poll` hands the loaded model back (a shadow run's candidate). Installed, it
+        stays in the store like any inactive version."""
+        self._check_idle()
+        ref = ModelRef(manifest.name, manifest.version)
+        future = self._executor.submit(self._install, manifest, artifact)
+        self._start(_Job(command, "shadow", ref, future))
+
     def rollback(self, command: str, to: str | None = None) -> ModelRef:
         """Load the model a rollback goes to in the worker: the last one in the store's history,
         or version ``to`` of the active model's name; return which one it is."""
@@ -146,6 +156,8 @@ class Switcher:
         except Exception as exc:
             log.warning("%s %s failed: %s", job.command_type, job.command, exc)
             return Switched(job.command, job.command_type, job.model, str(exc) or repr(exc))
+        if job.command_type == "shadow":
+            return Switched(job.command, job.command_type, scorer.ref, loaded=scorer)
         try:
             scored = self._switch(job, scorer, now)
         except (StoreError, ChannelMismatch) as exc:
