@@ -53,6 +53,7 @@ class HubApp:
         # Where the last run stopped: totals, reading coverage, and the seqs seen per stream
         # (streams are loaded one by one, when a message of theirs arrives).
         self.fleet.restore(self.registry.load_states())
+        self.fleet.shadows.update(self.registry.load_shadows())
         deduper = Deduper(load=self.registry.load_stream)
         deduper.restore(self.registry.stream_gaps())
         self._commit_batch = config.ingest.commit_batch
@@ -175,7 +176,7 @@ class HubApp:
             if not (states or streams or self._unacked):
                 return
             try:
-                self.registry.commit(states, streams, now)
+                self.registry.commit(states, streams, now, self.fleet.shadows)
             except RegistryError as exc:
                 # Nothing is acked or confirmed; the next round tries again with all of it.
                 self.fleet.mark_dirty(states)
