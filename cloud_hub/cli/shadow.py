@@ -136,10 +136,10 @@ def run_start(args: argparse.Namespace) -> int:
             for node in nodes
         ]
         code = _run(session, commands, args.timeout)
-        if code == EXIT_OK:
-            session.print_report(
-                ["started; the nodes report every drift interval: cloud-hub shadow status"]
-            )
+        session.print_report(
+            [f"{c.node}  shadow {c.id} for {args.duration:g} s" for c in commands]
+            + ["the nodes report every drift interval: cloud-hub shadow status"]
+        )
         return code
 
 
