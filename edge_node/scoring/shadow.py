@@ -43,6 +43,9 @@ State = Literal["running", "done", "stopped", "over_budget", "failed"]
 
 # Scores and latencies kept for percentiles: a uniform sample of the whole run, fixed memory.
 SAMPLE_SIZE = 4096
+# Readings counted at once: each count is a few numpy calls of microseconds whatever their
+# size, so a node polling one reading at a time gathers this many before counting them.
+COUNT_EVERY = 256
 
 
 def budget_window(duration_s: float) -> float:
@@ -101,9 +104,9 @@ class Arm:
         self._latency = Reservoir(seed=1)
         self._was_flagged = False  # the alarm was open after the last counted reading
 
-    def add(self, scores: F32, flags: Flags, ms: float) -> None:
-        """Readings of one block (only those the run counts) and the model's time on it."""
-        self._latency.add([ms])
+    def add(self, scores: F32, flags: Flags, ms: list[float]) -> None:
+        """Readings the run counts, in order, and the model's time on each block they came in."""
+        self._latency.add(ms)
         if scores.size == 0:
             return
         scored = np.isfinite(scores)
@@ -190,7 +193,9 @@ class Candidate:
         if not error and not np.isfinite(scores).all():
             error = "model produced NaN or infinite scores"
         in_window = checked.in_window
-        if contributions is None or len(contributions) != len(in_window):
+        if not in_window.any():  # the common case: no faulty cell, nothing sensor-driven
+            driven = np.zeros(block.n, bool)
+        elif contributions is None or len(contributions) != len(in_window):
             driven = in_window.any(axis=1)
         else:
             top = np.argmax(finite(np.abs(contributions)), axis=1)
@@ -200,6 +205,21 @@ class Candidate:
             exceed = scored & batch.complete & (scores > self.threshold) & ~driven
         flags = self._alarm.update(exceed) & scored
         return CandidateRun(scores, flags, batch.complete, ms, error)
+
+
+class Pending:
+    """Both arms' readings waiting to be counted (see :data:`COUNT_EVERY`)."""
+
+    def __init__(self, size: int = COUNT_EVERY) -> None:
+        self.scores = np.empty((2, size), np.float32)  # active, candidate
+        self.flags = np.empty((2, size), bool)
+        self.ms: tuple[list[float], list[float]] = ([], [])
+        self.n = 0
+
+    def put(self, scores: F32, flags: Flags, column: int, start: int) -> None:
+        """One arm's readings at ``start`` of the buffer."""
+        self.scores[column, start : start + len(scores)] = scores
+        self.flags[column, start : start + len(flags)] = flags
 
 
 class CpuMeter:
@@ -268,6 +288,7 @@ class ShadowRun:
         self.cpu = CpuMeter(now, budget_window(spec.duration_s))
         self._both = 0
         self._alike = 0
+        self._pending = Pending()
         self._next_report = now + spec.report_s
         self._ended: float | None = None
         self.last_error = ""
@@ -280,6 +301,7 @@ class ShadowRun:
     @property
     def agreement(self) -> float:
         """Fraction of readings both arms scored that they flagged alike (NaN before any)."""
+        self.count()
         return self._alike / self._both if self._both else float("nan")
 
     def observe(
@@ -302,16 +324,45 @@ class ShadowRun:
             return
         start = clock()
         run = self._candidate.run(block, clock)
-        counted = run.complete
-        self.shadow.add(run.scores[counted], run.flags[counted], run.ms)
+        self._gather(scores, flags, run)
+        self._pending.ms[0].append(ms)
+        self._pending.ms[1].append(run.ms)
         self.cpu.add(now, clock() - start)
         if run.error:
             self.last_error = run.error
-        self.active.add(scores[counted], flags[counted], ms)
-        both = counted & np.isfinite(scores) & np.isfinite(run.scores)
-        self._both += int(np.count_nonzero(both))
-        self._alike += int(np.count_nonzero(both & (flags == run.flags)))
         self.check(now)
+
+    def _gather(self, scores: F32, flags: Flags, run: CandidateRun) -> None:
+        """Queue the readings both arms count (those of complete candidate windows)."""
+        counted = run.complete
+        arms = [(scores, flags), (run.scores, run.flags)]
+        if not counted.all():
+            arms = [(sc[counted], fl[counted]) for sc, fl in arms]
+        pending, done = self._pending, 0
+        total = len(arms[0][0])
+        while done < total:
+            take = min(len(pending.scores[0]) - pending.n, total - done)
+            for column, (sc, fl) in enumerate(arms):
+                pending.put(sc[done : done + take], fl[done : done + take], column, pending.n)
+            pending.n += take
+            done += take
+            if pending.n == len(pending.scores[0]):
+                self.count()
+
+    def count(self) -> None:
+        """Count the queued readings in both arms and in the agreement."""
+        pending = self._pending
+        n = pending.n
+        a_scores, c_scores = pending.scores[0, :n], pending.scores[1, :n]
+        a_flags, c_flags = pending.flags[0, :n], pending.flags[1, :n]
+        self.active.add(a_scores, a_flags, pending.ms[0])
+        self.shadow.add(c_scores, c_flags, pending.ms[1])
+        both = np.isfinite(a_scores) & np.isfinite(c_scores)
+        self._both += int(np.count_nonzero(both))
+        self._alike += int(np.count_nonzero(both & (a_flags == c_flags)))
+        pending.n = 0
+        pending.ms[0].clear()
+        pending.ms[1].clear()
 
     def check(self, now: float) -> None:
         """End the run when its time is up or its cost over budget."""
@@ -354,6 +405,7 @@ class ShadowRun:
 
     def report(self, *, now: float, node: str, boot: str, seq: int, ts: float) -> ShadowReport:
         """The run's figures so far as a message (``ts`` is the wall time it is sent at)."""
+        agreement = self.agreement  # counts what is queued first
         return ShadowReport(
             node=node,
             boot=boot,
@@ -366,6 +418,6 @@ class ShadowRun:
             end=ts,
             active=self.active.figures(),
             candidate=self.shadow.figures(),
-            agreement=self.agreement,
+            agreement=agreement,
             cpu_share=self.cpu_share(now),
         )

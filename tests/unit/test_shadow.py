@@ -26,7 +26,7 @@ from edge_node.sources.base import Block
 from schemas import behaviour
 from schemas.alarm import AlarmSpec
 from schemas.manifest import InputSpec, Profile, ReferenceProfile
-from schemas.messages import ModelRef
+from schemas.messages import ArmFigures, ModelRef
 from schemas.samples import MANIFEST
 
 F32 = NDArray[np.float32]
@@ -91,6 +91,12 @@ def one_reading(
     run.observe(block, active, scores=ones, flags=quiet, ms=0.1, now=now, clock=clock)
 
 
+def arms(run: ShadowRun) -> tuple[ArmFigures, ArmFigures]:
+    """Both arms' figures with every reading handed to the run counted."""
+    run.count()
+    return run.active.figures(), run.shadow.figures()
+
+
 def pipeline_with(active: Model) -> Pipeline:
     return Pipeline(
         active, SOURCE, ResultBatcher(max_readings=10_000, max_age_s=1e9), EpisodeConfig()
@@ -109,7 +115,7 @@ def test_both_arms_see_the_same_readings_and_the_candidate_follows_its_own_rule(
     run = ShadowRun(spec(), Candidate(cand, SOURCE), active, now=0.0, wall=1000.0)
     pipe.shadow = run
     feed(pipe, [1, 3, 6, 1, 3, 1], t0=0.0, now=1.0, clock=lambda: 0.0)
-    a, c = run.active.figures(), run.shadow.figures()
+    a, c = arms(run)
     assert (a.readings, c.readings) == (6, 6)
     assert a.flagged == 1  # only 6 is over 5
     assert c.flagged == 3  # 3, 6 and 3 are over 2
@@ -126,7 +132,7 @@ def test_the_candidate_raises_no_events_and_leaves_results_to_the_active_model()
     pipe.shadow = run
     out = feed(pipe, [5.0] * 20, t0=0.0, now=1.0, clock=lambda: 0.0)
     batches = pipe.flush(2.0, force=True)
-    assert run.shadow.figures().flagged == 20  # it would have flagged every reading...
+    assert arms(run)[1].flagged == 20  # it would have flagged every reading...
     assert out.changes == [] and out.drift == []  # ...but no episode of any model opened
     assert [b.model for b in batches] == [active.ref]
     assert not any(b.flags.any() for b in batches)
@@ -146,7 +152,7 @@ def test_a_failing_candidate_never_disturbs_the_active_scores() -> None:
     got = pipe.flush(2.0, force=True)[0]
     np.testing.assert_array_equal(got.scores, expected.scores)
     np.testing.assert_array_equal(got.flags, expected.flags)
-    figures = run.shadow.figures()
+    figures = arms(run)[1]
     assert (figures.readings, figures.unscored, figures.flagged) == (3, 3, 0)
     assert "RuntimeError: boom" in run.explain()
     assert np.isnan(run.agreement)  # no reading was scored by both
@@ -159,9 +165,9 @@ def test_nan_scores_are_unscored_and_left_out_of_agreement() -> None:
     pipe = pipeline_with(active)
     pipe.shadow = run
     feed(pipe, [1.0, 9.0], 0.0, 1.0, lambda: 0.0)
-    assert run.shadow.figures().unscored == 2
+    assert arms(run)[1].unscored == 2
     assert "NaN" in run.explain()
-    assert run.active.figures().flagged == 1
+    assert arms(run)[0].flagged == 1
 
 
 def test_the_first_window_minus_one_readings_only_warm_the_candidate_up() -> None:
@@ -170,7 +176,8 @@ def test_the_first_window_minus_one_readings_only_warm_the_candidate_up() -> Non
     pipe = pipeline_with(active)
     pipe.shadow = run
     feed(pipe, [1.0] * 10, 0.0, 1.0, lambda: 0.0)
-    assert run.active.readings == run.shadow.readings == 7
+    active_arm, candidate_arm = arms(run)
+    assert active_arm.readings == candidate_arm.readings == 7
 
 
 def test_a_candidate_over_its_cpu_budget_is_stopped_but_not_for_one_slow_block() -> None:
@@ -190,9 +197,9 @@ def test_a_candidate_over_its_cpu_budget_is_stopped_but_not_for_one_slow_block()
         one_reading(run, active, t=float(t), now=float(t), clock=Ticks(0.25))
     assert run.state == "over_budget"
     assert "above the budget of 25.0%" in run.reason
-    readings = run.shadow.readings
+    readings = arms(run)[1].readings
     one_reading(run, active, t=40.0, now=40.0, clock=Ticks(0.25))
-    assert run.shadow.readings == readings  # an ended run scores nothing more
+    assert arms(run)[1].readings == readings  # an ended run scores nothing more
 
 
 def test_cpu_meter_share_is_time_over_wall_time() -> None:
@@ -255,9 +262,9 @@ def test_report_carries_both_arms() -> None:
 
 def test_an_arm_counts_an_episode_that_spans_blocks_once() -> None:
     arm = Arm(ModelRef("m", "1"), threshold=1.0)
-    arm.add(np.array([2.0, 2.0], np.float32), np.array([False, True]), 0.1)
-    arm.add(np.array([2.0, 0.0], np.float32), np.array([True, False]), 0.1)
-    arm.add(np.array([2.0], np.float32), np.array([True]), 0.1)
+    arm.add(np.array([2.0, 2.0], np.float32), np.array([False, True]), [0.1])
+    arm.add(np.array([2.0, 0.0], np.float32), np.array([True, False]), [0.1])
+    arm.add(np.array([2.0], np.float32), np.array([True]), [0.1])
     assert arm.episodes == 2
     assert arm.flagged == 3
 
@@ -270,3 +277,32 @@ def test_reservoir_keeps_a_uniform_sample_of_a_long_stream() -> None:
     assert p50 == pytest.approx(100_000, rel=0.05)  # the first values alone would give ~2,000
     assert p99 == pytest.approx(198_000, rel=0.01)
     assert np.isnan(Reservoir().percentiles([50])[0])
+
+
+def test_readings_polled_one_at_a_time_count_as_one_block_does() -> None:
+    rng = np.random.default_rng(5)
+    rows = [float(x) for x in rng.normal(3.0, 2.0, 700)]
+    figures = []
+    for block in (1, 700):
+        active, cand = Model("1", threshold=5.0), Model("2", threshold=2.0, window=3)
+        run = ShadowRun(spec(), Candidate(cand, SOURCE), active, now=0.0, wall=0.0)
+        pipe = pipeline_with(active)
+        pipe.shadow = run
+        for start in range(0, len(rows), block):
+            feed(pipe, rows[start : start + block], start * 0.02, start * 0.02, lambda: 0.0)
+        a, c = arms(run)
+        figures.append(
+            (
+                a.readings,
+                a.flagged,
+                a.episodes,
+                a.score_counts,
+                c.readings,
+                c.flagged,
+                c.episodes,
+                c.score_counts,
+                run.agreement,
+            )
+        )
+    assert figures[0] == figures[1]
+    assert figures[0][0] == 698  # the candidate's first two readings warmed it up
