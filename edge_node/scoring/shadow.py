@@ -193,13 +193,14 @@ class Candidate:
         if not error and not np.isfinite(scores).all():
             error = "model produced NaN or infinite scores"
         in_window = checked.in_window
+        driven: Flags
         if not in_window.any():  # the common case: no faulty cell, nothing sensor-driven
             driven = np.zeros(block.n, bool)
         elif contributions is None or len(contributions) != len(in_window):
-            driven = in_window.any(axis=1)
+            driven = np.asarray(in_window.any(axis=1), bool)
         else:
             top = np.argmax(finite(np.abs(contributions)), axis=1)
-            driven = in_window[np.arange(len(top)), top]
+            driven = np.asarray(in_window[np.arange(len(top)), top], bool)
         scored = np.isfinite(scores)
         with np.errstate(invalid="ignore"):
             exceed = scored & batch.complete & (scores > self.threshold) & ~driven
