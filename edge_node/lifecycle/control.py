@@ -115,6 +115,7 @@ class Control:
         self._transfer: _Transfer | None = None
         self._capture: NextCapture | None = None
         self._shadowing = Shadowing(seq, switcher.pipeline, settings.shadow_report_s)
+        self._local: dict[str, Deploy] = {}  # deploys loading a version already installed
 
     # -- entry points from the loop --------------------------------------------------------
 
@@ -279,6 +280,12 @@ class Control:
         if self._shadowing.candidate == ModelRef(manifest.name, manifest.version):
             reason = f"deploy {command.id} of the candidate"
             out += self._end_shadow(reason, now, wall)
+        if self._switcher.installed(manifest):  # a shadow run fetched it already
+            self._local[command.id] = command
+            self._switcher.deploy_installed(command.id, manifest)
+            detail = {NEED: ""}
+            ref = ModelRef(manifest.name, manifest.version)
+            return [*out, self._ack(draft(command, "accepted", model=ref, detail=detail), wall)]
         return out + self._begin_transfer(command, now, wall)
 
     def _begin_transfer(self, command: Deploy | Shadow, now: float, wall: float) -> list[Outgoing]:
@@ -357,6 +364,13 @@ class Control:
     def _switched(self, switched: Switched, now: float, wall: float) -> list[Outgoing]:
         if switched.command_type == "shadow":
             return self._shadow_loaded(switched, now, wall)
+        local = self._local.pop(switched.command, None)
+        if local is not None and switched.error:
+            # The installed copy would not load (damaged on disk?): fetch it after all.
+            log.warning(
+                "deploy %s: installed copy failed (%s); fetching it", local.id, switched.error
+            )
+            return self._begin_transfer(local, now, wall)
         out = scored_messages(self._seq, switched.scored, wall)
         status: AckStatus = "applied" if not switched.error else "failed"
         ack = AckDraft(

@@ -19,7 +19,7 @@ from typing import Protocol
 from edge_node.lifecycle.model_store import StoreError, StoreState, rolled_back
 from edge_node.lifecycle.probation import ProbationPolicy
 from edge_node.scoring.pipeline import ChannelMismatch, Pipeline, RolledBack, Scored, Scorer
-from schemas.manifest import MODEL_FILE, Manifest
+from schemas.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, decode_manifest
 from schemas.messages import ModelRef
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,24 @@ class Switcher:
         self._check_idle()
         ref = ModelRef(manifest.name, manifest.version)
         future = self._executor.submit(self._install, manifest, artifact)
+        self._start(_Job(command, "deploy", ref, future))
+
+    def installed(self, manifest: Manifest) -> bool:
+        """Whether the store holds ``manifest``'s version under this very manifest (a shadow
+        run's candidate, say), so that a deploy of it can load it without fetching it."""
+        try:
+            folder = self.store.path(ModelRef(manifest.name, manifest.version))
+            stored = decode_manifest((folder / MANIFEST_FILE).read_bytes(), str(folder))
+        except (OSError, ValueError):  # not installed, or not readable: fetch it
+            return False
+        return stored == manifest and (folder / MODEL_FILE).exists()
+
+    def deploy_installed(self, command: str, manifest: Manifest) -> None:
+        """Load an installed version (see :meth:`installed`) in the worker; :meth:`poll`
+        switches to it as after a deploy."""
+        self._check_idle()
+        ref = ModelRef(manifest.name, manifest.version)
+        future = self._executor.submit(self._load, self.store.path(ref))
         self._start(_Job(command, "deploy", ref, future))
 
     def stage(self, command: str, manifest: Manifest, artifact: bytes) -> None:

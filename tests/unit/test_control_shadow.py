@@ -218,3 +218,36 @@ def test_a_candidate_must_fit_beside_the_active_model(
     # Alone it would fit: a deploy of it is accepted.
     (accepted,) = node.send(deploy_command(onnx, heavy, "d-2"))
     assert accepted.status == "accepted"
+
+
+def test_a_deploy_after_a_shadow_run_loads_the_candidate_without_fetching_it(
+    tmp_path: Path, models: dict[str, Any]
+) -> None:
+    node = Node(tmp_path, models)
+    started(node, models)
+    node.send(stop_command(), now=25.0)
+    onnx, manifest = models["2"]
+    (accepted,) = node.send(deploy_command(onnx, manifest, "d-5"), now=30.0)
+    assert (accepted.status, accepted.detail) == ("accepted", {"need": ""})
+    assert node.subscriber.topics == set()
+    (applied,) = node.tick(30.0)
+    assert (applied.status, applied.model) == ("applied", V2)
+    assert node.store.state() == StoreState(V2, V1)
+
+
+def test_a_damaged_installed_candidate_is_fetched_again_by_the_deploy(
+    tmp_path: Path, models: dict[str, Any]
+) -> None:
+    node = Node(tmp_path, models)
+    started(node, models)
+    node.send(stop_command(), now=25.0)
+    (node.store.path(V2) / MODEL_FILE).write_bytes(b"not a model")
+    onnx, manifest = models["2"]
+    command = deploy_command(onnx, manifest, "d-6")
+    (accepted,) = node.send(command, now=30.0)
+    assert accepted.detail == {"need": ""}
+    (fetch,) = node.tick(30.0)  # the installed copy fails to load: ask for the chunks
+    assert (fetch.status, fetch.detail) == ("accepted", {"need": f"0-{command.chunks - 1}"})
+    deliver(node, onnx, V2, now=30.0)
+    (applied,) = node.tick(30.0)
+    assert (applied.status, applied.model) == ("applied", V2)
