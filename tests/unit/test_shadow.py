@@ -13,15 +13,8 @@ from numpy.typing import NDArray
 from edge_node.scoring.batcher import ResultBatcher
 from edge_node.scoring.events import EpisodeConfig
 from edge_node.scoring.pipeline import Pipeline, Scored
-from edge_node.scoring.shadow import (
-    Arm,
-    Candidate,
-    CpuMeter,
-    Reservoir,
-    RunSpec,
-    ShadowRun,
-    budget_window,
-)
+from edge_node.scoring.shadow import Candidate, RunSpec, ShadowRun, budget_window
+from edge_node.scoring.shadow_figures import Arm, CpuMeter, Reservoir
 from edge_node.sources.base import Block
 from schemas import behaviour
 from schemas.alarm import AlarmSpec
