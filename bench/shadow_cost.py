@@ -7,7 +7,8 @@ shadow run of the same model (a second session of the same file) beside it. Both
 alternated for ``--rounds`` rounds; each round gives a ratio (b)/(a), and the median ratio is
 printed with the median CPU per reading of each. At 50 Hz the candidate's extra CPU per reading
 times 50 is the share of a core it takes, the figure a run's ``cpu_budget`` is judged against;
-the run's own ``cpu_share`` (timed on the loop's clock) is printed beside it.
+the run's own ``cpu_share`` (timed on the thread's CPU clock, as the node does) is printed
+beside it.
 
     .venv/bin/python bench/shadow_cost.py [--rounds 5] [--skab-dir DIR]
 """
@@ -54,7 +55,9 @@ def cpu_per_reading(
     if shadow:
         candidate = Candidate(ModelRuntime.load(model, sensors=channels), channels)
         spec = RunSpec("bench", duration_s=1e9, cpu_budget=1.0, report_s=60.0)
-        run = ShadowRun(spec, candidate, pipeline.scorer, now=0.0, wall=0.0)
+        run = ShadowRun(
+            spec, candidate, pipeline.scorer, now=0.0, wall=0.0, cpu_clock=time.thread_time
+        )
         pipeline.shadow = run
     blocks = [values[i : i + block] for i in range(0, len(values), block)]
     t = 0.0

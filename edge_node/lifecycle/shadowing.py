@@ -10,6 +10,7 @@ most one run at a time: a new shadow command ends the running one first.
 from __future__ import annotations
 
 import logging
+import time
 
 from edge_node.delivery.outgoing import Outgoing, Sequencer
 from edge_node.scoring.pipeline import Pipeline, Scorer
@@ -61,7 +62,9 @@ class Shadowing:
         except ValueError as exc:
             return str(exc)
         spec = RunSpec(pending.id, pending.duration_s, pending.cpu_budget, self._report_s)
-        self.run = ShadowRun(spec, candidate, self._pipeline.scorer, now=now, wall=wall)
+        self.run = ShadowRun(
+            spec, candidate, self._pipeline.scorer, now=now, wall=wall, cpu_clock=time.thread_time
+        )
         self._pipeline.shadow = self.run
         log.info(
             "shadow %s: %s beside %s for %g s (CPU budget %.0f %%)",

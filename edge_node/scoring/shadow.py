@@ -7,8 +7,10 @@ results and feeds no drift statistics: all it leaves behind are the figures of a
 ``ShadowReport``. Both arms count the same readings: those from the first one whose candidate
 window holds no start-up padding (the first ``window - 1`` readings only warm it up).
 
-The candidate's cost is the time the ``clock`` passed in measures around its whole step
-(sensor checks, windows, model, alarm), over the time ``now`` says has passed. Over the last
+The candidate's cost is the time the run's ``cpu_clock`` (the node gives it the thread's CPU
+clock, so that a busy machine does not count waiting for a core as cost; the loop's clock
+without one) measures around its whole step (sensor checks, windows, model, alarm), over the
+time ``now`` says has passed. Over the last
 :func:`budget_window` seconds, a share above the run's ``cpu_budget`` ends it (``over_budget``):
 one slow block (a page fault, a scheduling hiccup) must not end a run, a steady cost must.
 A candidate that raises or returns NaN leaves its readings unscored; nothing it does reaches
@@ -142,7 +144,8 @@ class RunSpec:
 class ShadowRun:
     """One shadow run: the two arms, their agreement, the candidate's cost and the run's state.
 
-    ``now`` is the node's monotonic clock, ``wall`` its unix time (only for the report).
+    ``now`` is the node's monotonic clock, ``wall`` its unix time (only for the report);
+    ``cpu_clock`` times the candidate's work (default: the clock :meth:`observe` is given).
     """
 
     def __init__(
@@ -153,8 +156,10 @@ class ShadowRun:
         *,
         now: float,
         wall: float,
+        cpu_clock: Callable[[], float] | None = None,
     ) -> None:
         self.spec = spec
+        self._cpu_clock = cpu_clock
         self.state: State = "running"
         self.reason = ""
         self.started = now
@@ -199,12 +204,13 @@ class ShadowRun:
             changed = f"{active.ref.name}@{active.ref.version}"
             self.end("stopped", f"the active model changed to {changed}", now)
             return
-        start = clock()
+        cpu_clock = self._cpu_clock or clock
+        start = cpu_clock()
         run = self._candidate.run(block, clock)
         self._gather(scores, flags, run)
         self._pending.ms[0].append(ms)
         self._pending.ms[1].append(run.ms)
-        self.cpu.add(now, clock() - start)
+        self.cpu.add(now, cpu_clock() - start)
         if run.error:
             self.last_error = run.error
         self.check(now)

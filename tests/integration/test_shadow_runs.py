@@ -108,7 +108,7 @@ def rig(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ri
 def test_a_candidate_that_flags_everything_raises_nothing_and_its_report_reaches_the_hub(
     rig: Rig,
 ) -> None:
-    command = rig.start("3", "--duration", "5s")
+    command = rig.start("3", "--duration", "5s", "--cpu-budget", "1")
     report = rig.final(command, timeout=20)
     assert report.state == "done", report
     active, candidate = report.active, report.candidate

@@ -299,3 +299,16 @@ def test_readings_polled_one_at_a_time_count_as_one_block_does() -> None:
         )
     assert figures[0] == figures[1]
     assert figures[0][0] == 698  # the candidate's first two readings warmed it up
+
+
+def test_the_budget_counts_the_candidates_cpu_clock_not_time_spent_waiting() -> None:
+    active, cand = Model("1", threshold=5.0), Model("2", threshold=5.0)
+    cpu = Ticks(0.0001)  # the thread's CPU clock: the candidate works briefly...
+    run = ShadowRun(
+        spec(duration_s=20.0, budget=0.25), Candidate(cand, SOURCE), active, now=0.0, wall=0.0,
+        cpu_clock=cpu,
+    )  # fmt: skip
+    for t in range(1, 10):  # ...while the loop's clock says each block took 0.75 s
+        one_reading(run, active, t=float(t), now=float(t), clock=Ticks(0.25))
+    assert not run.finished
+    assert run.cpu_share(9.0) == pytest.approx(9 * 0.0001 / 9.0)
