@@ -206,7 +206,13 @@ class ShadowRun:
             return
         cpu_clock = self._cpu_clock or clock
         start = cpu_clock()
-        run = self._candidate.run(block, clock)
+        try:
+            run = self._candidate.run(block, clock)
+        # The model's own failures are caught inside; anything else the candidate's lane
+        # raises (its sensor checks, its windows) ends the run, never the active scoring.
+        except Exception as exc:
+            self.end("failed", f"candidate: {type(exc).__name__}: {exc}", now)
+            return
         self._gather(scores, flags, run)
         self._pending.ms[0].append(ms)
         self._pending.ms[1].append(run.ms)

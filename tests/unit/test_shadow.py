@@ -312,3 +312,18 @@ def test_the_budget_counts_the_candidates_cpu_clock_not_time_spent_waiting() -> 
         one_reading(run, active, t=float(t), now=float(t), clock=Ticks(0.25))
     assert not run.finished
     assert run.cpu_share(9.0) == pytest.approx(9 * 0.0001 / 9.0)
+
+
+def test_a_candidate_lane_that_raises_ends_the_run_failed_and_the_block_is_scored() -> None:
+    active, cand = Model("1", threshold=5.0), Model("2", threshold=5.0)
+    run = ShadowRun(spec(), Candidate(cand, SOURCE), active, now=0.0, wall=0.0)
+    pipe = pipeline_with(active)
+    pipe.shadow = run
+    bad = Block(0.0, 1.0, np.ones((2, 1), np.float32))  # a channel short: its lane raises
+    run.observe(bad, active, scores=np.ones(2, np.float32), flags=np.zeros(2, bool), ms=0.1,
+                now=1.0, clock=lambda: 0.0)  # fmt: skip
+    assert run.state == "failed"
+    assert run.reason.startswith("candidate: ")
+    out = feed(pipe, [1.0, 9.0], 2.0, 2.0, lambda: 0.0)  # the active model goes on
+    assert out.error == ""
+    assert pipe.flush(3.0, force=True)[0].flags.tolist() == [False, True]
