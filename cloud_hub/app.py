@@ -62,6 +62,7 @@ class HubApp:
         # Where the last run stopped: totals, reading coverage, and the seqs seen per stream
         # (streams are loaded one by one, when a message of theirs arrives).
         self.fleet.restore(self.registry.load_states())
+        self.fleet.shadows.update(self.registry.load_shadows())
         deduper = Deduper(load=self.registry.load_stream)
         deduper.restore(self.registry.stream_gaps())
         self._commit_batch = config.ingest.commit_batch
@@ -203,7 +204,7 @@ class HubApp:
             if not (states or streams or self._unacked):
                 return
             try:
-                self.registry.commit(states, streams, now)
+                self.registry.commit(states, streams, now, self.fleet.shadows)
             except StoreError as exc:
                 # Nothing is acked or confirmed; the next round tries again with all of it.
                 self.fleet.mark_dirty(states)
@@ -236,7 +237,8 @@ class HubApp:
                     for message in messages:
                         self._apply(message, now)
                     streams = self.ingest.deduper.take_dirty()
-                    self.registry.commit(self.fleet.take_dirty(), streams, now)
+                    dirty = self.fleet.take_dirty()
+                    self.registry.commit(dirty, streams, now, self.fleet.shadows)
                     due = self.ingest.deduper.take_due()
             except StoreError as exc:
                 # Rolled back: the next round reads the nodes again and applies it all again.

@@ -272,6 +272,7 @@ def _control(
             chunk_timeout_s=cmds.chunk_timeout_s,
             chunk_retries=cmds.chunk_retries,
             capture_buffer=cmds.capture_buffer,
+            shadow_report_s=config.telemetry.drift_interval_s,
         ),
         seq=seq,
         switcher=switcher,

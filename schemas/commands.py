@@ -15,6 +15,28 @@ Deploy, step by step:
 5. A model that misbehaves just after the switch is rolled back: ``Ack(status="failed")`` for
    the same command, reason starting with ``"rolled back"``.
 
+Shadow run (``Shadow``, then ``StopShadow`` or its ``duration_s`` ends it):
+
+1. The hub publishes ``Shadow``: a deploy's fields (manifest, size, chunk_size, chunks) plus
+   ``duration_s`` and ``cpu_budget`` (a share of one core). Its signature and its manifest's
+   are checked as a deploy's; the candidate must fit the node beside the active model (their
+   memory and power add up) and must not be the active model.
+2. Chunks travel exactly as for a deploy (``accepted`` with ``detail[NEED]``, asked again).
+3. The node installs the candidate without making it active (a later deploy of it finds it
+   installed), loads it beside the active model, and answers ``applied`` when the run starts.
+4. Every reading the active model scores is scored by the candidate too, with its own windows,
+   sensor checks and alarm rule; the candidate raises no events, publishes no results and feeds
+   no drift statistics. The node sends a ``ShadowReport`` (kind ``shadow``) every drift
+   interval, and a final one whose ``state`` says how it ended: ``done`` (``duration_s`` is
+   over), ``stopped`` (``StopShadow``, a new ``Shadow`` replacing it, a deploy of the candidate,
+   or any switch of the active model; ``reason`` says which), ``over_budget`` (the candidate
+   took more than ``cpu_budget`` of a core over a tenth of the run, at least 2 s and at most
+   60 s), or ``failed`` (the candidate did not load or does not fit the sensors; the command's
+   ack is ``failed`` with the same reason).
+5. ``StopShadow`` is ``applied`` when it ended a run (or a fetch or load still under way: that
+   shadow command is then ``failed: stopped by <id> before it started``), ``rejected`` with
+   ``no shadow run in progress`` otherwise.
+
 Every command: an expired one (``expires_at`` before the node's clock) is ``rejected``; a command
 id seen before is not applied again: the node repeats its last ack for it with
 ``detail[DUPLICATE] = "true"``.

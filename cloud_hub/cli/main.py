@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from cloud_hub.app import StartupError, serve
-from cloud_hub.cli import approvals, commands, events, fit, models, training
+from cloud_hub.cli import approvals, commands, events, fit, models, shadow, training
 from cloud_hub.cli.args import UsageError, positive
 from cloud_hub.cli.session import load_config, settings_source
 from cloud_hub.commands import keys
@@ -157,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=True))
     fit.add_parser(sub, _common("WARNING", with_config=True, with_timeout=False))
     approvals.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=False))
+    shadow.add_parser(sub, _common("WARNING", with_config=True, with_timeout=True))
     return parser
 
 

@@ -16,7 +16,17 @@ from typing import Any, Final, Literal
 from cloud_hub.commands.identity import HubIdentity
 from schemas.commands import DUPLICATE, NEED, UPTIME_S, parse_ranges
 from schemas.manifest import Manifest
-from schemas.messages import Ack, Command, Deploy, ModelRef, Ping, Retrain, Rollback
+from schemas.messages import (
+    Ack,
+    Command,
+    Deploy,
+    ModelRef,
+    Ping,
+    Retrain,
+    Rollback,
+    Shadow,
+    StopShadow,
+)
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
@@ -72,6 +82,34 @@ def build_deploy(
         chunk_size=chunk_size,
         chunks=chunks,
     )
+
+
+def build_shadow(
+    issue: Issue,
+    node: str,
+    *,
+    manifest: Manifest,
+    size: int,
+    chunk_size: int,
+    command_id: str,
+    duration_s: float,
+    cpu_budget: float,
+) -> Shadow:
+    """A shadow run on ``node`` of the artifact described by ``manifest``, beside its model."""
+    return Shadow(
+        **issue.fields(node, command_id),
+        manifest=manifest,
+        size=size,
+        chunk_size=chunk_size,
+        chunks=max(1, -(-size // chunk_size)),
+        duration_s=duration_s,
+        cpu_budget=cpu_budget,
+    )
+
+
+def build_stop_shadow(issue: Issue, node: str, command_id: str) -> StopShadow:
+    """End ``node``'s shadow run now."""
+    return StopShadow(**issue.fields(node, command_id))
 
 
 def build_rollback(issue: Issue, node: str, command_id: str, to: str | None = None) -> Rollback:

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_private_key,
 )
 
-from schemas.messages import Command, Deploy
+from schemas.messages import Command, Deploy, Shadow
 from schemas.signing import public_key_text, sign
 
 
@@ -72,6 +72,6 @@ def load(key: Path) -> Ed25519PrivateKey:
 
 def sign_command(command: Command, private: Ed25519PrivateKey) -> Command:
     """``command`` signed; a deploy's manifest is signed first, so both carry the hub's word."""
-    if isinstance(command, Deploy):
+    if isinstance(command, Deploy | Shadow):
         command = msgspec.structs.replace(command, manifest=sign(command.manifest, private))
     return sign(command, private)

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import msgspec
 
-from schemas.messages import Ack, Command, Deploy, ModelRef, Retrain, Rollback
+from schemas.messages import Ack, Command, Deploy, ModelRef, Retrain, Rollback, Shadow
 
 SCHEMA_VERSION: Final = 1
 BUSY_TIMEOUT_MS: Final = 10_000
@@ -115,7 +115,7 @@ def record_of(command: Command, issued_by: str) -> CommandRecord:
     """The ledger record of ``command``."""
     model: ModelRef | None = None
     args: dict[str, Any] = {}
-    if isinstance(command, Deploy):
+    if isinstance(command, Deploy | Shadow):
         model = ModelRef(command.manifest.name, command.manifest.version)
         args = {
             "size": command.size,
@@ -123,6 +123,8 @@ def record_of(command: Command, issued_by: str) -> CommandRecord:
             "chunks": command.chunks,
             "sha256": command.manifest.sha256,
         }
+        if isinstance(command, Shadow):
+            args |= {"duration_s": command.duration_s, "cpu_budget": command.cpu_budget}
     elif isinstance(command, Retrain):
         args = {"readings": command.readings, "mode": command.mode}
     elif isinstance(command, Rollback) and command.to is not None:

@@ -15,7 +15,7 @@ from schemas.messages import Ack
 log = logging.getLogger(__name__)
 
 # The label values of edgeml_command_acks_total: a node may send any command_type string.
-ACK_TYPES: Final = ("deploy", "rollback", "retrain", "ping", "unknown")
+ACK_TYPES: Final = ("deploy", "rollback", "retrain", "ping", "shadow", "stop_shadow", "unknown")
 ACK_STATUSES: Final = ("accepted", "applied", "rejected", "failed")
 
 

@@ -104,7 +104,7 @@ class FleetState:
         self._dirty: set[str] = set()
         self._max_boots = max_boots
         self.shadows: dict[str, ShadowReport] = {}
-        """The newest shadow report per node (in memory: a run reports again every interval)."""
+        """The newest shadow report per node (``serve`` keeps them in the registry too)."""
 
     def node(self, node: str) -> NodeState | None:
         """The state of ``node``, or None if the hub never heard from it."""

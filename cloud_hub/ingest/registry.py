@@ -3,8 +3,9 @@ the hub's DB.
 
 ``nodes`` is the readable registry (``cloud-hub nodes``); ``node_state`` (a snapshot per node:
 totals, status, reading coverage) and ``streams`` (the seqs seen per node and boot: the dedupe
-state) are what ``serve`` starts from again. :meth:`Registry.commit` writes all three in one
-transaction, and the hub acknowledges messages only after it returned.
+state) are what ``serve`` starts from again, with ``shadows`` (the newest shadow-run report per
+node, as its MessagePack). :meth:`Registry.commit` writes them in one transaction, and the hub
+acknowledges messages only after it returned.
 
 WAL mode lets ``cloud-hub nodes`` read from another process while ``serve`` writes;
 ``synchronous=NORMAL`` is safe with WAL (a power cut may lose the last second of updates,
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -25,9 +26,9 @@ import msgspec
 from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.ingest.snapshot import dump_coverage, dump_node, load_coverage, load_node
-from cloud_hub.store.base import StoreError
+from cloud_hub.store.base import ShadowRows, StoreError
 from cloud_hub.store.migrations import VERSION_TABLE, MigrationError, Step, latest, pending
-from schemas.messages import ModelRef
+from schemas.messages import ModelRef, ShadowReport
 
 _NODES_V1: Final = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -64,6 +65,14 @@ STEPS: Final = (
                 data    BLOB NOT NULL,
                 PRIMARY KEY (node, boot)
             ) WITHOUT ROWID""",
+        ),
+    ),
+    Step(
+        4,
+        "the newest shadow-run report per node",
+        (
+            "CREATE TABLE IF NOT EXISTS shadows "
+            "(node TEXT PRIMARY KEY, ts REAL NOT NULL, data BLOB NOT NULL)",
         ),
     ),
 )
@@ -146,6 +155,7 @@ class Registry:
     def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self._readonly = readonly
+        self._shadows = ShadowRows()
         try:
             self._db = self._connect()
         except sqlite3.Error as exc:
@@ -200,19 +210,39 @@ class Registry:
             db.commit()
 
     def commit(
-        self, states: list[NodeState], streams: dict[tuple[str, str], Coverage], now: float
+        self,
+        states: list[NodeState],
+        streams: dict[tuple[str, str], Coverage],
+        now: float,
+        shadows: Mapping[str, ShadowReport] | None = None,
     ) -> None:
-        """Write changed nodes (registry row and snapshot) and streams in one transaction."""
+        """Write changed nodes (registry row and snapshot), streams, and the newer shadow
+        reports of those nodes (from ``shadows``, the newest per node) in one transaction."""
         rows = [row_params(row_of(s, now)) for s in states]
         snapshots = [(s.node, dump_node(s)) for s in states]
         seen = [(n, b, c.missing(), dump_coverage(c)) for (n, b), c in streams.items()]
+        reports = self._shadows.newer(states, shadows)
         try:
             with self._db:
                 self._db.executemany(_UPSERT, rows)
                 self._db.executemany("INSERT OR REPLACE INTO node_state VALUES (?, ?)", snapshots)
                 self._db.executemany("INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?)", seen)
+                self._db.executemany("INSERT OR REPLACE INTO shadows VALUES (?, ?, ?)", reports)
         except sqlite3.Error as exc:
             raise RegistryError(f"{self.path}: cannot commit ingest state: {exc}") from None
+        self._shadows.stored((node, ts) for node, ts, _ in reports)
+
+    def load_shadows(self) -> dict[str, ShadowReport]:
+        """The stored newest shadow report per node (a store from before shadows has none)."""
+        try:
+            rows = self._db.execute("SELECT node, data FROM shadows ORDER BY node").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # read-only open of a store from before shadows
+                return {}
+            raise RegistryError(f"{self.path}: cannot read shadow reports: {exc}") from None
+        except sqlite3.Error as exc:
+            raise RegistryError(f"{self.path}: cannot read shadow reports: {exc}") from None
+        return self._shadows.decode(rows, str(self.path))
 
     def load_states(self) -> list[NodeState]:
         """Every node's stored state (empty for a new store)."""

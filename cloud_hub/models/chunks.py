@@ -37,6 +37,8 @@ REFUSAL_REASONS: Final = (
 MAX_PENDING: Final = 100_000
 PUMP_BUDGET: Final = 200
 _CACHED_ARTIFACTS: Final = 4
+# Commands whose model travels in chunks: a deploy's, and a shadow run's candidate.
+FETCHING: Final = frozenset({"deploy", "shadow"})
 
 
 class ChunkPublisher(Protocol):
@@ -99,7 +101,7 @@ class ChunkServer:
     def on_ack(self, ack: Ack, now: float) -> int:
         """Queue the chunks a deploy's accepted ack asks for; return how many were new."""
         need = ack.detail.get(NEED)
-        if ack.command_type != "deploy" or ack.status != "accepted" or need is None:
+        if ack.command_type not in FETCHING or ack.status != "accepted" or need is None:
             return 0
         if ack.model is None:
             return self._refuse("bad_request", ack, "the accepted ack names no model")

@@ -14,12 +14,14 @@ Two ports, small ``Protocol``s next to their consumer (``cloud_hub.app``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from schemas.codec import DecodeError, decode, encode
+from schemas.messages import ShadowReport
 from schemas.topics import TopicError, parse_node_topic
 
 if TYPE_CHECKING:
@@ -59,9 +61,18 @@ class HubStore(Protocol):
         ...
 
     def commit(
-        self, states: list[NodeState], streams: dict[tuple[str, str], Coverage], now: float
+        self,
+        states: list[NodeState],
+        streams: dict[tuple[str, str], Coverage],
+        now: float,
+        shadows: Mapping[str, ShadowReport] | None = None,
     ) -> None:
-        """Write changed nodes (registry row and snapshot) and streams in one transaction."""
+        """Write changed nodes (registry row and snapshot), streams, and the newer shadow
+        reports of those nodes (from ``shadows``, the newest per node) in one transaction."""
+        ...
+
+    def load_shadows(self) -> dict[str, ShadowReport]:
+        """The stored newest shadow-run report per node."""
         ...
 
     def nodes(self) -> list[NodeRow]:
@@ -90,6 +101,41 @@ class SharedStore(HubStore, Protocol):
         their stored state; ``commit`` and ``load_stream`` inside it belong to it. It commits
         when the block ends, rolls back if the block raises."""
         ...
+
+
+class ShadowRows:
+    """Which shadow reports a commit writes: those newer than the one stored per node (a run
+    reports every drift interval, while its node's state changes with every message)."""
+
+    def __init__(self) -> None:
+        self._stored: dict[str, float] = {}
+
+    def newer(
+        self, states: list[NodeState], shadows: Mapping[str, ShadowReport] | None
+    ) -> list[tuple[str, float, bytes]]:
+        """(node, ts, MessagePack) of the reports of ``states``' nodes not yet stored."""
+        if not shadows:
+            return []
+        return [
+            (s.node, r.ts, encode(r))
+            for s in states
+            if (r := shadows.get(s.node)) is not None and self._stored.get(s.node) != r.ts
+        ]
+
+    def stored(self, rows: Iterable[tuple[str, float]]) -> None:
+        """Note (node, ts) pairs as written or read."""
+        self._stored.update(rows)
+
+    def decode(self, rows: Iterable[tuple[str, bytes]], where: str) -> dict[str, ShadowReport]:
+        """The reports of stored rows; a damaged row is a :class:`StoreError` naming it."""
+        out: dict[str, ShadowReport] = {}
+        for node, data in rows:
+            try:
+                out[node] = decode("shadow", bytes(data), f"{where} shadows/{node}")
+            except DecodeError as exc:  # written by the hub, so only a damaged store does this
+                raise StoreError(str(exc)) from None
+        self.stored((node, r.ts) for node, r in out.items())
+        return out
 
 
 def is_postgres(url: str) -> bool:

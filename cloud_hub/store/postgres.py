@@ -17,7 +17,7 @@ hashes collide only share a lock (64-bit hashes: practically never).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -28,8 +28,9 @@ from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.ingest.registry import COLUMNS, NodeRow, row_from_values, row_of, row_params
 from cloud_hub.ingest.snapshot import dump_coverage, dump_node, load_coverage, load_node
-from cloud_hub.store.base import Locked, StoreError
+from cloud_hub.store.base import Locked, ShadowRows, StoreError
 from cloud_hub.store.migrations import VERSION_TABLE, MigrationError, Step, latest, pending
+from schemas.messages import ShadowReport
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,14 @@ STEPS: Final = (
             )""",
         ),
     ),
+    Step(
+        2,
+        "the newest shadow-run report per node",
+        (
+            "CREATE TABLE shadows "
+            "(node TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, data BYTEA NOT NULL)",
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = latest(STEPS)
 # Held while migrating, so that hubs starting together run the steps once.
@@ -89,6 +98,10 @@ _UPSERT_STREAM: Final = (
     "INSERT INTO streams VALUES (%s, %s, %s, %s) ON CONFLICT (node, boot) "
     "DO UPDATE SET missing = excluded.missing, data = excluded.data"
 )
+_UPSERT_SHADOW: Final = (
+    "INSERT INTO shadows VALUES (%s, %s, %s) ON CONFLICT (node) "
+    "DO UPDATE SET ts = excluded.ts, data = excluded.data"
+)
 
 
 def redacted(url: str) -> str:
@@ -112,6 +125,7 @@ class PostgresStore:
         self._holding = False  # inside locked(): never reconnect, the transaction is gone
         # Streams read ahead by locked() (the nodes' recent boots), served by load_stream.
         self._ahead: dict[tuple[str, str], bytes] = {}
+        self._shadows = ShadowRows()
         self._db = self._connect()
         try:
             self._migrate()
@@ -200,22 +214,35 @@ class PostgresStore:
         self._ahead = {(node, boot): data for node, boot, data in rows.fetchall()}
 
     def commit(
-        self, states: list[NodeState], streams: dict[tuple[str, str], Coverage], now: float
+        self,
+        states: list[NodeState],
+        streams: dict[tuple[str, str], Coverage],
+        now: float,
+        shadows: Mapping[str, ShadowReport] | None = None,
     ) -> None:
-        """Write changed nodes (registry row and snapshot) and streams in one transaction
-        (inside :meth:`locked`, in its transaction)."""
+        """Write changed nodes (registry row and snapshot), streams and the newer shadow
+        reports of those nodes in one transaction (inside :meth:`locked`, in its transaction)."""
         rows = [row_params(row_of(s, now)) for s in states]
         snapshots = [(s.node, dump_node(s)) for s in states]
         seen = [(n, b, c.missing(), dump_coverage(c)) for (n, b), c in streams.items()]
+        reports = self._shadows.newer(states, shadows)
         db = self._conn()
         with self._errors("commit ingest state"), db.transaction(), db.cursor() as cursor:
             for statement, params in (
                 (_UPSERT_ROW, rows),
                 (_UPSERT_STATE, snapshots),
                 (_UPSERT_STREAM, seen),
+                (_UPSERT_SHADOW, reports),
             ):
                 if params:
                     cursor.executemany(statement, params)
+        self._shadows.stored((node, ts) for node, ts, _ in reports)
+
+    def load_shadows(self) -> dict[str, ShadowReport]:
+        """The stored newest shadow report per node."""
+        with self._errors("read shadow reports"):
+            rows = self._conn().execute("SELECT node, data FROM shadows ORDER BY node").fetchall()
+        return self._shadows.decode(rows, self._where)
 
     def load_states(self) -> list[NodeState]:
         """Every node's stored state (empty for a new store)."""

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from schemas.commands import DUPLICATE
-from schemas.fit import check, verdict
+from schemas.fit import Needs, check, verdict
 from schemas.messages import (
     Ack,
     AckStatus,
@@ -25,6 +25,8 @@ from schemas.messages import (
     Ping,
     Retrain,
     Rollback,
+    Shadow,
+    StopShadow,
 )
 from schemas.topics import TopicError, check_id
 
@@ -144,6 +146,8 @@ class NodeView:
     capture_busy: str  # "retrain <id>" while a "next" capture runs, else ""
     capture_capacity: int
     buffered: int  # readings in the capture buffer
+    active_needs: Needs | None = None  # the active model's, added to a shadow candidate's
+    shadowing: str = ""  # "shadow <id>" while a shadow run fetches, loads or runs, else ""
 
 
 def decide(command: Command, view: NodeView, book: CommandBook, now: float) -> AckDraft | None:
@@ -176,6 +180,11 @@ def decide(command: Command, view: NodeView, book: CommandBook, now: float) -> A
                 return draft(command, "rejected", "no previous model")
         case Retrain():
             return _check_retrain(command, view)
+        case Shadow():
+            return _check_shadow(command, view)
+        case StopShadow():
+            if not view.shadowing:
+                return draft(command, "rejected", "no shadow run in progress")
         case Ping():
             pass
     return None
@@ -189,6 +198,39 @@ def expected_chunks(size: int, chunk_size: int) -> int:
 def _check_deploy(command: Deploy, view: NodeView) -> AckDraft | None:
     manifest = command.manifest
     ref = ModelRef(manifest.name, manifest.version)
+    refused = _check_artifact(command, view, [manifest.needs] if manifest.needs else [])
+    if refused is not None:
+        return refused
+    if ref == view.active:
+        if manifest.sha256 == view.active_sha256:
+            return draft(command, "applied", "already active", model=ref)
+        return draft(
+            command,
+            "rejected",
+            f"{ref.name}@{ref.version} is active with another sha256; "
+            "a changed artifact needs a new version",
+        )
+    return None
+
+
+def _check_shadow(command: Shadow, view: NodeView) -> AckDraft | None:
+    """A shadow run's candidate is checked like a deploy's model, and must fit beside the
+    active model (their memory and power add up)."""
+    manifest = command.manifest
+    needs = [n for n in (manifest.needs, view.active_needs) if n is not None]
+    refused = _check_artifact(command, view, needs if manifest.needs else [])
+    if refused is not None:
+        return refused
+    if ModelRef(manifest.name, manifest.version) == view.active:
+        return draft(command, "rejected", f"{manifest.name}@{manifest.version} is the active model")
+    return None
+
+
+def _check_artifact(
+    command: Deploy | Shadow, view: NodeView, needs: list[Needs]
+) -> AckDraft | None:
+    """The checks a model to fetch must pass: the node is free, names, sensors, fit, chunks."""
+    manifest = command.manifest
     if view.model_busy:
         return draft(command, "rejected", f"{view.model_busy} in progress")
     try:
@@ -203,10 +245,11 @@ def _check_deploy(command: Deploy, view: NodeView) -> AckDraft | None:
             "rejected",
             f"manifest input channels {missing} are not among this node's sensors {view.channels}",
         )
-    if manifest.needs is not None and view.capabilities is not None:
-        reasons = check(view.capabilities, [manifest.needs])
+    if needs and view.capabilities is not None:
+        reasons = check(view.capabilities, needs)
         if reasons:
-            return draft(command, "rejected", f"does not fit this node: {verdict(reasons)}")
+            beside = " beside the active model" if len(needs) > 1 else ""
+            return draft(command, "rejected", f"does not fit this node{beside}: {verdict(reasons)}")
     chunks = expected_chunks(command.size, command.chunk_size)
     if command.chunks != chunks:
         return draft(
@@ -214,15 +257,6 @@ def _check_deploy(command: Deploy, view: NodeView) -> AckDraft | None:
             "rejected",
             f"chunks is {command.chunks}, but size {command.size} in chunks of "
             f"{command.chunk_size} makes {chunks}",
-        )
-    if ref == view.active:
-        if manifest.sha256 == view.active_sha256:
-            return draft(command, "applied", "already active", model=ref)
-        return draft(
-            command,
-            "rejected",
-            f"{ref.name}@{ref.version} is active with another sha256; "
-            "a changed artifact needs a new version",
         )
     return None
 

@@ -15,10 +15,18 @@ from typing import Protocol
 
 from edge_node.delivery.outgoing import Outgoing, Sequencer, scored_messages
 from edge_node.lifecycle.capture import CaptureRing, NextCapture, Segment, upload_chunks
-from edge_node.lifecycle.commands import AckDraft, CommandBook, NodeView, decide, draft
+from edge_node.lifecycle.commands import (
+    AckDraft,
+    CommandBook,
+    NodeView,
+    command_type,
+    decide,
+    draft,
+)
 from edge_node.lifecycle.deployer import Assembly, AssemblyError, ChunkOutcome, Spec
 from edge_node.lifecycle.ledger import Ledger, LedgerError
 from edge_node.lifecycle.model_store import StoreError
+from edge_node.lifecycle.shadowing import Shadowing
 from edge_node.lifecycle.switcher import Switched, Switcher
 from edge_node.lifecycle.trust import Trust
 from edge_node.scoring.pipeline import RolledBack, Scored
@@ -63,11 +71,12 @@ class ControlSettings:
     chunk_timeout_s: float = 5.0
     chunk_retries: int = 5
     capture_buffer: int = 20_000
+    shadow_report_s: float = 60.0  # a shadow run reports this often (the drift interval)
 
 
 @dataclass
 class _Transfer:
-    command: Deploy
+    command: Deploy | Shadow
     assembly: Assembly
     topic: str
 
@@ -105,6 +114,8 @@ class Control:
         self._ring = CaptureRing(settings.capture_buffer, len(settings.channels))
         self._transfer: _Transfer | None = None
         self._capture: NextCapture | None = None
+        self._shadowing = Shadowing(seq, switcher.pipeline, settings.shadow_report_s)
+        self._local: dict[str, Deploy] = {}  # deploys loading a version already installed
 
     # -- entry points from the loop --------------------------------------------------------
 
@@ -112,7 +123,7 @@ class Control:
         """Fail what a restart interrupted (its state died with the old process)."""
         out: list[Outgoing] = []
         for last in self._book.unfinished():
-            if last.command_type == "deploy" and last.model is not None:
+            if last.command_type in ("deploy", "shadow") and last.model is not None:
                 self._subscriber.unsubscribe(chunk_filter(last.model))
             reason = f"interrupted: the node restarted (boot {self._seq.boot}) before it finished"
             failed = AckDraft(
@@ -139,7 +150,8 @@ class Control:
             out += self._tick_transfer(transfer, now, wall)
         switched = self._switcher.poll(now)
         if switched is not None:
-            out += self._switched(switched, wall)
+            out += self._switched(switched, now, wall)
+        out += self._shadowing.tick(now, wall)
         return out
 
     def observe(self, block: Block, scored: Scored, wall: float) -> list[Outgoing]:
@@ -211,9 +223,10 @@ class Control:
                 detail = {UPTIME_S: f"{now - self._started:.1f}", "boot": self._seq.boot}
                 model = self._switcher.pipeline.scorer.ref
                 return [self._ack(draft(command, "applied", model=model, detail=detail), wall)]
-            case Shadow() | StopShadow():
-                refused = "shadow runs are not supported by this node's software"
-                return [self._ack(draft(command, "rejected", refused), wall)]
+            case Shadow():
+                return self._begin_shadow(command, now, wall)
+            case StopShadow():
+                return self._stop_shadow(command, now, wall)
 
     def _refusal(self, command: Command, wall: float) -> str:
         """Why a command is not trusted ("" if it is). A known id is answered from the book
@@ -229,7 +242,9 @@ class Control:
     def _view(self) -> NodeView:
         scorer = self._switcher.pipeline.scorer
         transfer = self._transfer
-        busy = f"deploy {transfer.command.id}" if transfer else self._switcher.busy
+        busy = self._switcher.busy
+        if transfer is not None:
+            busy = f"{command_type(transfer.command)} {transfer.command.id}"
         return NodeView(
             node=self.settings.node,
             channels=self.settings.channels,
@@ -241,6 +256,8 @@ class Control:
             capture_busy=f"retrain {self._capture.command}" if self._capture else "",
             capture_capacity=self.settings.capture_buffer,
             buffered=len(self._ring),
+            active_needs=scorer.manifest.needs,
+            shadowing=self._shadowing.busy,
         )
 
     def _ack(self, ack: AckDraft, wall: float, record: bool = True) -> Outgoing:
@@ -258,6 +275,20 @@ class Control:
     # -- deploy ----------------------------------------------------------------------------
 
     def _begin_deploy(self, command: Deploy, now: float, wall: float) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        manifest = command.manifest
+        if self._shadowing.candidate == ModelRef(manifest.name, manifest.version):
+            reason = f"deploy {command.id} of the candidate"
+            out += self._end_shadow(reason, now, wall)
+        if self._switcher.installed(manifest):  # a shadow run fetched it already
+            self._local[command.id] = command
+            self._switcher.deploy_installed(command.id, manifest)
+            detail = {NEED: ""}
+            ref = ModelRef(manifest.name, manifest.version)
+            return [*out, self._ack(draft(command, "accepted", model=ref, detail=detail), wall)]
+        return out + self._begin_transfer(command, now, wall)
+
+    def _begin_transfer(self, command: Deploy | Shadow, now: float, wall: float) -> list[Outgoing]:
         manifest = command.manifest
         ref = ModelRef(manifest.name, manifest.version)
         spec = Spec(ref, command.size, command.chunks, manifest.sha256)
@@ -299,31 +330,47 @@ class Control:
         try:
             ask = transfer.assembly.tick(now)
         except AssemblyError as exc:
-            return [self._fail_transfer(transfer, wall, str(exc))]
+            return self._fail_transfer(transfer, wall, str(exc))
         if ask is None:
             return []
-        log.info("deploy %s: asking again for chunks %s", transfer.command.id, ask.need)
+        log.info("%s: asking again for chunks %s", transfer.command.id, ask.need)
         return [self._need(transfer, wall)]
 
     def _assembled(self, transfer: _Transfer, wall: float) -> list[Outgoing]:
         try:
             artifact = transfer.assembly.artifact()
         except AssemblyError as exc:
-            return [self._fail_transfer(transfer, wall, str(exc))]
+            return self._fail_transfer(transfer, wall, str(exc))
         self._stop_transfer(transfer)
-        self._switcher.deploy(transfer.command.id, transfer.command.manifest, artifact)
+        command = transfer.command
+        if isinstance(command, Shadow):
+            self._switcher.stage(command.id, command.manifest, artifact)
+        else:
+            self._switcher.deploy(command.id, command.manifest, artifact)
         return []
 
     def _stop_transfer(self, transfer: _Transfer) -> None:
         self._transfer = None
         self._subscriber.unsubscribe(transfer.topic)
 
-    def _fail_transfer(self, transfer: _Transfer, wall: float, error: str) -> Outgoing:
+    def _fail_transfer(self, transfer: _Transfer, wall: float, error: str) -> list[Outgoing]:
         self._stop_transfer(transfer)
         ref = transfer.assembly.spec.model
-        return self._ack(draft(transfer.command, "failed", error, model=ref), wall)
+        out = [self._ack(draft(transfer.command, "failed", error, model=ref), wall)]
+        if isinstance(transfer.command, Shadow):
+            out += self._shadowing.fail(transfer.command, error, wall)
+        return out
 
-    def _switched(self, switched: Switched, wall: float) -> list[Outgoing]:
+    def _switched(self, switched: Switched, now: float, wall: float) -> list[Outgoing]:
+        if switched.command_type == "shadow":
+            return self._shadow_loaded(switched, now, wall)
+        local = self._local.pop(switched.command, None)
+        if local is not None and switched.error:
+            # The installed copy would not load (damaged on disk?): fetch it after all.
+            log.warning(
+                "deploy %s: installed copy failed (%s); fetching it", local.id, switched.error
+            )
+            return self._begin_transfer(local, now, wall)
         out = scored_messages(self._seq, switched.scored, wall)
         status: AckStatus = "applied" if not switched.error else "failed"
         ack = AckDraft(
@@ -335,6 +382,48 @@ class Control:
         )
         out.append(self._ack(ack, wall))
         return out
+
+    # -- shadow runs -----------------------------------------------------------------------
+
+    def _begin_shadow(self, command: Shadow, now: float, wall: float) -> list[Outgoing]:
+        """Fetch the candidate like a deploy (a running run ends first: it is replaced)."""
+        out = self._end_shadow(f"replaced by shadow {command.id}", now, wall)
+        self._shadowing.begin(command)
+        return out + self._begin_transfer(command, now, wall)
+
+    def _stop_shadow(self, command: StopShadow, now: float, wall: float) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        pending = self._shadowing.pending
+        reason = f"stopped by {command.id}"
+        if pending is not None:  # still fetching or loading: it never starts
+            transfer = self._transfer
+            if transfer is not None and transfer.command is pending:
+                self._stop_transfer(transfer)
+            ref = ModelRef(pending.manifest.name, pending.manifest.version)
+            early = f"{reason} before it started"
+            out.append(self._ack(draft(pending, "failed", early, model=ref), wall))
+            out += self._shadowing.fail(pending, early, wall, state="stopped")
+        out += self._end_shadow(reason, now, wall)
+        out.append(self._ack(draft(command, "applied"), wall))
+        return out
+
+    def _end_shadow(self, reason: str, now: float, wall: float) -> list[Outgoing]:
+        return self._shadowing.end("stopped", reason, now, wall)
+
+    def _shadow_loaded(self, switched: Switched, now: float, wall: float) -> list[Outgoing]:
+        """The worker is done with a candidate: start its run, or fail the command."""
+        pending = self._shadowing.pending
+        if pending is None or pending.id != switched.command:
+            log.info("shadow %s: its candidate loaded after the run was stopped", switched.command)
+            return []
+        error = switched.error
+        if not error and switched.loaded is not None:
+            error = self._shadowing.start(pending.id, switched.loaded, now, wall)
+        if error:
+            self.errors["shadow_failed"] += 1
+            failed = draft(pending, "failed", error, model=switched.model)
+            return [self._ack(failed, wall), *self._shadowing.fail(pending, error, wall)]
+        return [self._ack(draft(pending, "applied", model=switched.model), wall)]
 
     # -- retrain ---------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Protocol
 from edge_node.lifecycle.model_store import StoreError, StoreState, rolled_back
 from edge_node.lifecycle.probation import ProbationPolicy
 from edge_node.scoring.pipeline import ChannelMismatch, Pipeline, RolledBack, Scored, Scorer
-from schemas.manifest import MODEL_FILE, Manifest
+from schemas.manifest import MANIFEST_FILE, MODEL_FILE, Manifest, decode_manifest
 from schemas.messages import ModelRef
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ class Switched:
     model: ModelRef
     error: str = ""
     scored: Scored = field(default_factory=Scored)
+    loaded: Scorer | None = None  # a staged model (shadow candidate), loaded but not active
 
 
 @dataclass
@@ -106,6 +107,33 @@ class Switcher:
         future = self._executor.submit(self._install, manifest, artifact)
         self._start(_Job(command, "deploy", ref, future))
 
+    def installed(self, manifest: Manifest) -> bool:
+        """Whether the store holds ``manifest``'s version under this very manifest (a shadow
+        run's candidate, say), so that a deploy of it can load it without fetching it."""
+        try:
+            folder = self.store.path(ModelRef(manifest.name, manifest.version))
+            stored = decode_manifest((folder / MANIFEST_FILE).read_bytes(), str(folder))
+        except (OSError, ValueError):  # not installed, or not readable: fetch it
+            return False
+        return stored == manifest and (folder / MODEL_FILE).exists()
+
+    def deploy_installed(self, command: str, manifest: Manifest) -> None:
+        """Load an installed version (see :meth:`installed`) in the worker; :meth:`poll`
+        switches to it as after a deploy."""
+        self._check_idle()
+        ref = ModelRef(manifest.name, manifest.version)
+        future = self._executor.submit(self._load, self.store.path(ref))
+        self._start(_Job(command, "deploy", ref, future))
+
+    def stage(self, command: str, manifest: Manifest, artifact: bytes) -> None:
+        """Install a received artifact without making it active and load it in the worker;
+        :meth:`poll` hands the loaded model back (a shadow run's candidate). Installed, it
+        stays in the store like any inactive version."""
+        self._check_idle()
+        ref = ModelRef(manifest.name, manifest.version)
+        future = self._executor.submit(self._install, manifest, artifact)
+        self._start(_Job(command, "shadow", ref, future))
+
     def rollback(self, command: str, to: str | None = None) -> ModelRef:
         """Load the model a rollback goes to in the worker: the last one in the store's history,
         or version ``to`` of the active model's name; return which one it is."""
@@ -146,6 +174,8 @@ class Switcher:
         except Exception as exc:
             log.warning("%s %s failed: %s", job.command_type, job.command, exc)
             return Switched(job.command, job.command_type, job.model, str(exc) or repr(exc))
+        if job.command_type == "shadow":
+            return Switched(job.command, job.command_type, scorer.ref, loaded=scorer)
         try:
             scored = self._switch(job, scorer, now)
         except (StoreError, ChannelMismatch) as exc:

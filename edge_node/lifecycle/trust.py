@@ -19,7 +19,7 @@ from typing import Final
 import msgspec
 
 from schemas.files import atomic_write
-from schemas.messages import Command, Deploy
+from schemas.messages import Command, Deploy, Shadow
 from schemas.signing import PublicKey, SignatureError, verify
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def check(
     (the truer reason), without moving the replay mark.
     """
     signer = verify(command, keys)
-    if isinstance(command, Deploy):
+    if isinstance(command, Deploy | Shadow):  # a shadow's candidate is checked like a deploy's
         verify(command.manifest, keys)
     if command.expires_at < now:
         return None

@@ -53,6 +53,22 @@ class Scorer(Protocol):
     def score(self, windows: F32) -> tuple[F32, F32 | None]: ...
 
 
+class Beside(Protocol):
+    """A model scoring beside the active one (edge_node.scoring.shadow.ShadowRun)."""
+
+    def observe(
+        self,
+        block: Block,
+        active: Scorer,
+        *,
+        scores: F32,
+        flags: npt.NDArray[np.bool_],
+        ms: float,
+        now: float,
+        clock: Callable[[], float],
+    ) -> None: ...
+
+
 class ChannelMismatch(ValueError):
     """The source lacks a channel the model needs."""
 
@@ -207,6 +223,7 @@ class Pipeline:
         self._batcher = batcher
         self._trial: _Trial | None = None
         self.sensor_faults: Counter[str] = Counter()  # "channel:fault" -> readings, all models
+        self.shadow: Beside | None = None  # a shadow run's candidate, handed each scored block
 
     @property
     def scorer(self) -> Scorer:
@@ -239,6 +256,10 @@ class Pipeline:
         scored = np.isfinite(run.scores)
         exceed = scored & run.complete & (run.scores > threshold) & ~run.sensor_driven
         flags = lane.alarm.update(exceed) & scored
+        if self.shadow is not None:  # after the active model ran: it never waits for the shadow
+            self.shadow.observe(
+                block, lane.scorer, scores=run.scores, flags=flags, ms=run.ms, now=now, clock=clock
+            )
         lane.drift.add(block.t0, block.period, run.observed, run.scores, flags)
         out.sensors += [SensorFault(lane.scorer.ref, c) for c in run.checked.changes]
         self.sensor_faults.update(run.checked.counts)

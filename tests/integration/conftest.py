@@ -18,6 +18,7 @@ NODES = (
     *("node-a", "node-b", "node-c", "pump-1", "pump-2", "pump-3"),
     *("life-1", "life-2", "life-3", "life-4", "obs-1", "obs-2", "obs-3"),
     *("loop-1", "loop-2"),
+    "shadow-1",
 )
 
 

@@ -60,6 +60,12 @@ def padded(source: Path, folder: Path, version: str, size: int) -> Path:
     return _rewrite(source, folder, version, proto)
 
 
+def with_threshold(source: Path, folder: Path, version: str, threshold: float) -> Path:
+    """The same model under another version with another threshold (a tiny one flags all)."""
+    proto = onnx.load_from_string((source / "model.onnx").read_bytes())
+    return _rewrite(source, folder, version, proto, threshold=threshold)
+
+
 def nan_on_real_data(source: Path, folder: Path, version: str) -> Path:
     """Loads and warms up fine (warm-up windows are constant, so every channel's spread is 0)
     but scores NaN as soon as a window's readings vary, as real readings always do."""

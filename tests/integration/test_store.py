@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import psycopg
 import pytest
 
@@ -18,6 +19,7 @@ from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.store.base import HubStore, SharedStore, StoreError, open_store
 from cloud_hub.store.postgres import PostgresStore
+from schemas.messages import ShadowReport
 
 pytestmark = pytest.mark.integration
 
@@ -75,6 +77,24 @@ def test_what_is_committed_is_read_back_by_a_new_process(
             ("n1", 600, 60, NOW + 1),
             ("n2", 7, 0, NOW),
         ]
+    finally:
+        again.close()
+
+
+def test_the_newest_shadow_report_per_node_is_kept(
+    store: HubStore, where: tuple[str, Path]
+) -> None:
+    from schemas.samples import SAMPLES
+
+    first = SAMPLES["shadow"]
+    assert isinstance(first, ShadowReport)
+    newer = msgspec.structs.replace(first, ts=first.ts + 60, state="done")
+    store.commit([node(first.node, 10)], {}, NOW, {first.node: first})
+    store.commit([node(first.node, 20)], {}, NOW + 1, {first.node: newer})
+    store.commit([node("n2", 5)], {}, NOW + 2, {first.node: first})  # not among the states
+    again = open_store(*where)
+    try:
+        assert again.load_shadows() == {first.node: newer}
     finally:
         again.close()
 
