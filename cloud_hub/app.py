@@ -8,23 +8,34 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 
+from cloud_hub.commands import keys
 from cloud_hub.commands.identity import HubIdentity, sender_id
 from cloud_hub.commands.ledger import Ledger, LedgerError
 from cloud_hub.commands.lifecycle import AckTracker, LifecycleCounts, lifecycle_counts
 from cloud_hub.config import HubConfig, resolve_password
+from cloud_hub.ingest.behaviour import Behaviour
 from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.events_store import EpisodeSink, EventStore
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Bounds, Ingest
-from cloud_hub.ingest.metrics import DeliveryCounts, HubCollector, MetricsServer, new_registry
+from cloud_hub.ingest.metrics import (
+    DeliveryCounts,
+    HubCollector,
+    MetricsServer,
+    RolloutCollector,
+    new_registry,
+)
 from cloud_hub.ingest.receipts import ReceiptPacer, receipt
 from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.ingest.transport import HubTransport, Inbound
 from cloud_hub.models.capture_store import CaptureStore
 from cloud_hub.models.catalog import Catalog
 from cloud_hub.models.chunks import ChunkServer
+from cloud_hub.rollouts.runner import RolloutRunner
+from cloud_hub.rollouts.store import RolloutStore
 from schemas.codec import encode
 from schemas.topics import Kind, node_topic
 
@@ -70,7 +81,20 @@ class HubApp:
             self.identity,
         )
         self.captures = CaptureStore(config.store.captures_path())
-        self.acks = AckTracker(self.ledger, [self.chunks])
+        behaviour = Behaviour()
+        key = config.security.signing_key
+        self.rollouts = RolloutRunner(
+            RolloutStore(config.store.rollouts_path()),
+            self.fleet,
+            behaviour,
+            catalog=self.catalog,
+            ledger=self.ledger,
+            publisher=self.transport,
+            identity=self.identity,
+            config=config.rollout,
+            signing_key=keys.load(Path(key)) if key else None,
+        )
+        self.acks = AckTracker(self.ledger, [self.chunks, self.rollouts])
         self.events = EventStore(config.store.events_path())
         self.ingest = Ingest(
             self.fleet,
@@ -79,6 +103,7 @@ class HubApp:
             captures=self.captures,
             bounds=Bounds(clock_ahead_s=config.ingest.max_clock_ahead_s),
             episodes=EpisodeSink(self.events),
+            behaviour=behaviour,
         )
         collector = HubCollector(
             self.ingest,
@@ -91,7 +116,9 @@ class HubApp:
         )
         try:
             self.metrics = MetricsServer(
-                new_registry(collector), config.metrics.host, config.metrics.port
+                new_registry(collector, RolloutCollector(self.rollouts.counts, self._lock)),
+                config.metrics.host,
+                config.metrics.port,
             )
         except OSError as exc:
             self._close_stores()
@@ -130,6 +157,8 @@ class HubApp:
                 self.commit()
                 self.pump()
                 self.send_receipts()
+                with self._lock:
+                    self.rollouts.tick(self._clock())
         finally:
             self.close()
 
@@ -226,6 +255,7 @@ class HubApp:
         self.catalog.close()
         self.ledger.close()
         self.events.close()
+        self.rollouts.store.close()
 
 
 def serve(config: HubConfig) -> int:

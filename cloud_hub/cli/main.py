@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from cloud_hub.app import StartupError, serve
-from cloud_hub.cli import commands, events, fit, models, training
+from cloud_hub.cli import commands, events, fit, models, rollout, training
 from cloud_hub.cli.args import UsageError, positive
 from cloud_hub.cli.session import load_config, settings_source
 from cloud_hub.commands import keys
@@ -30,6 +30,7 @@ from cloud_hub.ingest.events_store import EventStoreError
 from cloud_hub.ingest.registry import NodeRow, Registry, RegistryError
 from cloud_hub.ingest.transport import TransportError
 from cloud_hub.models.catalog import CatalogError
+from cloud_hub.rollouts.store import RolloutStoreError
 from schemas.settings import SettingsError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         StartupError,
         CatalogError,
         LedgerError,
+        RolloutStoreError,
         keys.SigningKeyError,
         OSError,
     ) as exc:
@@ -153,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=False))
     commands.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=True))
     fit.add_parser(sub, _common("WARNING", with_config=True, with_timeout=False))
+    rollout.add_parser(sub, _common("WARNING", with_config=True, with_timeout=False))
     return parser
 
 

@@ -99,7 +99,8 @@ class ChunkServer:
     def on_ack(self, ack: Ack, now: float) -> int:
         """Queue the chunks a deploy's accepted ack asks for; return how many were new."""
         need = ack.detail.get(NEED)
-        if ack.command_type != "deploy" or ack.status != "accepted" or need is None:
+        # A shadow run fetches its candidate like a deploy.
+        if ack.command_type not in ("deploy", "shadow") or ack.status != "accepted" or need is None:
             return 0
         if ack.model is None:
             return self._refuse("bad_request", ack, "the accepted ack names no model")
