@@ -101,7 +101,9 @@ def wrong_window(folder: Path, version: str) -> Path:
 def sim_model(folder: Path, rate_hz: float = 20) -> Path:
     """``pump-pca@1`` trained on simulated healthy readings, like simulated nodes produce
     (at ``rate_hz``: the simulated pump's readings depend on the rate)."""
-    sim = PumpSimulator(seed=11, rate_hz=rate_hz, speed=0, wall_start=0.0, faults=[], max_block=4096)
+    sim = PumpSimulator(
+        seed=11, rate_hz=rate_hz, speed=0, wall_start=0.0, faults=[], max_block=4096
+    )
     onnx_bytes, manifest = train_model(
         sim.read(6000).values,
         sim.channels,
