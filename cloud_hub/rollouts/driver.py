@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from cloud_hub.ingest.behaviour import Figures, merged
+from cloud_hub.ingest.behaviour import Figures
 from cloud_hub.rollouts.gate import Thresholds, Verdict, Windows, judge_shadow, judge_wave
 from cloud_hub.rollouts.state import Decision, NodeRun, Rollout
 from schemas.messages import Ack, ArmFigures, ModelRef, ShadowReport
@@ -244,23 +244,24 @@ def _bake(rollout: Rollout, world: World, new_id: NewId) -> list[Action]:
 def _judge(
     rollout: Rollout, world: World, switched: list[NodeRun], starts: Mapping[str, float]
 ) -> Verdict:
-    now = world.now
-    after = merged(
-        world.figures.window(r.node, rollout.version, starts[r.node], now) for r in switched
-    )
-    before = merged(Figures.from_dict(r.before) for r in switched if r.before is not None)
+    now, view = world.now, world.figures
+    wave = [
+        Windows(
+            Figures.from_dict(r.before) if r.before is not None else Figures(),
+            view.window(r.node, rollout.version, starts[r.node], now),
+        )
+        for r in switched
+    ]
     since = min(starts.values())
     length = now - since
-    control_before: list[Figures] = []
-    control_after: list[Figures] = []
+    control: list[Windows] = []
     for run in rollout.nodes.values():
         model = world.models.get(run.node)
         if run.step != "waiting" or world.offline.get(run.node) is not None or model is None:
             continue
-        control_before.append(world.figures.window(run.node, model.version, since - length, since))
-        control_after.append(world.figures.window(run.node, model.version, since, now))
-    control = Windows(merged(control_before), merged(control_after))
-    return judge_wave(Windows(before, after), control, len(switched), world.limits)
+        before = view.window(run.node, model.version, since - length, since)
+        control.append(Windows(before, view.window(run.node, model.version, since, now)))
+    return judge_wave(wave, control, world.limits)
 
 
 def _fail_wave(rollout: Rollout, now: float, summary: str, verdict: Verdict | None) -> list[Action]:

@@ -18,11 +18,12 @@ when either side has no readings (and said so):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cloud_hub.ingest.behaviour import Figures
+from cloud_hub.ingest.behaviour import Figures, merged
 from schemas.behaviour import distance
 from schemas.messages import ArmFigures
 
@@ -102,44 +103,71 @@ class Windows:
     after: Figures
 
 
-def judge_wave(wave: Windows, control: Windows, nodes: int, limits: Thresholds) -> Verdict:
-    """The wave's ``nodes`` after the switch against themselves before it, the baseline moved
-    by what changed meanwhile on the ``control`` nodes not yet updated (a plant-wide change
-    is not the model's doing). Without figures from before the switch, the control's figures
-    after it are the baseline."""
+def judge_wave(wave: Sequence[Windows], control: Sequence[Windows], limits: Thresholds) -> Verdict:
+    """The wave's nodes (one ``Windows`` each) after the switch against themselves before it,
+    the baseline moved by what changed meanwhile on the ``control`` nodes not yet updated (a
+    plant-wide change is not the model's doing). Rates are over the summed figures; the score
+    distance is the median of the wave's per-node distances against the 90th percentile of the
+    control nodes' own (one node's histogram moves between windows by itself). Without figures
+    from before the switch, the control's figures after it are the baseline."""
+    total, rest, nodes = _sum(wave), _sum(control), max(len(wave), 1)
     notes: list[str] = []
-    checks: list[Check] = list(_absolute(wave.after, limits))
+    checks: list[Check] = list(_absolute(total.after, limits))
     enough = limits.min_readings
-    if wave.after.readings < enough:
+    if total.after.readings < enough:
         notes.append(
-            f"only {wave.after.readings} readings after the switch (need {enough}): "
+            f"only {total.after.readings} readings after the switch (need {enough}): "
             "cannot judge the new model"
         )
-    has_control = control.before.readings >= enough and control.after.readings >= enough
-    if wave.before.readings >= enough:
-        shift = control if has_control else Windows(Figures(), Figures())
+    has_control = rest.before.readings >= enough and rest.after.readings >= enough
+    if total.before.readings >= enough:
+        shift = rest if has_control else Windows(Figures(), Figures())
         if not has_control:
             notes.append("no nodes not yet updated to compare with: own figures only")
+        tv = (_typical(wave), _natural(control) if has_control else 0.0)
         checks += _relative(
-            wave.after, wave.before, shift, "before", nodes=max(nodes, 1), limits=limits
+            total.after, total.before, shift, "before", nodes=nodes, limits=limits, tv=tv
         )
-    elif control.after.readings >= enough:
+    elif rest.after.readings >= enough:
         notes.append("no figures from before the switch: compared with the nodes not updated")
         same = Windows(Figures(), Figures())
         checks += _relative(
-            wave.after, control.after, same, "not updated", nodes=nodes, limits=limits
+            total.after, rest.after, same, "not updated", nodes=nodes, limits=limits
         )
     else:
         notes.append("nothing to compare with: no figures before the switch, no other nodes")
     figures = {
-        "after": wave.after.as_dict(),
-        "before": wave.before.as_dict(),
-        "control_before": control.before.as_dict(),
-        "control_after": control.after.as_dict(),
+        "after": total.after.as_dict(),
+        "before": total.before.as_dict(),
+        "control_before": rest.before.as_dict(),
+        "control_after": rest.after.as_dict(),
+        "nodes": len(wave),
+        "control_nodes": len(control),
     }
     compared = any(c.against != "allowed" for c in checks)
-    passed = wave.after.readings >= enough and compared and all(c.passed for c in checks)
+    passed = total.after.readings >= enough and compared and all(c.passed for c in checks)
     return Verdict(passed, tuple(checks), tuple(notes), figures)
+
+
+def _sum(groups: Sequence[Windows]) -> Windows:
+    return Windows(merged(g.before for g in groups), merged(g.after for g in groups))
+
+
+def _per_node(groups: Sequence[Windows]) -> list[float]:
+    distances = (_tv(g.after, g.before) for g in groups if g.before.readings and g.after.readings)
+    return sorted(d for d in distances if not math.isnan(d))
+
+
+def _typical(wave: Sequence[Windows]) -> float:
+    """The median of the wave's per-node distances (NaN without any)."""
+    found = _per_node(wave)
+    return statistics.median(found) if found else math.nan
+
+
+def _natural(control: Sequence[Windows]) -> float:
+    """The 90th percentile of the control nodes' per-node distances (0 without any)."""
+    found = _per_node(control)
+    return found[max(0, math.ceil(0.9 * len(found)) - 1)] if found else 0.0
 
 
 def judge_shadow(
@@ -196,18 +224,21 @@ def _relative(
     *,
     nodes: int,
     limits: Thresholds,
+    tv: tuple[float, float] | None = None,
 ) -> list[Check]:
     """The checks of ``new`` against ``base``, the baseline moved by ``shift`` (before ->
-    after of other nodes over the same windows; empty figures: no move)."""
+    after of other nodes over the same windows; empty figures: no move); ``tv``: the score
+    distance and the move it is judged against, when they are not those of the sums."""
     moved = shift.before.readings > 0 and shift.after.readings > 0
     flag_move = _rate(shift.after.flag_rate) - _rate(shift.before.flag_rate) if moved else 0.0
     nan_move = (
         _rate(shift.after.unscored_rate) - _rate(shift.before.unscored_rate) if moved else 0.0
     )
-    tv_move = _tv(shift.after, shift.before) if moved else 0.0
+    if tv is None:
+        tv = (_tv(new, base), _tv(shift.after, shift.before) if moved else 0.0)
     checks = [
         _flag_rate(_rate(new.flag_rate), _rate(base.flag_rate) + flag_move, against, limits),
-        _distance(_tv(new, base), tv_move, against, limits),
+        _distance(tv[0], tv[1], against, limits),
         _episodes(new, base, against, nodes, limits),
     ]
     if new.latency_p99_ms > 0 and base.latency_p99_ms > 0:

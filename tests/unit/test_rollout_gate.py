@@ -77,7 +77,7 @@ CASES = [
     ("wave", "control", "failed"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
 def test_wave_gate(wave: Windows, control: Windows, failed: list[str]) -> None:
-    verdict = judge_wave(wave, control, nodes=1, limits=LIMITS)
+    verdict = judge_wave([wave], [control], LIMITS)
     assert sorted({c.name for c in verdict.failed}) == sorted(failed)
     assert verdict.passed is (not failed)
     for name in failed:  # the summary names each failed check with its figures
@@ -85,31 +85,33 @@ def test_wave_gate(wave: Windows, control: Windows, failed: list[str]) -> None:
 
 
 def test_too_few_readings_after_the_switch_cannot_pass() -> None:
-    verdict = judge_wave(Windows(fig(), fig(readings=10, flagged=0)), STEADY, 1, LIMITS)
+    verdict = judge_wave([Windows(fig(), fig(readings=10, flagged=0))], [STEADY], LIMITS)
     assert not verdict.passed
     assert "only 10 readings after the switch" in verdict.summary()
 
 
 def test_nothing_to_compare_with_cannot_pass() -> None:
-    verdict = judge_wave(Windows(Figures(), fig()), NOTHING, 1, LIMITS)
+    verdict = judge_wave([Windows(Figures(), fig())], [], LIMITS)
     assert not verdict.passed
     assert "nothing to compare with" in verdict.summary()
 
 
 def test_thresholds_are_the_configured_ones() -> None:
     wave = Windows(fig(), fig(40))  # 1 % -> 4 %
-    assert not judge_wave(wave, STEADY, 1, LIMITS).passed
-    assert judge_wave(wave, STEADY, 1, Thresholds(flag_rate_rise=0.05)).passed
+    assert not judge_wave([wave], [STEADY], LIMITS).passed
+    assert judge_wave([wave], [STEADY], Thresholds(flag_rate_rise=0.05)).passed
 
 
 def test_episodes_count_per_node_of_the_wave() -> None:
-    three_nodes = Windows(fig(readings=3000), fig(readings=3000, episodes=3))
-    assert judge_wave(three_nodes, STEADY, 3, LIMITS).passed
-    assert not judge_wave(three_nodes, STEADY, 1, LIMITS).passed
+    one_each = Windows(fig(), fig(episodes=1))
+    assert judge_wave([one_each] * 3, [STEADY], LIMITS).passed
+    assert not judge_wave([Windows(fig(), fig(episodes=3))], [STEADY], LIMITS).passed
+    two_each = Windows(fig(), fig(episodes=2))
+    assert not judge_wave([two_each] * 3, [STEADY], LIMITS).passed
 
 
 def test_the_verdict_keeps_its_figures_for_the_record() -> None:
-    verdict = judge_wave(Windows(fig(), fig(400, counts=HIGH)), STEADY, 1, LIMITS)
+    verdict = judge_wave([Windows(fig(), fig(400, counts=HIGH))], [STEADY], LIMITS)
     record = verdict.as_dict()
     assert record["figures"]["after"]["flagged"] == 400
     assert record["figures"]["control_after"]["readings"] == 1000
@@ -117,6 +119,20 @@ def test_the_verdict_keeps_its_figures_for_the_record() -> None:
         "flag_rate",
         "score_distance",
     }
+
+
+MID = [200, 300, 300, 150, 40, 10, 0, 0, 0, 0]  # a healthy node's histogram another time
+
+
+def test_one_nodes_histogram_is_judged_against_how_far_single_nodes_move_by_themselves() -> None:
+    # Pooled, the control nodes do not move; each one alone moves as far as the wave's node.
+    control = [Windows(fig(counts=LOW), fig(counts=MID)), Windows(fig(counts=MID), fig(counts=LOW))]
+    moved = Windows(fig(counts=LOW), fig(counts=MID))
+    assert judge_wave([moved], control, LIMITS).passed
+    assert not judge_wave([moved], [STEADY, STEADY], LIMITS).passed
+    bad = Windows(fig(counts=LOW), fig(counts=HIGH))
+    verdict = judge_wave([bad], control, LIMITS)
+    assert [c.name for c in verdict.failed] == ["score_distance"]
 
 
 def arm(
