@@ -175,12 +175,14 @@ def _shadow(rollout: Rollout, world: World, new_id: NewId) -> list[Action]:
         node: (rep.active, rep.candidate) for node, rep in reports.items()
     }
     verdict = judge_shadow(arms, world.limits)
+    refused = [f"{r.node} {r.reason}" for r in runs if r.step == "shadowing" and r.reason]
     for run in runs:
         if run.step == "shadowing":
             run.step = "waiting"
             rollout.touch(run)
     if not verdict.passed:
-        return _stop(rollout, world.now, "shadow", verdict.summary(), verdict)
+        summary = "; ".join([verdict.summary(), *refused])
+        return _stop(rollout, world.now, "shadow", summary, verdict)
     rollout.phase, rollout.phase_started = "observe", world.now
     return [_record(rollout, world.now, "shadow", True, verdict.summary(), verdict=verdict)]
 

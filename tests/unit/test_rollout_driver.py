@@ -234,3 +234,14 @@ def test_acks_of_other_commands_change_nothing() -> None:
     deploy_wave(rollout, BAKE, ids(), figures)
     assert not driver.on_ack(rollout, ack("someone-else", "n1", "failed"), BAKE + 2, figures)
     assert rollout.nodes["n1"].step == "applied"
+
+
+def test_a_node_refusing_the_shadow_run_is_named_in_the_stop() -> None:
+    rollout, new_id = make(shadow_s=20.0), ids()
+    driver.step(rollout, world(0.0), new_id)
+    command = rollout.nodes["n1"].command
+    refusal = ack(command, "n1", "rejected", "unknown command type shadow")
+    assert driver.on_ack(rollout, refusal, 1.0, FakeFigures())
+    driver.step(rollout, world(20.0 + driver.SHADOW_GRACE_S), new_id)
+    assert rollout.state == "stopped"
+    assert "n1 shadow rejected: unknown command type shadow" in rollout.reason
