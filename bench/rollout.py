@@ -89,7 +89,10 @@ def report(rollout: Rollout, sent: dict[int, float], bake: float, baseline: floa
     """One line per wave, then how it ended."""
     gates = {d.wave: d for d in rollout.decisions if d.kind == "gate"}
     print(f"  {rollout.ref}: {rollout.state}; {rollout.updated()}/{len(rollout.nodes)} on it")
-    print("  wave nodes  deployed->decided  overhead  /deploy  flags before->after  distance")
+    print(
+        "  wave nodes  deployed->decided  overhead  /deploy  flags before->after"
+        "  distance (own / not updated)"
+    )
     for wave, names in enumerate(rollout.waves):
         decision = gates.get(wave)
         if decision is None or wave not in sent:
@@ -99,11 +102,12 @@ def report(rollout: Rollout, sent: dict[int, float], bake: float, baseline: floa
         figures = decision.detail.get("figures", {})
         before, after = figures.get("before", {}), figures.get("after", {})
         checks = {c["name"]: c for c in decision.detail.get("checks", [])}
-        distance = checks.get("score_distance", {}).get("value", float("nan"))
+        distance = checks.get("score_distance", {})
+        own, natural = distance.get("value", float("nan")), distance.get("baseline", float("nan"))
         print(
             f"  {wave + 1:>4} {len(names):>5}  {took:>14.2f} s  {took - bake:>6.2f} s"
             f"  {(took - bake) / baseline:>6.2f}x  {_rate(before):>8.4f} -> {_rate(after):.4f}"
-            f"  {distance:.3f}  {'PASS' if decision.passed else 'FAIL'}"
+            f"  {own:.3f} / {natural:.3f}  {'PASS' if decision.passed else 'FAIL'}"
         )
     if rollout.state == "stopped":
         print(f"  stopped: {rollout.reason[:300]}")
