@@ -89,6 +89,8 @@ NewId = Callable[[], str]
 
 def step(rollout: Rollout, world: World, new_id: NewId) -> list[Action]:
     """Move a running rollout on; what to send and record."""
+    if rollout.state in ("stopped", "aborted"):
+        return _late_switches(rollout)
     if rollout.state != "running":
         return []
     if rollout.phase == "shadow":
@@ -293,16 +295,29 @@ def _end(
     actions: list[Action] = [_record(rollout, now, kind, passed, summary, verdict=verdict)]
     for run in rollout.nodes.values():
         if run.step == "applied":
-            name, _, version = run.previous.rpartition("@")
-            to = version if name == rollout.model and version else None
-            run.step, run.command = "rollback_sent", f"{run.command[:40]}-rb"
-            rollout.touch(run)
-            actions.append(SendRollback(run.node, to, run.command))
+            actions.append(_rollback(rollout, run))
         elif run.step == "shadowing":
             run.step = "waiting"
             rollout.touch(run)
             actions.append(SendStopShadow(run.node, f"{run.command[:40]}-stop"))
     return actions
+
+
+def _late_switches(rollout: Rollout) -> list[Action]:
+    """A deploy still under way when the rollout ended that applied after: roll it back too."""
+    actions: list[Action] = []
+    for run in rollout.nodes.values():
+        if run.step == "applied":
+            actions.append(_rollback(rollout, run))
+    return actions
+
+
+def _rollback(rollout: Rollout, run: NodeRun) -> SendRollback:
+    name, _, version = run.previous.rpartition("@")
+    to = version if name == rollout.model and version else None
+    run.step, run.command = "rollback_sent", f"{run.command[:40]}-rb"
+    rollout.touch(run)
+    return SendRollback(run.node, to, run.command)
 
 
 def _skip_offline(rollout: Rollout, run: NodeRun, world: World) -> bool:

@@ -40,7 +40,8 @@ from schemas.topics import Kind, node_topic
 
 log = logging.getLogger(__name__)
 
-# A finished rollout stays in memory this long, so the acks of its rollbacks are recorded.
+# A finished rollout stays in memory at least this long (and a deploy timeout more), so the
+# acks of its rollbacks are recorded and a deploy that applies late is rolled back too.
 KEEP_FINISHED_S = 120.0
 
 
@@ -268,7 +269,7 @@ class RolloutRunner:
         if rollout.state in ACTIVE:
             return
         ended = self._finished.setdefault(rollout.id, now)
-        if now - ended < KEEP_FINISHED_S:
+        if now - ended < KEEP_FINISHED_S + self._config.deploy_timeout_s:
             return
         del self._rollouts[rollout.id]
         del self._finished[rollout.id]

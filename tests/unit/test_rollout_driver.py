@@ -245,3 +245,14 @@ def test_a_node_refusing_the_shadow_run_is_named_in_the_stop() -> None:
     driver.step(rollout, world(20.0 + driver.SHADOW_GRACE_S), new_id)
     assert rollout.state == "stopped"
     assert "n1 shadow rejected: unknown command type shadow" in rollout.reason
+
+
+def test_a_deploy_that_applies_after_an_abort_is_rolled_back_too() -> None:
+    rollout, figures, new_id = make([["n1", "n2"]]), FakeFigures(), ids()
+    actions = driver.step(rollout, world(BAKE, figures), new_id)
+    late = next(a for a in actions if isinstance(a, SendDeploy) and a.node == "n2")
+    driver.control(rollout, "abort", BAKE + 1, "ops")
+    assert driver.step(rollout, world(BAKE + 2, figures), new_id) == []
+    driver.on_ack(rollout, ack(late.command_id, "n2", "applied"), BAKE + 3, figures)
+    actions = driver.step(rollout, world(BAKE + 4, figures), new_id)
+    assert [(a.node, a.to) for a in actions if isinstance(a, SendRollback)] == [("n2", "1")]
