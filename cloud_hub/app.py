@@ -8,10 +8,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import FrameType
 
-from cloud_hub.commands import keys
 from cloud_hub.commands.identity import HubIdentity, sender_id
 from cloud_hub.commands.ledger import Ledger, LedgerError
 from cloud_hub.commands.lifecycle import AckTracker, LifecycleCounts, lifecycle_counts
@@ -35,7 +33,6 @@ from cloud_hub.models.capture_store import CaptureStore
 from cloud_hub.models.catalog import Catalog
 from cloud_hub.models.chunks import ChunkServer
 from cloud_hub.rollouts.runner import RolloutRunner
-from cloud_hub.rollouts.store import RolloutStore
 from schemas.codec import encode
 from schemas.topics import Kind, node_topic
 
@@ -82,17 +79,8 @@ class HubApp:
         )
         self.captures = CaptureStore(config.store.captures_path())
         behaviour = Behaviour()
-        key = config.security.signing_key
-        self.rollouts = RolloutRunner(
-            RolloutStore(config.store.rollouts_path()),
-            self.fleet,
-            behaviour,
-            catalog=self.catalog,
-            ledger=self.ledger,
-            publisher=self.transport,
-            identity=self.identity,
-            config=config.rollout,
-            signing_key=keys.load(Path(key)) if key else None,
+        self.rollouts = RolloutRunner.open(
+            config, self.fleet, behaviour, self.catalog, self.ledger, self.transport, self.identity
         )
         self.acks = AckTracker(self.ledger, [self.chunks, self.rollouts])
         self.events = EventStore(config.store.events_path())

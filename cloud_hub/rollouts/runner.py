@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import msgspec
@@ -23,7 +24,7 @@ from cloud_hub.commands import keys
 from cloud_hub.commands.commander import Issue, build_deploy, build_rollback, new_command_id
 from cloud_hub.commands.identity import HubIdentity
 from cloud_hub.commands.ledger import CommandRecord, LedgerError, record_of
-from cloud_hub.config import RolloutConfig
+from cloud_hub.config import HubConfig, RolloutConfig
 from cloud_hub.ingest.behaviour import Behaviour
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.transport import TransportError
@@ -109,6 +110,32 @@ class RolloutRunner:
         self._next_tick = 0.0
         self.decisions: Counter[str] = Counter()
         self._states: dict[str, int] = {}
+
+    @classmethod
+    def open(  # noqa: PLR0917  (serve's parts, in the order serve builds them)
+        cls,
+        config: HubConfig,
+        fleet: FleetState,
+        behaviour: Behaviour,
+        catalog: Models,
+        ledger: CommandLedger,
+        publisher: Publisher,
+        identity: HubIdentity,
+    ) -> RolloutRunner:
+        """serve's runner: the store at ``store.rollouts_db``, the key at
+        ``security.signing_key`` (SigningKeyError if it cannot be read), ``[rollout]``."""
+        key = config.security.signing_key
+        return cls(
+            RolloutStore(config.store.rollouts_path()),
+            fleet,
+            behaviour,
+            catalog=catalog,
+            ledger=ledger,
+            publisher=publisher,
+            identity=identity,
+            config=config.rollout,
+            signing_key=keys.load(Path(key)) if key else None,
+        )
 
     def on_ack(self, ack: Ack, now: float) -> int:
         """Apply an ack of a rollout's command (saved at once); 1 if it moved a node."""
