@@ -91,7 +91,7 @@ def report(rollout: Rollout, sent: dict[int, float], bake: float, baseline: floa
     print(f"  {rollout.ref}: {rollout.state}; {rollout.updated()}/{len(rollout.nodes)} on it")
     print(
         "  wave nodes  deployed->decided  overhead  /deploy  flags before->after"
-        "  distance (own / not updated)"
+        "  distance (own / other nodes)"
     )
     for wave, names in enumerate(rollout.waves):
         decision = gates.get(wave)

@@ -258,14 +258,18 @@ def _judge(
     ]
     since = min(starts.values())
     length = now - since
-    control: list[Windows] = []
+    control: list[Windows] = []  # not updated: the old model in both windows
+    steady: list[Windows] = []  # updated in earlier waves: the new model in both
     for run in rollout.nodes.values():
         model = world.models.get(run.node)
-        if run.step != "waiting" or world.offline.get(run.node) is not None or model is None:
+        earlier = run.step == "applied" and run.wave < rollout.wave
+        if world.offline.get(run.node) is not None or model is None:
             continue
-        before = view.window(run.node, model.version, since - length, since)
-        control.append(Windows(before, view.window(run.node, model.version, since, now)))
-    return judge_wave(wave, control, world.limits)
+        if run.step == "waiting" or earlier:
+            before = view.window(run.node, model.version, since - length, since)
+            windows = Windows(before, view.window(run.node, model.version, since, now))
+            (steady if earlier else control).append(windows)
+    return judge_wave(wave, control, world.limits, steady)
 
 
 def _fail_wave(rollout: Rollout, now: float, summary: str, verdict: Verdict | None) -> list[Action]:

@@ -103,13 +103,19 @@ class Windows:
     after: Figures
 
 
-def judge_wave(wave: Sequence[Windows], control: Sequence[Windows], limits: Thresholds) -> Verdict:
+def judge_wave(
+    wave: Sequence[Windows],
+    control: Sequence[Windows],
+    limits: Thresholds,
+    steady: Sequence[Windows] = (),
+) -> Verdict:
     """The wave's nodes (one ``Windows`` each) after the switch against themselves before it,
     the baseline moved by what changed meanwhile on the ``control`` nodes not yet updated (a
     plant-wide change is not the model's doing). Rates are over the summed figures; the score
     distance is the median of the wave's per-node distances against the 90th percentile of the
-    control nodes' own (one node's histogram moves between windows by itself). Without figures
-    from before the switch, the control's figures after it are the baseline."""
+    same distance on the control nodes and the ``steady`` ones (updated in earlier waves, so on
+    the new model in both windows): one node's histogram moves between windows by itself.
+    Without figures from before the switch, the control's figures after it are the baseline."""
     total, rest, nodes = _sum(wave), _sum(control), max(len(wave), 1)
     notes: list[str] = []
     checks: list[Check] = list(_absolute(total.after, limits))
@@ -124,7 +130,7 @@ def judge_wave(wave: Sequence[Windows], control: Sequence[Windows], limits: Thre
         shift = rest if has_control else Windows(Figures(), Figures())
         if not has_control:
             notes.append("no nodes not yet updated to compare with: own figures only")
-        tv = (_typical(wave), _natural(control) if has_control else 0.0)
+        tv = (_typical(wave), _natural([*control, *steady]))
         checks += _relative(
             total.after, total.before, shift, "before", nodes=nodes, limits=limits, tv=tv
         )

@@ -175,3 +175,10 @@ def test_no_shadow_report_fails() -> None:
 
 def test_bins_match_the_contract() -> None:
     assert len(LOW) == len(HIGH) == BINS
+
+
+def test_the_last_wave_takes_its_yardstick_from_the_nodes_updated_before() -> None:
+    moved = Windows(fig(counts=LOW), fig(counts=MID))
+    assert not judge_wave([moved], [], LIMITS).passed  # no other node: own figures only
+    earlier = [Windows(fig(counts=MID), fig(counts=LOW))]
+    assert judge_wave([moved], [], LIMITS, steady=earlier).passed
