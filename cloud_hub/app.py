@@ -15,17 +15,25 @@ from cloud_hub.commands.identity import HubIdentity, sender_id
 from cloud_hub.commands.ledger import Ledger, LedgerError
 from cloud_hub.commands.lifecycle import AckTracker, LifecycleCounts, lifecycle_counts
 from cloud_hub.config import HubConfig, resolve_password
+from cloud_hub.ingest.behaviour import Behaviour
 from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.events_store import EpisodeSink, EventStore
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Bounds, Ingest
-from cloud_hub.ingest.metrics import DeliveryCounts, HubCollector, MetricsServer, new_registry
+from cloud_hub.ingest.metrics import (
+    DeliveryCounts,
+    HubCollector,
+    MetricsServer,
+    RolloutCollector,
+    new_registry,
+)
 from cloud_hub.ingest.receipts import ReceiptPacer, receipt
 from cloud_hub.ingest.transport import HubTransport, Inbound
 from cloud_hub.models.capture_store import CaptureStore
 from cloud_hub.models.catalog import Catalog
 from cloud_hub.models.chunks import ChunkServer
 from cloud_hub.retraining.wiring import retrain_loop
+from cloud_hub.rollouts.runner import RolloutRunner
 from cloud_hub.store.base import SharedStore, StoreError, node_ids, open_store
 from schemas.codec import encode
 from schemas.topics import Kind, node_topic
@@ -90,7 +98,11 @@ class HubApp:
             catalog=self.catalog,
         )
         loop = [self.retrain] if self.retrain is not None else []
-        self.acks = AckTracker(self.ledger, [self.chunks, *loop])
+        behaviour = Behaviour()
+        self.rollouts = RolloutRunner.open(
+            config, self.fleet, behaviour, self.catalog, self.ledger, self.transport, self.identity
+        )
+        self.acks = AckTracker(self.ledger, [self.chunks, self.rollouts, *loop])
         self.events = EventStore(config.store.events_path())
         self.ingest = Ingest(
             self.fleet,
@@ -99,6 +111,7 @@ class HubApp:
             captures=self.captures,
             bounds=Bounds(clock_ahead_s=config.ingest.max_clock_ahead_s),
             episodes=EpisodeSink(self.events),
+            behaviour=behaviour,
         )
         collector = HubCollector(
             self.ingest,
@@ -111,7 +124,9 @@ class HubApp:
         )
         try:
             self.metrics = MetricsServer(
-                new_registry(collector), config.metrics.host, config.metrics.port
+                new_registry(collector, RolloutCollector(self.rollouts.counts, self._lock)),
+                config.metrics.host,
+                config.metrics.port,
             )
         except OSError as exc:
             self._close_stores()
@@ -153,6 +168,8 @@ class HubApp:
                 self.refresh()
                 if self.retrain is not None:
                     self.retrain.tick(self._clock())
+                with self._lock:
+                    self.rollouts.tick(self._clock())
         finally:
             self.close()
 
@@ -314,6 +331,7 @@ class HubApp:
         self.catalog.close()
         self.ledger.close()
         self.events.close()
+        self.rollouts.store.close()
 
 
 def serve(config: HubConfig) -> int:

@@ -29,6 +29,7 @@ PATH_KEYS: Final = (
     "store.models_dir",
     "store.captures_dir",
     "store.events_db",
+    "store.rollouts_db",
     "security.signing_key",
 )
 
@@ -65,9 +66,10 @@ class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ``db`` is the fleet registry, ``ledger_db`` the command ledger (``<db folder>/ledger.db``),
     ``models_dir`` the model catalog (``<db folder>/models``, holding ``catalog.db``) and
     ``captures_dir`` the readings nodes captured for retraining (``<db folder>/captures``),
-    ``events_db`` the nodes' anomaly and sensor-fault episodes (``<db folder>/events.db``).
+    ``events_db`` the nodes' anomaly and sensor-fault episodes (``<db folder>/events.db``),
+    ``rollouts_db`` the rollouts (``<db folder>/rollouts.db``).
     ``url`` moves the ingest state (registry, snapshots, dedupe streams) to PostgreSQL;
-    the ledger, catalog, captures and episodes stay in these files.
+    the ledger, catalog, captures, episodes and rollouts stay in these files.
     """
 
     db: NonEmpty = "var/hub/hub.db"
@@ -79,6 +81,7 @@ class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     models_dir: str = ""
     captures_dir: str = ""
     events_db: str = ""
+    rollouts_db: str = ""
 
     def ledger_path(self) -> Path:
         """The command ledger's SQLite file."""
@@ -91,6 +94,10 @@ class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def events_path(self) -> Path:
         """The episode store (cloud_hub.ingest.events_store), ``<db folder>/events.db``."""
         return Path(self.events_db) if self.events_db else Path(self.db).parent / "events.db"
+
+    def rollouts_path(self) -> Path:
+        """The rollout store (cloud_hub.rollouts.store), ``<db folder>/rollouts.db``."""
+        return Path(self.rollouts_db) if self.rollouts_db else Path(self.db).parent / "rollouts.db"
 
     def captures_path(self) -> Path:
         """The folder of captured readings, one subfolder per retrain command."""
@@ -154,6 +161,34 @@ class RetrainLoopConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     command_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
 
 
+Positive = Annotated[float, msgspec.Meta(gt=0)]
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class RolloutConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Rollouts driven by ``serve`` and their gate (cloud_hub.rollouts.gate states each check).
+
+    ``bake_s``: a wave's default bake time (``rollout start --bake`` overrides);
+    ``deploy_timeout_s``: how long a wave waits for a node to answer its deploy (the deploy
+    expires then, so a node back later does not switch behind the rollout's back);
+    ``tick_s``: how often ``serve`` moves rollouts on. The rest are the gate's limits.
+    """
+
+    bake_s: Positive = 600.0
+    deploy_timeout_s: Positive = 300.0
+    tick_s: Positive = 0.5
+    flag_rate_ratio: Positive = 2.0
+    flag_rate_rise: NonNegative = 0.01
+    score_distance: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.25
+    episodes_rise: NonNegative = 1.0
+    latency_ratio: Positive = 2.0
+    latency_rise_ms: NonNegative = 5.0
+    unscored_rise: NonNegative = 0.01
+    errors: Annotated[int, msgspec.Meta(ge=0)] = 0
+    probation_rollbacks: Annotated[int, msgspec.Meta(ge=0)] = 0
+    min_readings: Annotated[int, msgspec.Meta(ge=1)] = 50
+
+
 class HubConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """All cloud-hub settings."""
 
@@ -163,6 +198,7 @@ class HubConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest: IngestConfig = msgspec.field(default_factory=IngestConfig)
     security: SecurityConfig = msgspec.field(default_factory=SecurityConfig)
     retrain_loop: RetrainLoopConfig = msgspec.field(default_factory=RetrainLoopConfig)
+    rollout: RolloutConfig = msgspec.field(default_factory=RolloutConfig)
 
 
 def load_hub_config(path: Path | None, environ: Mapping[str, str]) -> HubConfig:

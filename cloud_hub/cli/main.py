@@ -19,7 +19,7 @@ from pathlib import Path
 import msgspec
 
 from cloud_hub.app import StartupError, serve
-from cloud_hub.cli import approvals, commands, events, fit, models, shadow, training
+from cloud_hub.cli import approvals, commands, events, fit, models, rollout, shadow, training
 from cloud_hub.cli.args import UsageError, positive
 from cloud_hub.cli.session import load_config, settings_source
 from cloud_hub.commands import keys
@@ -31,6 +31,7 @@ from cloud_hub.ingest.registry import NodeRow, Registry, RegistryError
 from cloud_hub.ingest.transport import TransportError
 from cloud_hub.models.catalog import CatalogError
 from cloud_hub.retraining.store import LoopStoreError
+from cloud_hub.rollouts.store import RolloutStoreError
 from cloud_hub.store.base import HubStore, StoreError, open_reader
 from schemas.settings import SettingsError
 
@@ -60,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         CatalogError,
         LedgerError,
         LoopStoreError,
+        RolloutStoreError,
         keys.SigningKeyError,
         OSError,
     ) as exc:
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_parser(sub, _common("WARNING", with_config=True, with_timeout=False))
     approvals.add_parsers(sub, _common("WARNING", with_config=True, with_timeout=False))
     shadow.add_parser(sub, _common("WARNING", with_config=True, with_timeout=True))
+    rollout.add_parser(sub, _common("WARNING", with_config=True, with_timeout=False))
     return parser
 
 

@@ -85,6 +85,12 @@ class CaptureSink(Protocol):
     def on_capture(self, capture: Capture, now: float) -> None: ...
 
 
+class BehaviourSink(Protocol):
+    """Sees every applied message (the rollout gate's behaviour figures)."""
+
+    def observe(self, message: object, now: float) -> None: ...
+
+
 class NullSink:
     """Drops acks and captures: the default until a consumer is wired in."""
 
@@ -93,6 +99,9 @@ class NullSink:
 
     def on_capture(self, capture: Capture, now: float) -> None:
         """Ignore ``capture``."""
+
+    def observe(self, message: object, now: float) -> None:
+        """Ignore ``message``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +127,14 @@ class Ingest:
         captures: CaptureSink | None = None,
         bounds: Bounds | None = None,
         episodes: EpisodeSink | None = None,
+        behaviour: BehaviourSink | None = None,
     ) -> None:
         self.fleet = fleet
         self.deduper = deduper
         self.bounds = bounds or Bounds()
         self._acks: AckSink = acks or NullSink()
         self._captures: CaptureSink = captures or NullSink()
+        self._behaviour: BehaviourSink = behaviour or NullSink()
         self.episodes = episodes or EpisodeSink()  # open episodes (metrics) and the event store
         self.messages: Counter[str] = Counter()
         self.rejects: Counter[tuple[str, str]] = Counter()
@@ -165,6 +176,7 @@ class Ingest:
             return Outcome("duplicate", kind, parsed.node)
         self.messages[kind] += 1
         applied = self._apply(message, now)
+        self._behaviour.observe(message, now)
         return Outcome("applied" if applied else "stale", kind, parsed.node)
 
     def _out_of_bounds(self, message: Any, now: float) -> tuple[str, str] | None:

@@ -27,6 +27,7 @@ from cloud_hub.ingest.drift_state import LEVELS as DRIFT_LEVELS
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.ingest.fleet_totals import NodeSnapshot, fleet_totals
 from cloud_hub.ingest.inbound import MESSAGE_KINDS, Ingest
+from cloud_hub.rollouts.runner import RolloutCounts
 
 _NODE = ["node"]
 
@@ -386,10 +387,37 @@ def _gauge(name: str, documentation: str) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, labels=_NODE)
 
 
-def new_registry(collector: HubCollector) -> CollectorRegistry:
-    """A fresh registry holding only ``collector`` (no process or GC collectors)."""
+class RolloutCollector(Collector):
+    """``edgeml_rollouts{state}`` and ``edgeml_rollout_gate_decisions_total{decision}``: no
+    rollout id or node label, so a fleet's rollouts cost a handful of series."""
+
+    def __init__(self, counts: Callable[[], RolloutCounts], lock: threading.Lock) -> None:
+        self._counts = counts
+        self._lock = lock
+
+    def collect(self) -> Iterator[Metric]:
+        """The two families from the runner's counts."""
+        with self._lock:
+            counts = self._counts()
+        states = GaugeMetricFamily("edgeml_rollouts", "Rollouts by state.", labels=["state"])
+        for state, n in counts.states.items():
+            states.add_metric([state], n)
+        decisions = CounterMetricFamily(
+            "edgeml_rollout_gate_decisions",
+            "Rollout gate decisions (waves and shadow phases) since the hub started.",
+            labels=["decision"],
+        )
+        for decision, n in counts.decisions.items():
+            decisions.add_metric([decision], n)
+        yield states
+        yield decisions
+
+
+def new_registry(collector: HubCollector, *more: Collector) -> CollectorRegistry:
+    """A fresh registry holding only ``collector`` and ``more`` (no process or GC collectors)."""
     registry = CollectorRegistry()
-    registry.register(collector)
+    for one in (collector, *more):
+        registry.register(one)
     return registry
 
 

@@ -104,9 +104,12 @@ def wrong_window(folder: Path, version: str) -> Path:
     return _rewrite(folder, folder, version, proto, input=source_input)
 
 
-def sim_model(folder: Path) -> Path:
-    """``pump-pca@1`` trained on simulated healthy readings, like simulated nodes produce."""
-    sim = PumpSimulator(seed=11, rate_hz=20, speed=0, wall_start=0.0, faults=[], max_block=4096)
+def sim_model(folder: Path, rate_hz: float = 20) -> Path:
+    """``pump-pca@1`` trained on simulated healthy readings, like simulated nodes produce
+    (at ``rate_hz``: the simulated pump's readings depend on the rate)."""
+    sim = PumpSimulator(
+        seed=11, rate_hz=rate_hz, speed=0, wall_start=0.0, faults=[], max_block=4096
+    )
     onnx_bytes, manifest = train_model(
         sim.read(6000).values,
         sim.channels,
@@ -139,3 +142,12 @@ def sim_model_with_reference(work: Path, rate_hz: float) -> tuple[Path, Path]:
     save_model(work / "v1", onnx_bytes, manifest)
     write_csv(work / "healthy.csv", sim.channels, 0.0, 1 / rate_hz, values[12000:])
     return work / "v1", work / "healthy.csv"
+
+
+def retuned(source: Path, folder: Path, version: str, threshold_factor: float = 1.0) -> Path:
+    """The same graph as a new version, its threshold multiplied by ``threshold_factor``
+    (below 1: a model that flags far more readings than ``source``)."""
+    manifest = decode_manifest((source / "manifest.json").read_bytes())
+    proto = onnx.load_from_string((source / "model.onnx").read_bytes())
+    threshold = manifest.threshold * threshold_factor
+    return _rewrite(source, folder, version, proto, threshold=threshold)
