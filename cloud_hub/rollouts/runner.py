@@ -14,16 +14,23 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from cloud_hub.commands import keys
-from cloud_hub.commands.commander import Issue, build_deploy, build_rollback, new_command_id
+from cloud_hub.commands.commander import (
+    Issue,
+    build_deploy,
+    build_rollback,
+    build_shadow,
+    build_stop_shadow,
+    new_command_id,
+)
 from cloud_hub.commands.identity import HubIdentity
-from cloud_hub.commands.ledger import CommandRecord, LedgerError, record_of
+from cloud_hub.commands.sender import CommandLedger, CommandSender, Publisher, SendError
 from cloud_hub.config import HubConfig, RolloutConfig
 from cloud_hub.ingest.behaviour import Behaviour
 from cloud_hub.ingest.fleet import FleetState
@@ -33,35 +40,22 @@ from cloud_hub.rollouts import driver
 from cloud_hub.rollouts.gate import Thresholds
 from cloud_hub.rollouts.state import ACTIVE, DECISIONS, STATES, Decision, Rollout
 from cloud_hub.rollouts.store import RolloutStore, RolloutStoreError
-from schemas.codec import encode
 from schemas.commands import DEFAULT_CHUNK_SIZE
-from schemas.messages import Ack, Command, Shadow, StopShadow
-from schemas.signing import sign
-from schemas.topics import Kind, node_topic
+from schemas.messages import Ack, Command
 
 log = logging.getLogger(__name__)
 
 # A finished rollout stays in memory at least this long (and a deploy timeout more), so the
 # acks of its rollbacks are recorded and a deploy that applies late is rolled back too.
 KEEP_FINISHED_S = 120.0
-
-
-class Publisher(Protocol):
-    """serve's MQTT client (:class:`~cloud_hub.ingest.transport.HubTransport`)."""
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> object: ...
+# A rollout's shadow phase gives the candidate a quarter of a core, the node's default.
+SHADOW_CPU_BUDGET = 0.25
 
 
 class Models(Protocol):
     """The model catalog."""
 
     def get(self, name: str, version: str) -> CatalogEntry | None: ...
-
-
-class CommandLedger(Protocol):
-    """The command ledger."""
-
-    def record_command(self, record: CommandRecord) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,12 +92,9 @@ class RolloutRunner:
         self._fleet = fleet
         self._behaviour = behaviour
         self._catalog = catalog
-        self._ledger = ledger
-        self._publisher = publisher
-        self._identity = identity
+        self._sender = CommandSender(publisher, identity, ledger, signing_key, "cloud-hub serve")
         self._config = config
         self._limits = thresholds(config)
-        self._key = signing_key
         self._rollouts: dict[str, Rollout] = {}
         self._finished: dict[str, float] = {}
         self._commands: dict[str, str] = {}
@@ -226,8 +217,13 @@ class RolloutRunner:
                 continue
             self._commands[action.command_id] = rollout.id
             try:
-                self._send(self._command(rollout, action, now), rollout)
-            except (CatalogError, TransportError, ValueError) as exc:
+                self._sender.send(
+                    partial(self._command, rollout, action),
+                    now,
+                    self._config.deploy_timeout_s,
+                    f"rollout {rollout.id}",
+                )
+            except (CatalogError, TransportError, SendError, ValueError) as exc:
                 log.error("rollout %s: cannot send to %s: %s", rollout.id, action.node, exc)
                 run = rollout.nodes[action.node]
                 run.step, run.reason = "failed", f"hub could not send: {exc}"
@@ -235,12 +231,11 @@ class RolloutRunner:
         if decisions or rollout.dirty:
             self._save(rollout, decisions)
 
-    def _command(self, rollout: Rollout, action: driver.Action, now: float) -> Command:
-        issue = Issue(self._identity, now, self._config.deploy_timeout_s)
+    def _command(self, rollout: Rollout, action: driver.Action, issue: Issue) -> Command:
         if isinstance(action, driver.SendRollback):
             return build_rollback(issue, action.node, action.command_id, action.to)
         if isinstance(action, driver.SendStopShadow):
-            return StopShadow(**issue.fields(action.node, action.command_id))
+            return build_stop_shadow(issue, action.node, action.command_id)
         entry = self._entry(rollout)
         if isinstance(action, driver.SendDeploy):
             return build_deploy(
@@ -252,13 +247,15 @@ class RolloutRunner:
                 command_id=action.command_id,
             )
         assert isinstance(action, driver.SendShadow)
-        return Shadow(
-            **issue.fields(action.node, action.command_id),
+        return build_shadow(
+            issue,
+            action.node,
             manifest=entry.manifest,
             size=entry.size,
             chunk_size=DEFAULT_CHUNK_SIZE,
-            chunks=max(1, -(-entry.size // DEFAULT_CHUNK_SIZE)),
+            command_id=action.command_id,
             duration_s=action.duration_s,
+            cpu_budget=SHADOW_CPU_BUDGET,
         )
 
     def _entry(self, rollout: Rollout) -> CatalogEntry:
@@ -266,19 +263,6 @@ class RolloutRunner:
         if entry is None:
             raise ValueError(f"{rollout.ref} is no longer in the catalog")
         return entry
-
-    def _send(self, command: Command, rollout: Rollout) -> None:
-        if self._key is not None:
-            if isinstance(command, Shadow):
-                signed = sign(command.manifest, self._key)
-                command = msgspec.structs.replace(command, manifest=signed)
-            command = keys.sign_command(command, self._key)
-        try:
-            by = f"cloud-hub serve (rollout {rollout.id})"
-            self._ledger.record_command(record_of(command, by))
-        except LedgerError as exc:
-            log.error("%s", exc)  # the command still goes; only its ledger line is missing
-        self._publisher.publish(node_topic(command.node, Kind.CMD), encode(command))
 
     def _count(self, rollout: Rollout, decision: Decision) -> None:
         log.info("rollout %s (%s) %s: %s", rollout.id, rollout.ref, decision.kind, decision.summary)

@@ -183,6 +183,17 @@ def test_a_model_that_flags_far_more_is_stopped_in_its_first_wave_and_rolled_bac
     assert "FAIL" in status and "rolled_back" in status
 
 
+def test_a_shadow_phase_stops_a_bad_model_before_any_node_switches(fleet: Fleet) -> None:
+    rollout_id = fleet.start("3", "--all", "--waves", "2,100%", "--shadow", "2s", "--bake", BAKE)
+    stopped = fleet.wait_state(rollout_id, {"done", "stopped", "aborted"}, 60)
+    assert stopped.state == "stopped", stopped.reason
+    shadow = [d for d in stopped.decisions if d.kind == "shadow"]
+    assert [d.passed for d in shadow] == [False], stopped.decisions
+    assert "flag_rate" in shadow[0].summary, shadow[0].summary
+    assert stopped.updated() == 0  # nothing was deployed
+    assert fleet.versions() == dict.fromkeys(NODES, "2")
+
+
 def test_a_restarted_serve_resumes_and_a_node_offline_in_its_wave_is_not_waited_for(
     fleet: Fleet,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -26,9 +27,9 @@ class Recorder:
     def __init__(self) -> None:
         self.sent: list[tuple[str, bytes]] = []
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> object:
+    def offer(self, topic: str, payload: bytes) -> Literal["queued", "full", "refused"]:
         self.sent.append((topic, payload))
-        return None
+        return "queued"
 
 
 class OneModel:
@@ -68,7 +69,7 @@ def test_serve_sends_signed_recorded_deploys_and_reports_an_offline_node(tmp_pat
     assert isinstance(deploy, Deploy) and deploy.manifest.version == "2"
     verify(deploy, [parse_public_key(public_key_text(key))])  # signed by the hub's key
     record = ledger.command(deploy.id)
-    assert record is not None and record.issued_by == "cloud-hub serve (rollout r1)"
+    assert record is not None and record.issued_by == "cloud-hub serve: rollout r1"
     ack = Ack(node="a", boot="b", seq=1, ts=16.0, command=deploy.id, command_type="deploy",
               status="applied")  # fmt: skip
     assert runner.on_ack(ack, 16.0) == 1
