@@ -4,8 +4,9 @@
 The default, :class:`DeployPromoter`, deploys the candidate to the node (a signed deploy on
 serve's transport, chunks from serve's chunk server), waits for ``applied``, then watches the
 node's flag rate for ``bake_s``: worse than before the switch by more than the tolerance, it
-rolls the node back to the version it had and reports ``rolled_back``. A one-node rollout of
-the rollout engine (with a shadow phase) can take its place behind the same two calls.
+rolls the node back to the version it had and reports ``rolled_back``. (The rollout engine's
+gate holds a new model to the old one's score distribution, which a candidate that ends a
+drifted node's false alarms is meant to leave: docs/ARCHITECTURE.md, "Drift -> retrain loop".)
 
 Its state is in memory: a hub restart during a promotion reports it ``failed`` with a note
 to check the node, rather than guess what the node runs.
