@@ -194,7 +194,9 @@ def build_node(config: NodeConfig) -> EdgeNode:
     store, runtime, fallback = open_model(config, load, plain, seal)
     if fallback:
         log.error("%s", fallback)
-    batcher = ResultBatcher(config.batch.max_readings, config.batch.max_age_s)
+    # The first readings go out at once: start-up to first published reading stays well under
+    # a second whatever batch.max_age_s is.
+    batcher = ResultBatcher(config.batch.max_readings, config.batch.max_age_s, first_at_once=True)
     events = EpisodeConfig(
         config.events.open_after, config.events.close_after, config.events.critical_ratio
     )
