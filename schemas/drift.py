@@ -105,6 +105,21 @@ class Cusum:
         self.peak = np.maximum(self.peak, s.max(axis=3).max(axis=1))
         self.state = s[:, -1, :, -1]
 
+    def add_columns(self, z: F64, dt: float) -> None:
+        """Standardised readings with columns as rows, ``z`` [columns, n]: :meth:`add` without
+        its transposes (the node's drift buffer is kept this way)."""
+        columns, n = z.shape
+        step = np.empty((2, columns, n))
+        np.subtract(z, self.k, out=step[0])
+        np.negative(z, out=step[1])
+        step[1] -= self.k
+        step = finite(step) * dt
+        total = np.cumsum(step, axis=2)
+        lowest = np.minimum.accumulate(total, axis=2)
+        s = total - np.minimum(lowest, -self.state[..., None])
+        self.peak = np.maximum(self.peak, s.max(axis=2))
+        self.state = s[:, :, -1]
+
     def restart_peaks(self) -> None:
         """Peaks from now on (the sums carry on)."""
         self.peak = self.state.copy()
