@@ -88,11 +88,15 @@ class EpisodeDetector:
         threshold: float,
     ) -> list[EpisodeChange]:
         """Episode changes caused by a block of readings starting at ``t0``."""
-        block = _Block(
-            t0, period, scores, flags, contributions=contributions, channels=len(self._channels)
-        )
         self._threshold = threshold
         self._has_contrib = contributions is not None
+        f = np.asarray(flags, dtype=bool)
+        quiet = not f.any() and np.size(scores) == f.size
+        if quiet and self._pending is None and self._open is None:
+            return []  # nothing flagged and nothing under way: no run statistics needed
+        block = _Block(
+            t0, period, scores, f, contributions=contributions, channels=len(self._channels)
+        )
         changes: list[EpisodeChange] = []
         for k, flagged in enumerate(block.flagged):
             if flagged:

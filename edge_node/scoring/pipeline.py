@@ -122,6 +122,8 @@ class _Run:
         """Readings whose window holds a faulty cell on the channel that drove the score most
         (on any channel when the model gives no contributions): no machine alarm from them."""
         in_window = self.checked.in_window
+        if not in_window.any():  # no fault near any reading (the usual block)
+            return np.zeros(len(in_window), dtype=bool)
         if self.contributions is None or len(self.contributions) != len(in_window):
             return np.asarray(in_window.any(axis=1), dtype=bool)
         top = np.argmax(finite(np.abs(self.contributions)), axis=1)
@@ -130,6 +132,8 @@ class _Run:
     @property
     def observed(self) -> F32:
         """The readings as the sensors gave them, NaN where they failed the checks."""
+        if not self.checked.faulty.any():
+            return self.values
         return np.where(self.checked.faulty, np.float32(np.nan), self.values)
 
 
