@@ -113,12 +113,16 @@ class Cusum:
         np.subtract(z, self.k, out=step[0])
         np.negative(z, out=step[1])
         step[1] -= self.k
-        step = finite(step) * dt
-        total = np.cumsum(step, axis=2)
+        # NaN (holds the sums) and infinities need bounding only when there are any: one test.
+        if not np.isfinite(z).all():
+            step = finite(step)
+        step *= dt
+        total = np.cumsum(step, axis=2, out=step)
         lowest = np.minimum.accumulate(total, axis=2)
-        s = total - np.minimum(lowest, -self.state[..., None])
+        np.minimum(lowest, -self.state[..., None], out=lowest)
+        s = np.subtract(total, lowest, out=total)
         self.peak = np.maximum(self.peak, s.max(axis=2))
-        self.state = s[:, :, -1]
+        self.state = s[:, :, -1].copy()
 
     def restart_peaks(self) -> None:
         """Peaks from now on (the sums carry on)."""

@@ -151,6 +151,8 @@ class _Lane:
             )
         self.scorer = scorer
         self.columns = [source_channels.index(c) for c in channels]
+        # The model reads the source's columns as they come (the usual case): no copy needed.
+        self._all_columns = self.columns == list(range(len(source_channels)))
         fill = np.array([manifest.reference.channels[c].mean for c in channels], np.float32)
         self.windower = Windower(manifest.input.window, fill)
         self.drift = DriftAccumulator(manifest.reference, channels, spec=manifest.drift)
@@ -165,7 +167,8 @@ class _Lane:
             self.windower.push(rows[:, self.columns])
 
     def run(self, block: Block, clock: Callable[[], float]) -> _Run:
-        values = np.ascontiguousarray(block.values[:, self.columns], dtype=np.float32)
+        picked = block.values if self._all_columns else block.values[:, self.columns]
+        values = np.ascontiguousarray(picked, dtype=np.float32)
         checked = self.validator.check(block.t0, block.period, values)
         batch = self.windower.push(checked.values)
         windows = batch.windows
@@ -240,9 +243,15 @@ class Pipeline:
         threshold = lane.scorer.manifest.threshold
         # The model's alarm rule decides the flags. An unscored (NaN) reading is never flagged,
         # and a window still padded at start-up (the node's first readings) cannot raise one.
-        scored = np.isfinite(run.scores)
-        exceed = scored & run.complete & (run.scores > threshold) & ~run.sensor_driven
-        flags = lane.alarm.update(exceed) & scored
+        exceed = run.complete & (run.scores > threshold)
+        driven = run.sensor_driven
+        if driven.any():
+            exceed &= ~driven
+        if run.error:  # some readings unscored (every score is finite otherwise)
+            scored = np.isfinite(run.scores)
+            flags = lane.alarm.update(exceed & scored) & scored
+        else:
+            flags = lane.alarm.update(exceed)
         lane.drift.add(block.t0, block.period, run.observed, run.scores, flags)
         out.sensors += [SensorFault(lane.scorer.ref, c) for c in run.checked.changes]
         self.sensor_faults.update(run.checked.counts)
