@@ -121,29 +121,33 @@ class DriftReport:
 
 
 class _Binner:
-    """Bin counts of every column at once: rows are columns, each binned by binary search."""
+    """Bin counts of every column at once: a value's bin is the number of its column's inner
+    edges at or below it, counted one edge at a time over the whole buffer (a handful of
+    passes, faster than a binary search per column for the ten or so edges a profile has)."""
 
     def __init__(self, profiles: list[Profile]) -> None:
         sizes = [len(p.fractions) for p in profiles]
-        self._inner = [np.asarray(p.edges[1:-1], dtype=np.float64) for p in profiles]
-        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)[:, None]
+        widest = max(sizes)
+        # NaN pads a column with fewer edges: no value is at or above NaN.
+        inner = np.full((len(profiles), max(widest - 1, 1)), np.nan)
+        for i, p in enumerate(profiles):
+            inner[i, : sizes[i] - 1] = p.edges[1:-1]
+        self._edges = [np.ascontiguousarray(inner[:, j : j + 1]) for j in range(inner.shape[1])]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)[:, None]
         self._total = int(sum(sizes))
         self._splits = np.cumsum(sizes)[:-1]
-        # Counting edges by binary search needs them in order (a manifest's always are).
-        self._sorted = all(bool(np.all(np.diff(p.edges) >= 0)) for p in profiles)
 
     def zero(self) -> NDArray[np.int64]:
         return np.zeros(self._total, dtype=np.int64)
 
     def add(self, x: F64, counts: NDArray[np.int64]) -> None:
         """Add the bin counts of ``x`` [columns, rows] into the flat ``counts``."""
-        index = np.empty(x.shape, dtype=np.int64)
-        for c, inner in enumerate(self._inner):
-            if self._sorted:  # edges at or below each value
-                index[c] = np.searchsorted(inner, x[c], side="right")
-            else:
-                index[c] = (inner[:, None] <= x[c][None, :]).sum(axis=0)
-        index += self._offsets
+        index = np.empty(x.shape, dtype=np.intp)
+        index[:] = self._offsets
+        at_or_above = np.empty(x.shape, dtype=bool)
+        for edge in self._edges:
+            np.greater_equal(x, edge, out=at_or_above)
+            index += at_or_above
         index[np.isnan(x)] = self._total  # a spare bin, dropped
         counts += np.bincount(index.ravel(), minlength=self._total + 1)[:-1]
 
