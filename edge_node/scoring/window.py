@@ -61,7 +61,9 @@ class Windower:
         missing = np.isnan(block)
         n = block.shape[0]
         gaps = bool(missing.any())
-        imputed = missing.any(axis=1) if gaps else np.zeros(n, dtype=np.bool_)
+        imputed: NDArray[np.bool_] = (
+            np.asarray(missing.any(axis=1)) if gaps else np.zeros(n, dtype=np.bool_)
+        )
         if self._seen >= self._window:  # past start-up every window is complete
             complete = np.ones(n, dtype=np.bool_)
         else:
