@@ -270,8 +270,11 @@ class DriftAccumulator:
         flags: ArrayLike,
     ) -> None:
         """Add a block of readings ``[n, C]`` with their scores and flags (NaN cells ignored)."""
-        x = np.asarray(values, dtype=np.float64)
-        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        # Float32 readings and scores are widened as they are copied into the buffer.
+        x = np.asarray(values)
+        s = np.asarray(scores).reshape(-1)
+        if not (np.issubdtype(x.dtype, np.floating) and np.issubdtype(s.dtype, np.floating)):
+            x, s = x.astype(np.float64), s.astype(np.float64)
         f = np.asarray(flags, dtype=bool).reshape(-1)
         if x.ndim != 2 or x.shape[1] != len(self._channels):
             raise ValueError(f"values have shape {x.shape}, expected [n, {len(self._channels)}]")
