@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +142,7 @@ def per_minute(seconds: float, warmup_s: float, rate_hz: float) -> None:
     )
 
 
-def drain(messages: queue.Queue[object]) -> dict[str, list[int]]:
+def drain(messages: queue.Queue[Any]) -> dict[str, list[int]]:
     """Payload sizes by topic kind of the messages received so far."""
     out: dict[str, list[int]] = defaultdict(list)
     while True:
@@ -149,7 +150,7 @@ def drain(messages: queue.Queue[object]) -> dict[str, list[int]]:
             message = messages.get_nowait()
         except queue.Empty:
             return out
-        out[message.topic.rsplit("/", 1)[1]].append(len(message.payload))  # type: ignore[attr-defined]
+        out[message.topic.rsplit("/", 1)[1]].append(len(message.payload))
 
 
 def main() -> None:
