@@ -171,6 +171,8 @@ def launch_bare(broker: Broker, account: str, model: Path) -> tuple[Launched, in
             if proc.stdin is not None:
                 proc.stdin.close()
             proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
         return Launched(proc.pid, stop, popen=proc)
 
