@@ -20,8 +20,8 @@ from tests.node_process import launch_bare, launch_node, rss_kb, train_sim_model
 
 pytestmark = pytest.mark.integration
 
-WARMUP_S = 10.0
-WATCH_S = 20.0
+WARMUP_S = 8.0
+WATCH_S = 15.0
 # The node's own resident memory over the bare process (bench: ~12 MB; budget 80 MB in all).
 OWN_MEMORY_KB = 16_000
 
