@@ -117,12 +117,22 @@ class Cusum:
         if not np.isfinite(z).all():
             step = finite(step)
         step *= dt
-        total = np.cumsum(step, axis=2, out=step)
-        lowest = np.minimum.accumulate(total, axis=2)
-        np.minimum(lowest, -self.state[..., None], out=lowest)
-        s = np.subtract(total, lowest, out=total)
-        self.peak = np.maximum(self.peak, s.max(axis=2))
-        self.state = s[:, :, -1].copy()
+        steps = step.reshape(2 * columns, n)
+        state, peak = self.state.reshape(-1).copy(), self.peak.reshape(-1).copy()
+        # A sum that never rises in the buffer (a healthy column: every reading within k) only
+        # falls towards 0: its peak stays, its end is a plain sum. Running sums for the rest.
+        rising = (steps > 0).any(axis=1)
+        falling = ~rising
+        if falling.any():
+            state[falling] = np.maximum(state[falling] + steps[falling].sum(axis=1), 0.0)
+        if rising.any():
+            total = np.cumsum(steps[rising], axis=1)
+            lowest = np.minimum.accumulate(total, axis=1)
+            np.minimum(lowest, -state[rising][:, None], out=lowest)
+            s = np.subtract(total, lowest, out=total)
+            peak[rising] = np.maximum(peak[rising], s.max(axis=1))
+            state[rising] = s[:, -1]
+        self.state, self.peak = state.reshape(2, columns), peak.reshape(2, columns)
 
     def restart_peaks(self) -> None:
         """Peaks from now on (the sums carry on)."""
