@@ -290,7 +290,7 @@ class DriftAccumulator:
             self._start = float(t0)
         self._end = float(t0 + (n - 1) * period)
         self._n += n
-        self._flagged += int(f.sum())
+        self._flagged += int(np.count_nonzero(f))
         done = 0
         while done < n:
             take = min(BUFFER_ROWS - self._buffered, n - done)

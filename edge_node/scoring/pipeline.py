@@ -244,9 +244,8 @@ class Pipeline:
         # The model's alarm rule decides the flags. An unscored (NaN) reading is never flagged,
         # and a window still padded at start-up (the node's first readings) cannot raise one.
         exceed = run.complete & (run.scores > threshold)
-        driven = run.sensor_driven
-        if driven.any():
-            exceed &= ~driven
+        if run.checked.in_window.any():  # a fault near some reading
+            exceed &= ~run.sensor_driven
         if run.error:  # some readings unscored (every score is finite otherwise)
             scored = np.isfinite(run.scores)
             flags = lane.alarm.update(exceed & scored) & scored

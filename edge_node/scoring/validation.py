@@ -117,7 +117,7 @@ class Validator:
         # NaN fails both comparisons, so one test finds every cell that may be faulty.
         inside = (given >= self._lower) & (given <= self._upper)
         counts: Counter[str] = Counter()
-        if len(given) and inside.all() and not stuck.any():
+        if len(given) and inside.all() and not (self._checks_stuck and stuck.any()):
             self._seen[:] = True
             if not self._open and not self._tail_faulty:
                 # The common case, in a few numpy calls: nothing to impute, mask or report.
