@@ -167,7 +167,8 @@ class _Sums:
     def add(self, y: F64) -> None:
         """Add consecutive rows ``y`` [columns, rows], already centred (NaN: missing)."""
         nan = np.isnan(y)
-        y0 = np.where(nan, 0.0, y)
+        gaps = bool(nan.any())
+        y0 = np.where(nan, 0.0, y) if gaps else y
         last_nan = np.isnan(self.last)
         # Missing cells are 0 in y0, so their products vanish from the lag-1 sum by themselves.
         squares = np.einsum("ij,ij->i", y0, y0)
@@ -176,8 +177,12 @@ class _Sums:
         if not np.isfinite(squares).all():  # an infinity: inf * 0 would be NaN, so mask
             lagged = self._lagged_masked(y, y0, nan)
         rows = y.shape[1]
-        unpaired = (nan[:, 1:] | nan[:, :-1]).sum(axis=1) + (nan[:, 0] | last_nan)
-        self.count = self.count + (rows - nan.sum(axis=1))
+        if gaps:
+            unpaired = (nan[:, 1:] | nan[:, :-1]).sum(axis=1) + (nan[:, 0] | last_nan)
+            missing = nan.sum(axis=1)
+        else:  # no missing cell: only a missing last value of the buffer before unpairs one
+            unpaired, missing = last_nan.astype(np.int64), np.zeros(len(y), dtype=np.int64)
+        self.count = self.count + (rows - missing)
         self.total = self.total + y0.sum(axis=1)
         self.squares = self.squares + squares
         self.pairs = self.pairs + (rows - unpaired)
