@@ -140,15 +140,17 @@ class _Binner:
     def zero(self) -> NDArray[np.int64]:
         return np.zeros(self._total, dtype=np.int64)
 
-    def add(self, x: F64, counts: NDArray[np.int64]) -> None:
-        """Add the bin counts of ``x`` [columns, rows] into the flat ``counts``."""
+    def add(self, x: F64, counts: NDArray[np.int64], gaps: bool = True) -> None:
+        """Add the bin counts of ``x`` [columns, rows] into the flat ``counts`` (``gaps``:
+        whether any cell may be NaN)."""
         index = np.empty(x.shape, dtype=np.intp)
         index[:] = self._offsets
         at_or_above = np.empty(x.shape, dtype=bool)
         for edge in self._edges:
             np.greater_equal(x, edge, out=at_or_above)
             index += at_or_above
-        index[np.isnan(x)] = self._total  # a spare bin, dropped
+        if gaps:
+            index[np.isnan(x)] = self._total  # a spare bin, dropped
         counts += np.bincount(index.ravel(), minlength=self._total + 1)[:-1]
 
     def split(self, counts: NDArray[np.int64]) -> list[NDArray[np.int64]]:
@@ -164,8 +166,9 @@ class _Sums:
         self.pairs, self.lagged = zero.copy(), zero.copy()
         self.last = np.full(columns, np.nan)
 
-    def add(self, y: F64) -> None:
-        """Add consecutive rows ``y`` [columns, rows], already centred (NaN: missing)."""
+    def add(self, y: F64) -> bool:
+        """Add consecutive rows ``y`` [columns, rows], already centred (NaN: missing); True
+        if any cell was missing."""
         nan = np.isnan(y)
         gaps = bool(nan.any())
         y0 = np.where(nan, 0.0, y) if gaps else y
@@ -188,6 +191,7 @@ class _Sums:
         self.pairs = self.pairs + (rows - unpaired)
         self.lagged = self.lagged + lagged
         self.last = y[:, -1].copy()
+        return gaps
 
     def _lagged_masked(self, y: F64, y0: F64, nan: NDArray[np.bool_]) -> F64:
         prev = np.concatenate([self.last[:, None], y[:, :-1]], axis=1)
@@ -398,8 +402,8 @@ class DriftAccumulator:
         x = self._buffer[:, : self._buffered]
         self._buffered = 0
         y = x - self._centre[:, None]
-        self._sums.add(y)
-        self._binner.add(x, self._counts)
+        gaps = self._sums.add(y)
+        self._binner.add(x, self._counts, gaps)
         self._cusum.add_columns(y / self._scale[:, None], self._period)
         score = x[-1]
         finite_scores = score[~np.isnan(score)]
