@@ -56,8 +56,9 @@ class _OpenBatch:
             t0=self.t0,
             period=self.period,
             threshold=self.threshold,
-            scores=np.concatenate(self.scores),
-            flags=np.concatenate(self.flags),
+            # One part (a whole block in one batch) needs no copy: it is the batcher's own.
+            scores=self.scores[0] if len(self.scores) == 1 else np.concatenate(self.scores),
+            flags=self.flags[0] if len(self.flags) == 1 else np.concatenate(self.flags),
         )
 
 

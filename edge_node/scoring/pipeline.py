@@ -253,7 +253,8 @@ class Pipeline:
             flags = lane.alarm.update(exceed)
         lane.drift.add(block.t0, block.period, run.observed, run.scores, flags)
         out.sensors += [SensorFault(lane.scorer.ref, c) for c in run.checked.changes]
-        self.sensor_faults.update(run.checked.counts)
+        if run.checked.counts:
+            self.sensor_faults.update(run.checked.counts)
         changes = lane.episodes.update(
             block.t0, block.period, run.scores, flags, run.contributions, threshold=threshold
         )
