@@ -182,7 +182,8 @@ class _Lane:
             scores, contributions = np.full(len(values), np.nan, np.float32), None
             error = f"inference failed: {type(exc).__name__}: {exc}"
         ms = (clock() - start) * 1000.0
-        if not error and not np.isfinite(scores).all():
+        # All finite exactly when their float64 sum is (float32 scores cannot overflow it).
+        if not error and not np.isfinite(np.sum(scores, dtype=np.float64)):
             error = "model produced NaN or infinite scores"
         return _Run(values, scores, contributions, ms, error, batch.complete, checked)
 
