@@ -7,6 +7,8 @@ before it), ``--config`` on the subcommand that reads settings, exit 2 for the u
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import logging
 import os
 import signal
@@ -97,6 +99,7 @@ def _run(config_path: Path | None, exit_when_drained: bool) -> int:
         )
     log.info("settings: %s", found.how)
     node = build_node(load_config(found.path, os.environ))
+    _release_startup_memory()
     stop = threading.Event()
 
     def _stop(signum: int, _frame: FrameType | None) -> None:
@@ -107,6 +110,19 @@ def _run(config_path: Path | None, exit_when_drained: bool) -> int:
     signal.signal(signal.SIGINT, _stop)
     node.run(stop, exit_when_drained=exit_when_drained)
     return 0
+
+
+def _release_startup_memory() -> None:
+    """Hand the heap that start-up used and freed (settings, model bytes, CSV parsing) back to
+    the system: glibc keeps freed memory mapped, and a node's resident memory is a budget.
+    Elsewhere (no glibc) this does nothing."""
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 def _simulate(out: Path, seconds: float, seed: int, rate_hz: float, faults: list[str]) -> int:

@@ -12,8 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-import psutil
-
 from edge_node.app import EdgeNode, Timers
 from edge_node.config import NodeConfig, NodeSection, SourceSection, read_password, registers
 from edge_node.delivery.outbox import Outbox
@@ -34,6 +32,7 @@ from edge_node.sources.base import Source
 from edge_node.sources.csv_replay import CsvReplay
 from edge_node.sources.polling import Backoff, PolledSource, Reader
 from edge_node.sources.simulator import PumpSimulator, parse_fault
+from edge_node.telemetry.procstats import machine_memory
 from edge_node.telemetry.stats import PowerModel
 from schemas.codec import encode
 from schemas.messages import Capabilities, Status
@@ -195,7 +194,9 @@ def build_node(config: NodeConfig) -> EdgeNode:
     store, runtime, fallback = open_model(config, load, plain, seal)
     if fallback:
         log.error("%s", fallback)
-    batcher = ResultBatcher(config.batch.max_readings, config.batch.max_age_s)
+    # The first readings go out at once: start-up to first published reading stays well under
+    # a second whatever batch.max_age_s is.
+    batcher = ResultBatcher(config.batch.max_readings, config.batch.max_age_s, first_at_once=True)
     events = EpisodeConfig(
         config.events.open_after, config.events.close_after, config.events.critical_ratio
     )
@@ -320,12 +321,12 @@ def _transport(config: NodeConfig, will: bytes) -> NodeTransport:
 
 def _capabilities(source: Source, node: NodeSection) -> Capabilities:
     ort_version, opset = runtime_info()
-    memory = psutil.virtual_memory()
+    total, available = machine_memory()
     return Capabilities(
         channels=source.channels,
         sample_hz=1.0 / source.period,
-        memory_mb=memory.total / 1e6,
-        memory_available_mb=memory.available / 1e6,
+        memory_mb=total / 1e6,
+        memory_available_mb=available / 1e6,
         cpu_count=os.cpu_count() or 1,
         onnx_opset=opset,
         ort_version=ort_version,

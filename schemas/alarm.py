@@ -65,6 +65,17 @@ class AlarmFilter:
         if n == 0:
             return out
         spec, past = self.spec, self._history.size
+        if self._open and hits.all():  # open and every reading over: it stays open
+            out[:] = True
+            self._quiet = 0
+            if past:
+                self._history = np.concatenate([self._history, hits])[-past:]
+            return out
+        if not self._open and not hits.any() and self._history.sum() < spec.open_after:
+            # Closed and nothing to open it (the usual block): only the history moves on.
+            if past:
+                self._history = np.concatenate([self._history, hits])[-past:]
+            return out
         extended = np.concatenate([self._history, hits])
         total = np.concatenate([[0], np.cumsum(extended)])
         end = np.arange(n) + past + 1

@@ -105,6 +105,35 @@ class Cusum:
         self.peak = np.maximum(self.peak, s.max(axis=3).max(axis=1))
         self.state = s[:, -1, :, -1]
 
+    def add_columns(self, z: F64, dt: float) -> None:
+        """Standardised readings with columns as rows, ``z`` [columns, n]: :meth:`add` without
+        its transposes (the node's drift buffer is kept this way)."""
+        columns, n = z.shape
+        step = np.empty((2, columns, n))
+        np.subtract(z, self.k, out=step[0])
+        np.negative(z, out=step[1])
+        step[1] -= self.k
+        # NaN (holds the sums) and infinities need bounding only when there are any: one test.
+        if not np.isfinite(z).all():
+            step = finite(step)
+        step *= dt
+        steps = step.reshape(2 * columns, n)
+        state, peak = self.state.reshape(-1).copy(), self.peak.reshape(-1).copy()
+        # A sum that never rises in the buffer (a healthy column: every reading within k) only
+        # falls towards 0: its peak stays, its end is a plain sum. Running sums for the rest.
+        rising = (steps > 0).any(axis=1)
+        falling = ~rising
+        if falling.any():
+            state[falling] = np.maximum(state[falling] + steps[falling].sum(axis=1), 0.0)
+        if rising.any():
+            total = np.cumsum(steps[rising], axis=1)
+            lowest = np.minimum.accumulate(total, axis=1)
+            np.minimum(lowest, -state[rising][:, None], out=lowest)
+            s = np.subtract(total, lowest, out=total)
+            peak[rising] = np.maximum(peak[rising], s.max(axis=1))
+            state[rising] = s[:, -1]
+        self.state, self.peak = state.reshape(2, columns), peak.reshape(2, columns)
+
     def restart_peaks(self) -> None:
         """Peaks from now on (the sums carry on)."""
         self.peak = self.state.copy()

@@ -19,14 +19,18 @@ import base64
 import binascii
 import hashlib
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar
 
 import msgspec
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from schemas.manifest import Manifest
 from schemas.messages import Command
+
+# cryptography is imported where a signature is made or checked, not with this module: its
+# OpenSSL costs ~7 MB of memory, which a node would otherwise pay from start-up although it
+# checks a signature only when a command arrives.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 COMMAND_DOMAIN: Final = b"edgeml/v1 command\x00"
 MANIFEST_DOMAIN: Final = b"edgeml/v1 manifest\x00"
@@ -42,9 +46,9 @@ class SignatureError(ValueError):
 
 @dataclass(frozen=True)
 class PublicKey:
-    """A trusted hub key and its short id."""
+    """A trusted hub key (raw 32 bytes) and its short id."""
 
-    key: Ed25519PublicKey
+    raw: bytes
     key_id: str
 
 
@@ -61,12 +65,12 @@ def parse_public_key(text: str, where: str = "key") -> PublicKey:
         raise ValueError(f"{where}: not base64") from None
     if len(raw) != 32:
         raise ValueError(f"{where}: an Ed25519 public key is 32 bytes, this is {len(raw)}")
-    return PublicKey(Ed25519PublicKey.from_public_bytes(raw), key_id(raw))
+    return PublicKey(raw, key_id(raw))
 
 
 def public_key_text(private: Ed25519PrivateKey) -> str:
     """The base64 raw public key of ``private``, as node settings carry it."""
-    return base64.b64encode(_raw(private.public_key())).decode()
+    return base64.b64encode(_raw(private)).decode()
 
 
 def canonical(message: Command | Manifest) -> bytes:
@@ -114,10 +118,13 @@ def verify(message: Command | Manifest, keys: list[PublicKey]) -> PublicKey:
         raise SignatureError(f"unsigned {what}: this node accepts only signed ones")
     if len(signature) != SIGNATURE_BYTES:
         raise SignatureError(f"bad {what} signature: {len(signature)} bytes, not 64")
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     data = canonical(message)
     for trusted in keys:
         try:
-            trusted.key.verify(signature, data)
+            Ed25519PublicKey.from_public_bytes(trusted.raw).verify(signature, data)
         except InvalidSignature:
             continue
         return trusted
@@ -128,7 +135,7 @@ def verify(message: Command | Manifest, keys: list[PublicKey]) -> PublicKey:
     )
 
 
-def _raw(public: Ed25519PublicKey) -> bytes:
+def _raw(private: Ed25519PrivateKey) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-    return public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)

@@ -15,9 +15,6 @@ import os
 from pathlib import Path
 from typing import Final
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 MAGIC: Final = b"edgeml-sealed-v1\n"
 NONCE_BYTES: Final = 12
 KEY_BYTES: Final = 32
@@ -51,6 +48,10 @@ class ModelSeal:
     """Seals model bytes for one version folder and opens them again."""
 
     def __init__(self, key: bytes) -> None:
+        # Imported here: cryptography's OpenSSL costs a node ~7 MB of memory, and only nodes
+        # that keep models encrypted need it.
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(key)
 
     def seal(self, data: bytes, model_dir: Path) -> bytes:
@@ -65,6 +66,8 @@ class ModelSeal:
                 f"{model_dir.parent.name}@{model_dir.name}: model file is not encrypted, "
                 "but this node keeps models encrypted (security.model_key_file)"
             )
+        from cryptography.exceptions import InvalidTag
+
         body = data[len(MAGIC) :]
         nonce, sealed = body[:NONCE_BYTES], body[NONCE_BYTES:]
         try:

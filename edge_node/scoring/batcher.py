@@ -56,16 +56,21 @@ class _OpenBatch:
             t0=self.t0,
             period=self.period,
             threshold=self.threshold,
-            scores=np.concatenate(self.scores),
-            flags=np.concatenate(self.flags),
+            # One part (a whole block in one batch) needs no copy: it is the batcher's own.
+            scores=self.scores[0] if len(self.scores) == 1 else np.concatenate(self.scores),
+            flags=self.flags[0] if len(self.flags) == 1 else np.concatenate(self.flags),
         )
 
 
 class ResultBatcher:
     """Cuts batches at ``max_readings``, on a change of model, threshold or period, on a gap
-    in time, and (through ``add`` or ``flush``) when the open batch is ``max_age_s`` old."""
+    in time, and (through ``add`` or ``flush``) when the open batch is ``max_age_s`` old.
 
-    def __init__(self, max_readings: int, max_age_s: float) -> None:
+    With ``first_at_once`` the first block goes out as a batch of its own at once: a node that
+    just started shows its first readings without waiting ``max_age_s``, for one more message.
+    """
+
+    def __init__(self, max_readings: int, max_age_s: float, *, first_at_once: bool = False) -> None:
         if max_readings < 1:
             raise ValueError(f"max_readings must be >= 1, got {max_readings}")
         if not max_age_s > 0:
@@ -74,6 +79,7 @@ class ResultBatcher:
         self._max_age_s = max_age_s
         self._open: _OpenBatch | None = None
         self._next = 0  # index of the next reading added, counted since creation
+        self._first_at_once = first_at_once
 
     @property
     def pending(self) -> int:
@@ -114,6 +120,8 @@ class ResultBatcher:
             offset += take
             if self._open.size >= self._max_readings:
                 done.append(self._seal())
+        if self._first_at_once and self._open is not None and self._open.first == 0:
+            done.append(self._seal())
         return done
 
     def flush(self, now: float, force: bool = False) -> list[PendingBatch]:

@@ -5,10 +5,13 @@ bins, so intervals and nodes merge by adding counts), mean and std, PSI with its
 expectation for the interval's effective sample size, binned KS and Wasserstein distances; and
 a CUSUM change detector (schemas.drift) whose state runs across intervals.
 
-Cost: a node at 50 Hz hands blocks of one or two readings, so rows are buffered and the
-statistics run on chunks of ``CHUNK`` rows, a fixed handful of numpy calls per chunk whatever
-the channel count (bench/drift_cost.py). Memory is bounded: the buffer, per-bin counts, sums,
-and a systematic sample of at most ``SCORE_SAMPLE_CAP`` scores for the score percentiles.
+Cost: a node at 50 Hz hands blocks of one or two readings, so rows are buffered (up to
+``BUFFER_ROWS``, columns as rows so that every pass runs along contiguous memory) and the
+statistics run over the buffer in one pass, a fixed handful of numpy calls whatever the channel
+count (bench/drift_cost.py). The buffer is flushed when full, at a report and when the period
+changes, never at a block boundary, so the numbers do not depend on block sizes. Memory is
+bounded: the buffer, per-bin counts, sums, and a systematic sample of at most
+``SCORE_SAMPLE_CAP`` scores for the score percentiles.
 """
 
 from __future__ import annotations
@@ -31,10 +34,9 @@ SCORE_SAMPLE_CAP = 65_536
 # Relative floor for a reference std of 0, so a constant training channel gives a large but
 # finite mean shift instead of a division by zero.
 STD_FLOOR = 1e-6
-CHUNK = 128
+# Rows buffered before the statistics run over them in one pass.
+BUFFER_ROWS = 1024
 _LARGEST = np.finfo(np.float64).max
-# Chunks buffered before they are summed together in one pass (same sums, fewer numpy calls).
-CHUNKS = 8
 
 
 def psi(expected: Sequence[float], actual_counts: NDArray[np.int64]) -> float:
@@ -119,35 +121,36 @@ class DriftReport:
 
 
 class _Binner:
-    """Bin counts of every column at once: inner edges padded to one matrix."""
+    """Bin counts of every column at once: a value's bin is the number of its column's inner
+    edges at or below it, counted one edge at a time over the whole buffer (a handful of
+    passes, faster than a binary search per column for the ten or so edges a profile has)."""
 
     def __init__(self, profiles: list[Profile]) -> None:
         sizes = [len(p.fractions) for p in profiles]
         widest = max(sizes)
-        inner = np.full((len(profiles), max(widest - 1, 1)), np.inf)
+        # NaN pads a column with fewer edges: no value is at or above NaN.
+        inner = np.full((len(profiles), max(widest - 1, 1)), np.nan)
         for i, p in enumerate(profiles):
             inner[i, : sizes[i] - 1] = p.edges[1:-1]
-        self._inner = inner
-        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        self._edges = [np.ascontiguousarray(inner[:, j : j + 1]) for j in range(inner.shape[1])]
+        self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)[:, None]
         self._total = int(sum(sizes))
         self._splits = np.cumsum(sizes)[:-1]
-        # Counting edges by binary search needs them in order (a manifest's always are).
-        self._sorted = all(bool(np.all(np.diff(p.edges) >= 0)) for p in profiles)
 
     def zero(self) -> NDArray[np.int64]:
         return np.zeros(self._total, dtype=np.int64)
 
-    def add(self, x: F64, counts: NDArray[np.int64]) -> None:
-        """Add the bin counts of rows ``x`` [..., columns] into the flat ``counts``."""
-        x = x.reshape(-1, x.shape[-1])
-        if self._sorted:  # a binary search per column: edges at or below each value
-            index = np.empty(x.shape, dtype=np.int64)
-            for c, inner in enumerate(self._inner):
-                index[:, c] = np.searchsorted(inner, x[:, c], side="right")
-            index += self._offsets
-        else:
-            index = (self._inner[None, :, :] <= x[:, :, None]).sum(axis=2) + self._offsets
-        index[np.isnan(x)] = self._total  # a spare bin, dropped
+    def add(self, x: F64, counts: NDArray[np.int64], gaps: bool = True) -> None:
+        """Add the bin counts of ``x`` [columns, rows] into the flat ``counts`` (``gaps``:
+        whether any cell may be NaN)."""
+        index = np.empty(x.shape, dtype=np.intp)
+        index[:] = self._offsets
+        at_or_above = np.empty(x.shape, dtype=bool)
+        for edge in self._edges:
+            np.greater_equal(x, edge, out=at_or_above)
+            index += at_or_above
+        if gaps:
+            index[np.isnan(x)] = self._total  # a spare bin, dropped
         counts += np.bincount(index.ravel(), minlength=self._total + 1)[:-1]
 
     def split(self, counts: NDArray[np.int64]) -> list[NDArray[np.int64]]:
@@ -157,49 +160,53 @@ class _Binner:
 class _Sums:
     """Count, sum, squares and lag-1 products of each column, around a fixed centre."""
 
-    def __init__(self, centre: F64) -> None:
-        self.centre = centre
-        zero = np.zeros_like(centre)
+    def __init__(self, columns: int) -> None:
+        zero = np.zeros(columns)
         self.count, self.total, self.squares = zero.copy(), zero.copy(), zero.copy()
         self.pairs, self.lagged = zero.copy(), zero.copy()
-        self.last = np.full_like(centre, np.nan)
+        self.last = np.full(columns, np.nan)
 
-    def add(self, x: F64) -> None:
-        """Add consecutive chunks ``x`` [k, n, columns], each summed on its own and the sums
-        added in order, so the totals do not depend on how many chunks come per call."""
-        y = x - self.centre
-        present = ~np.isnan(y)
-        y0 = np.where(present, y, 0.0)
-        prev = np.empty_like(y)
-        prev[:, 1:] = y[:, :-1]
-        prev[0, 0] = self.last
-        prev[1:, 0] = y[:-1, -1]
-        both = present & ~np.isnan(prev)
-        # NaN products are masked out below; only infinities need bounding (as nan_to_num).
+    def add(self, y: F64) -> bool:
+        """Add consecutive rows ``y`` [columns, rows], already centred (NaN: missing); True
+        if any cell was missing."""
+        nan = np.isnan(y)
+        gaps = bool(nan.any())
+        y0 = np.where(nan, 0.0, y) if gaps else y
+        last_nan = np.isnan(self.last)
+        # Missing cells are 0 in y0, so their products vanish from the lag-1 sum by themselves.
+        squares = np.einsum("ij,ij->i", y0, y0)
+        head = y0[:, 0] * np.where(last_nan, 0.0, self.last)
+        lagged = np.einsum("ij,ij->i", y0[:, 1:], y0[:, :-1]) + head
+        if not np.isfinite(squares).all():  # an infinity: inf * 0 would be NaN, so mask
+            lagged = self._lagged_masked(y, y0, nan)
+        rows = y.shape[1]
+        if gaps:
+            unpaired = (nan[:, 1:] | nan[:, :-1]).sum(axis=1) + (nan[:, 0] | last_nan)
+            missing = nan.sum(axis=1)
+        else:  # no missing cell: only a missing last value of the buffer before unpairs one
+            unpaired, missing = last_nan.astype(np.int64), np.zeros(len(y), dtype=np.int64)
+        self.count = self.count + (rows - missing)
+        self.total = self.total + y0.sum(axis=1)
+        self.squares = self.squares + squares
+        self.pairs = self.pairs + (rows - unpaired)
+        self.lagged = self.lagged + lagged
+        self.last = y[:, -1].copy()
+        return gaps
+
+    def _lagged_masked(self, y: F64, y0: F64, nan: NDArray[np.bool_]) -> F64:
+        prev = np.concatenate([self.last[:, None], y[:, :-1]], axis=1)
+        both = ~nan & ~np.isnan(prev)
         bounded = np.minimum(np.maximum(prev, -_LARGEST), _LARGEST)
-        chunks = np.stack(
-            [
-                present.sum(axis=1),
-                y0.sum(axis=1),
-                (y0 * y0).sum(axis=1),
-                both.sum(axis=1),
-                np.where(both, y0 * bounded, 0.0).sum(axis=1),
-            ],
-            dtype=np.float64,
-        )
-        start = np.stack([self.count, self.total, self.squares, self.pairs, self.lagged])
-        # start plus each chunk's sums in turn (add.accumulate adds in order)
-        sums = np.add.accumulate(np.concatenate([start[:, None], chunks], axis=1), axis=1)[:, -1]
-        self.count, self.total, self.squares, self.pairs, self.lagged = sums
-        self.last = y[-1, -1].copy()
+        out: F64 = np.where(both, y0 * bounded, 0.0).sum(axis=1)
+        return out
 
-    def stats(self) -> tuple[F64, F64, F64]:
+    def stats(self, centre: F64) -> tuple[F64, F64, F64]:
         """Mean, std and lag-1 autocorrelation per column (NaN where undefined)."""
         with np.errstate(invalid="ignore", divide="ignore"):
             shift = self.total / self.count
             var = np.maximum(self.squares / self.count - shift * shift, 0.0)
             r = (self.lagged / self.pairs - shift * shift) / var
-        return self.centre + shift, np.sqrt(var), r
+        return centre + shift, np.sqrt(var), r
 
 
 class _ScoreSample:
@@ -257,7 +264,8 @@ class DriftAccumulator:
         self._cusum = Cusum(len(self._profiles), self._spec.k)
         self._h = np.array([self._spec.h(c) for c in [*self._channels, SCORE]])
         self._score_cap = score_cap
-        self._buffer = np.empty((CHUNK * CHUNKS, len(self._profiles)), dtype=np.float64)
+        # Columns as rows: every statistic runs along contiguous memory.
+        self._buffer = np.empty((len(self._profiles), BUFFER_ROWS), dtype=np.float64)
         self._buffered = 0
         self._period = 0.0
         self._reset()
@@ -271,8 +279,11 @@ class DriftAccumulator:
         flags: ArrayLike,
     ) -> None:
         """Add a block of readings ``[n, C]`` with their scores and flags (NaN cells ignored)."""
-        x = np.asarray(values, dtype=np.float64)
-        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        # Float32 readings and scores are widened as they are copied into the buffer.
+        x = np.asarray(values)
+        s = np.asarray(scores).reshape(-1)
+        if not (np.issubdtype(x.dtype, np.floating) and np.issubdtype(s.dtype, np.floating)):
+            x, s = x.astype(np.float64), s.astype(np.float64)
         f = np.asarray(flags, dtype=bool).reshape(-1)
         if x.ndim != 2 or x.shape[1] != len(self._channels):
             raise ValueError(f"values have shape {x.shape}, expected [n, {len(self._channels)}]")
@@ -288,16 +299,16 @@ class DriftAccumulator:
             self._start = float(t0)
         self._end = float(t0 + (n - 1) * period)
         self._n += n
-        self._flagged += int(f.sum())
+        self._flagged += int(np.count_nonzero(f))
         done = 0
         while done < n:
-            take = min(len(self._buffer) - self._buffered, n - done)
+            take = min(BUFFER_ROWS - self._buffered, n - done)
             rows = slice(self._buffered, self._buffered + take)
-            self._buffer[rows, :-1] = x[done : done + take]
-            self._buffer[rows, -1] = s[done : done + take]
+            self._buffer[:-1, rows] = x[done : done + take].T
+            self._buffer[-1, rows] = s[done : done + take]
             self._buffered += take
             done += take
-            if self._buffered == len(self._buffer):
+            if self._buffered == BUFFER_ROWS:
                 self._flush()
 
     def report(self) -> DriftReport | None:
@@ -305,7 +316,7 @@ class DriftAccumulator:
         self._flush()
         if self._n == 0:
             return None
-        means, stds, lag1 = self._sums.stats()
+        means, stds, lag1 = self._sums.stats(self._centre)
         counts = self._binner.split(self._counts)
         change = np.maximum(self._cusum.peak[0], self._cusum.peak[1]) / self._h
         change[-1] = self._cusum.peak[0, -1] / self._h[-1]  # the score: upwards only
@@ -385,33 +396,26 @@ class DriftAccumulator:
         )
 
     def _flush(self) -> None:
-        """Run the statistics over the buffered rows: whole chunks in one pass, then the rest."""
+        """Run the statistics over the buffered rows in one pass."""
         if self._buffered == 0:
             return
-        x = self._buffer[: self._buffered]
+        x = self._buffer[:, : self._buffered]
         self._buffered = 0
-        whole = len(x) // CHUNK * CHUNK
-        if whole:
-            self._add_chunks(x[:whole].reshape(-1, CHUNK, x.shape[1]))
-        if whole < len(x):
-            self._add_chunks(x[whole:][None])
-
-    def _add_chunks(self, x: F64) -> None:
-        """``x`` [k, rows, columns]: consecutive chunks of buffered rows."""
-        self._sums.add(x)
-        self._binner.add(x, self._counts)
-        self._cusum.add_chunks((x - self._centre) / self._scale, self._period)
-        for score in x[:, :, -1]:
-            finite_scores = score[~np.isnan(score)]
-            self._score_sum += float(finite_scores.sum())
-            self._scores.add(finite_scores)
+        y = x - self._centre[:, None]
+        gaps = self._sums.add(y)
+        self._binner.add(x, self._counts, gaps)
+        self._cusum.add_columns(y / self._scale[:, None], self._period)
+        score = x[-1]
+        finite_scores = score[~np.isnan(score)]
+        self._score_sum += float(finite_scores.sum())
+        self._scores.add(finite_scores)
 
     def _reset(self) -> None:
         self._n = 0
         self._flagged = 0
         self._start = 0.0
         self._end = 0.0
-        self._sums = _Sums(self._centre)
+        self._sums = _Sums(len(self._profiles))
         self._counts = self._binner.zero()
         self._score_sum = 0.0
         self._scores = _ScoreSample(self._score_cap)

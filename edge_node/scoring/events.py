@@ -88,11 +88,20 @@ class EpisodeDetector:
         threshold: float,
     ) -> list[EpisodeChange]:
         """Episode changes caused by a block of readings starting at ``t0``."""
-        block = _Block(
-            t0, period, scores, flags, contributions=contributions, channels=len(self._channels)
-        )
         self._threshold = threshold
         self._has_contrib = contributions is not None
+        f = np.asarray(flags, dtype=bool)
+        quiet = not f.any() and np.size(scores) == f.size
+        if quiet and self._pending is None and self._open is None:
+            return []  # nothing flagged and nothing under way: no run statistics needed
+        if self._open is not None and f.size and f.all() and np.size(scores) == f.size:
+            # An open episode flagged throughout the block: one run, added as a whole.
+            self._quiet = 0
+            self._open.add(*_whole_run(t0, period, scores, contributions, len(self._channels)))
+            return []
+        block = _Block(
+            t0, period, scores, f, contributions=contributions, channels=len(self._channels)
+        )
         changes: list[EpisodeChange] = []
         for k, flagged in enumerate(block.flagged):
             if flagged:
@@ -209,6 +218,17 @@ class _Block:
         """The same statistics for readings ``start .. stop - 1``."""
         peak = float(self.scores[start:stop].max())
         return peak, stop - start, self.contrib[start:stop].sum(axis=0), self.time(stop - 1)
+
+
+def _whole_run(
+    t0: float, period: float, scores: ArrayLike, contributions: ArrayLike | None, channels: int
+) -> tuple[float, int, NDArray[np.float64], float]:
+    """Peak score, count, contribution sums and last timestamp of a block that is one run
+    (what ``_Block.run_stats`` gives for it, in fewer steps)."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = s.size
+    peak = float(np.where(np.isnan(s), -np.inf, s).max())
+    return peak, n, _contributions(contributions, n, channels).sum(axis=0), t0 + (n - 1) * period
 
 
 def _contributions(contributions: ArrayLike | None, n: int, channels: int) -> NDArray[np.float64]:

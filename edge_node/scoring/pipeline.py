@@ -138,6 +138,8 @@ class _Run:
         """Readings whose window holds a faulty cell on the channel that drove the score most
         (on any channel when the model gives no contributions): no machine alarm from them."""
         in_window = self.checked.in_window
+        if not in_window.any():  # no fault near any reading (the usual block)
+            return np.zeros(len(in_window), dtype=bool)
         if self.contributions is None or len(self.contributions) != len(in_window):
             return np.asarray(in_window.any(axis=1), dtype=bool)
         top = np.argmax(finite(np.abs(self.contributions)), axis=1)
@@ -146,6 +148,8 @@ class _Run:
     @property
     def observed(self) -> F32:
         """The readings as the sensors gave them, NaN where they failed the checks."""
+        if not self.checked.faulty.any():
+            return self.values
         return np.where(self.checked.faulty, np.float32(np.nan), self.values)
 
 
@@ -163,6 +167,8 @@ class _Lane:
             )
         self.scorer = scorer
         self.columns = [source_channels.index(c) for c in channels]
+        # The model reads the source's columns as they come (the usual case): no copy needed.
+        self._all_columns = self.columns == list(range(len(source_channels)))
         fill = np.array([manifest.reference.channels[c].mean for c in channels], np.float32)
         self.windower = Windower(manifest.input.window, fill)
         self.drift = DriftAccumulator(manifest.reference, channels, spec=manifest.drift)
@@ -177,7 +183,8 @@ class _Lane:
             self.windower.push(rows[:, self.columns])
 
     def run(self, block: Block, clock: Callable[[], float]) -> _Run:
-        values = np.ascontiguousarray(block.values[:, self.columns], dtype=np.float32)
+        picked = block.values if self._all_columns else block.values[:, self.columns]
+        values = np.ascontiguousarray(picked, dtype=np.float32)
         checked = self.validator.check(block.t0, block.period, values)
         batch = self.windower.push(checked.values)
         windows = batch.windows
@@ -191,7 +198,8 @@ class _Lane:
             scores, contributions = np.full(len(values), np.nan, np.float32), None
             error = f"inference failed: {type(exc).__name__}: {exc}"
         ms = (clock() - start) * 1000.0
-        if not error and not np.isfinite(scores).all():
+        # All finite exactly when their float64 sum is (float32 scores cannot overflow it).
+        if not error and not np.isfinite(np.sum(scores, dtype=np.float64)):
             error = "model produced NaN or infinite scores"
         return _Run(values, scores, contributions, ms, error, batch.complete, checked)
 
@@ -253,16 +261,22 @@ class Pipeline:
         threshold = lane.scorer.manifest.threshold
         # The model's alarm rule decides the flags. An unscored (NaN) reading is never flagged,
         # and a window still padded at start-up (the node's first readings) cannot raise one.
-        scored = np.isfinite(run.scores)
-        exceed = scored & run.complete & (run.scores > threshold) & ~run.sensor_driven
-        flags = lane.alarm.update(exceed) & scored
+        exceed = run.complete & (run.scores > threshold)
+        if run.checked.in_window.any():  # a fault near some reading
+            exceed &= ~run.sensor_driven
+        if run.error:  # some readings unscored (every score is finite otherwise)
+            scored = np.isfinite(run.scores)
+            flags = lane.alarm.update(exceed & scored) & scored
+        else:
+            flags = lane.alarm.update(exceed)
         if self.shadow is not None:  # after the active model ran: it never waits for the shadow
             self.shadow.observe(
                 block, lane.scorer, scores=run.scores, flags=flags, ms=run.ms, now=now, clock=clock
             )
         lane.drift.add(block.t0, block.period, run.observed, run.scores, flags)
         out.sensors += [SensorFault(lane.scorer.ref, c) for c in run.checked.changes]
-        self.sensor_faults.update(run.checked.counts)
+        if run.checked.counts:
+            self.sensor_faults.update(run.checked.counts)
         changes = lane.episodes.update(
             block.t0, block.period, run.scores, flags, run.contributions, threshold=threshold
         )

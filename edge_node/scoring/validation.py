@@ -95,6 +95,10 @@ class Validator:
         self._spike_high = np.where(checked, hi + SPIKE_MARGIN * (hi - lo), np.inf)
         self._jump = SPIKE_JUMP * (hi - lo)
         self._stuck_s = np.array([sensors[c].stuck_s if c in sensors else np.inf for c in channels])
+        self._checks_stuck = bool(np.isfinite(self._stuck_s).any())
+        # A cell inside both ranges is neither out of range nor beyond the reference.
+        self._lower = np.maximum(self._low, self._spike_low)
+        self._upper = np.minimum(self._high, self._spike_high)
         self._close_after_s = close_after_s
         self._window = manifest.input.window
         self._tail = np.zeros((self._window - 1, len(channels)), dtype=bool)
@@ -108,15 +112,24 @@ class Validator:
 
     def check(self, t0: float, period: float, values: NDArray[np.float32]) -> Checked:
         """Check a block ``[n, channels]`` of readings taken every ``period`` s from ``t0``."""
-        x = np.asarray(values, dtype=np.float64)
-        masks = self._masks(x, period)
-        faulty = masks[0] | masks[1] | masks[2] | masks[3]
+        given = np.asarray(values, dtype=np.float32)
+        stuck = self._stuck(given, period)
+        # NaN fails both comparisons, so one test finds every cell that may be faulty.
+        inside = (given >= self._lower) & (given <= self._upper)
         counts: Counter[str] = Counter()
+        if len(given) and inside.all() and not (self._checks_stuck and stuck.any()):
+            self._seen[:] = True
+            if not self._open and not self._tail_faulty:
+                # The common case, in a few numpy calls: nothing to impute, mask or report.
+                self._last_good = given[-1].astype(np.float64)
+                return Checked(given, stuck, stuck, [], counts)
+        x = given.astype(np.float64)
+        masks = self._masks(x, stuck)
+        faulty = masks[0] | masks[1] | masks[2] | masks[3]
         self._seen |= (~faulty).any(axis=0)
         if not faulty.any() and not self._open and not self._tail_faulty:
-            # The common case, in a few numpy calls: nothing to impute, mask or report.
             self._last_good = x[-1].copy()
-            return Checked(np.asarray(values, np.float32), faulty, faulty, [], counts)
+            return Checked(given, faulty, faulty, [], counts)
         kinds = np.full(x.shape, -1, dtype=np.int64)
         for i in (3, 2, 1, 0):  # where faults coincide, the lower index (in KINDS) is named
             kinds[masks[i]] = i
@@ -138,13 +151,13 @@ class Validator:
         hit: NDArray[np.bool_] = (total[w:] - total[: len(total) - w]) > 0
         return hit
 
-    def _masks(self, x: F64, period: float) -> tuple[NDArray[np.bool_], ...]:
+    def _masks(self, x: F64, stuck: NDArray[np.bool_]) -> tuple[NDArray[np.bool_], ...]:
         """Per cell, one mask per fault kind in KINDS order (nan, out of range, spike, stuck)."""
         nan = np.isnan(x)
         out_of_range = ~nan & ((x < self._low) | (x > self._high))
         beyond = ~nan & ~out_of_range & ((x < self._spike_low) | (x > self._spike_high))
         spike = self._spikes(x, beyond, nan | out_of_range) if beyond.any() else beyond
-        return nan, out_of_range, spike, self._stuck(x, period)
+        return nan, out_of_range, spike, stuck
 
     def _spikes(
         self, x: F64, beyond: NDArray[np.bool_], bad: NDArray[np.bool_]
@@ -164,9 +177,11 @@ class Validator:
                     good = float(x[i, c])
         return spike
 
-    def _stuck(self, x: F64, period: float) -> NDArray[np.bool_]:
+    def _stuck(self, x: NDArray[np.floating], period: float) -> NDArray[np.bool_]:
         """Cells whose value has repeated for ``stuck_s`` seconds (runs carried across blocks)."""
         n = len(x)
+        if not self._checks_stuck:  # no channel has a stuck time: runs never matter
+            return np.zeros(x.shape, dtype=bool)
         if n == 1:  # a 50 Hz node's usual block
             run1 = np.where(x[0] == self._previous, self._run + 1, 1.0)
             self._previous, self._run = x[0].copy(), run1
@@ -174,6 +189,13 @@ class Validator:
             return single
         previous = np.vstack([self._previous[None, :], x[:-1]])
         same = x == previous
+        if not ((self._run + n) * period >= self._stuck_s).any():
+            # No run can reach stuck_s in this block: only the last row's runs are needed.
+            changed = ~same
+            since = np.argmax(changed[::-1], axis=0)  # rows after each column's last change
+            self._run = np.where(changed.any(axis=0), since + 1.0, self._run + n)
+            self._previous = x[-1].copy()
+            return np.zeros(x.shape, dtype=bool)
         rows = np.arange(n)[:, None]
         last_change = np.maximum.accumulate(np.where(same, -1, rows), axis=0)
         # readings the value at each row has been seen in a row (1 where it just changed)

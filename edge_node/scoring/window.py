@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 from numpy.typing import ArrayLike, NDArray
 
 
@@ -38,6 +37,7 @@ class Windower:
         self._last = fill_row.copy()
         self._history: NDArray[np.float32] | None = None
         self._seen = 0  # readings pushed so far (capped: only "at least window" matters)
+        self._index = np.empty((0, window), dtype=np.intp)
 
     @property
     def window(self) -> int:
@@ -59,26 +59,35 @@ class Windower:
                 f"values have {block.shape[1]} channels, the windower expects {self.channels}"
             )
         missing = np.isnan(block)
-        imputed = np.asarray(missing.any(axis=1), dtype=np.bool_)
         n = block.shape[0]
-        complete = np.arange(self._seen + 1, self._seen + n + 1) >= self._window
-        self._seen = min(self._seen + n, self._window)
+        gaps = bool(missing.any())
+        imputed: NDArray[np.bool_] = (
+            np.asarray(missing.any(axis=1)) if gaps else np.zeros(n, dtype=np.bool_)
+        )
+        if self._seen >= self._window:  # past start-up every window is complete
+            complete = np.ones(n, dtype=np.bool_)
+        else:
+            complete = np.arange(self._seen + 1, self._seen + n + 1) >= self._window
+            self._seen = min(self._seen + n, self._window)
         if n == 0:
             empty = np.empty((0, self._window, self.channels), dtype=np.float32)
             return WindowBatch(windows=empty, imputed=imputed, complete=complete)
         # Nothing to fill (the common case) needs no copy: the series concatenation copies.
-        filled = self._forward_fill(block, missing) if imputed.any() else block
+        filled = self._forward_fill(block, missing) if gaps else block
         if self._history is None:
             self._history = np.repeat(filled[:1], self._window - 1, axis=0)
         series = np.concatenate([self._history, filled])
-        self._history = series[len(series) - (self._window - 1) :].copy()
+        self._history = series[n:]  # the last window - 1 rows (series is new every time)
         self._last = filled[-1].copy()
-        # Window i is rows i .. i + window - 1 of the series: a strided view, then one copy.
-        rows, channels = series.strides
-        views = as_strided(
-            series, (n, self._window, self.channels), (rows, rows, channels), writeable=False
-        )
-        return WindowBatch(windows=views.copy(), imputed=imputed, complete=complete)
+        # Window i is rows i .. i + window - 1 of the series: one gather makes them all.
+        windows = np.take(series, self._rows(n), axis=0)
+        return WindowBatch(windows=windows, imputed=imputed, complete=complete)
+
+    def _rows(self, n: int) -> NDArray[np.intp]:
+        """Row indices ``[n, window]`` of each window in the series (kept for the largest n)."""
+        if len(self._index) < n:
+            self._index = np.arange(n)[:, None] + np.arange(self._window)[None, :]
+        return self._index[:n]
 
     def _forward_fill(
         self, block: NDArray[np.float32], missing: NDArray[np.bool_]

@@ -133,3 +133,14 @@ def test_bad_input_is_refused() -> None:
         batcher.add(
             model=M1, threshold=1.0, t0=T0, period=1.0, scores=[1, 2], flags=[True], now=0.0
         )
+
+
+def test_first_at_once_sends_the_first_block_alone_then_batches_by_age() -> None:
+    batcher = ResultBatcher(max_readings=256, max_age_s=1.0, first_at_once=True)
+    first = add(batcher, 1, T0, period=0.02)
+    assert [(b.first, b.n, b.t0) for b in first] == [(0, 1, T0)]
+    # From the second block on, readings wait for the batch's age as usual.
+    assert add(batcher, 1, T0 + 0.02, period=0.02, now=0.02, base=1) == []
+    assert add(batcher, 1, T0 + 0.04, period=0.02, now=0.5, base=2) == []
+    done = batcher.flush(now=1.02)
+    assert [(b.first, b.n, b.scores.tolist()) for b in done] == [(1, 2, [1, 2])]
