@@ -18,7 +18,7 @@ from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.events_store import EpisodeSink, EventStore
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Bounds, Ingest
-from cloud_hub.ingest.metrics import DeliveryCounts, HubCollector, MetricsServer, new_registry
+from cloud_hub.ingest.metrics import DeliveryCounts, HubCollector, MetricsServer
 from cloud_hub.ingest.receipts import ReceiptPacer, receipt
 from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.ingest.transport import HubTransport, Inbound
@@ -85,14 +85,14 @@ class HubApp:
             clock=clock,
             lock=self._lock,
             per_node=config.metrics.per_node,
+            per_node_limit=config.metrics.per_node_limit,
+            max_groups=config.metrics.max_groups,
             lifecycle=self.lifecycle_counts,
             backlog=self.inbox.qsize,
             delivery=self.delivery_counts,
         )
         try:
-            self.metrics = MetricsServer(
-                new_registry(collector), config.metrics.host, config.metrics.port
-            )
+            self.metrics = MetricsServer(collector, config.metrics.host, config.metrics.port)
         except OSError as exc:
             self._close_stores()
             where = f"{config.metrics.host}:{config.metrics.port}"

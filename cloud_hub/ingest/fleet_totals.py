@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cloud_hub.ingest.fleet import DriftSummary
-from schemas.messages import ModelRef, Telemetry
+from cloud_hub.ingest.fleet import DriftSummary, TelemetrySummary
+from schemas.messages import ModelRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,11 +24,16 @@ class NodeSnapshot:
     events_opened: int
     events_closed: int
     model: ModelRef | None
-    telemetry: Telemetry | None
+    telemetry: TelemetrySummary | None
     drift: DriftSummary | None
     gaps: int
     missing: int
     errors: int
+    group: str = ""  # the bounded label (fleet_series.GroupLabels)
+    last_seen: float | None = None
+    dropped_seen: int = 0
+    errors_seen: int = 0
+    threshold: float = 0.0
 
 
 @dataclass

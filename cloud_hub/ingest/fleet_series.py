@@ -1,0 +1,248 @@
+"""Bounded fleet series: per group or site, per model version, and per-node health lines; pure.
+
+At 10,000 nodes a scrape cannot carry ~20 series per node (270,000 lines, ~3 s to render). What
+is exported whatever the fleet's size:
+
+* per node, three health gauges (up, last seen, active model), rendered here as text directly:
+  prometheus_client takes ~12 µs a line, too slow for 30,000 of them within 0.25 s;
+* per group (the ``group`` a node announces at birth, at most ``max_groups`` of them by name,
+  the rest as ``other``): node counts, totals, and a histogram of the nodes' latency p99;
+* per model version (at most ``fleet.MAX_MODEL_KEYS``): readings and anomalous readings counted as
+  they arrive, and a histogram of the nodes' score p99 over their model's threshold.
+
+Families are plain values (:class:`Family`); ``metrics.py`` hands them to prometheus_client.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+from cloud_hub.ingest.drift_state import LEVELS as DRIFT_LEVELS
+from cloud_hub.ingest.fleet import ModelCounts
+from cloud_hub.ingest.fleet_totals import NodeSnapshot
+
+UNGROUPED: Final = "ungrouped"
+OTHER: Final = "other"
+DEFAULT_MAX_GROUPS: Final = 50
+MAX_GROUP_CHARS: Final = 64
+# Nodes' inference latency p99, seconds, and score p99 as a multiple of the model's threshold.
+LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+SCORE_BUCKETS: Final = (0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 4.0)
+
+FamilyType = Literal["counter", "gauge", "gaugehistogram"]
+Sample = tuple[str, dict[str, str], float]
+
+
+@dataclass(slots=True)
+class Family:
+    """One metric family: ``samples`` are (sample name, labels, value)."""
+
+    name: str
+    type: FamilyType
+    help: str
+    samples: list[Sample] = field(default_factory=list)
+
+
+class GroupLabels:
+    """The label of each group: the first ``max_groups`` seen keep their name, later ones are
+    ``other``; stable for the life of the hub, so a group's series never change name."""
+
+    def __init__(self, max_groups: int = DEFAULT_MAX_GROUPS) -> None:
+        self.max_groups = max_groups
+        self._named: dict[str, str] = {}
+
+    def __call__(self, group: str) -> str:
+        label = self._named.get(group)
+        if label is not None:
+            return label
+        if len(self._named) >= self.max_groups:
+            return OTHER
+        text = group[:MAX_GROUP_CHARS] if group else UNGROUPED
+        self._named[group] = text
+        return text
+
+
+def group_families(snapshots: Iterable[NodeSnapshot]) -> list[Family]:
+    """The per-group and per-model-version gauges and histograms of the nodes' snapshots."""
+    sums: dict[str, Counter[str]] = {}
+    latency: dict[str, list[int]] = {}
+    scores: dict[tuple[str, str], list[int]] = {}
+    for s in snapshots:
+        c = sums.get(s.group)
+        if c is None:
+            c = sums[s.group] = Counter()
+            latency[s.group] = [0] * (len(LATENCY_BUCKETS) + 1)
+        c["online" if s.online else "offline"] += 1
+        c["readings"] += s.readings
+        c["anomalous"] += s.anomalous
+        c["open"] += s.events_opened
+        c["close"] += s.events_closed
+        c["gaps"] += s.gaps
+        c["missing"] += s.missing
+        c["dropped"] += s.dropped_seen
+        c["errors"] += s.errors_seen
+        if s.drift is not None:
+            if s.drift.state is not None:
+                c["drift:" + s.drift.state.level] += 1
+            if s.model is not None and s.threshold > 0:
+                key = (s.model.name, s.model.version)
+                counts = scores.setdefault(key, [0] * (len(SCORE_BUCKETS) + 1))
+                _count(counts, SCORE_BUCKETS, s.drift.score_p99 / s.threshold)
+        if s.telemetry is not None:
+            _count(latency[s.group], LATENCY_BUCKETS, s.telemetry.latency_p99_ms / 1000.0)
+    return [
+        *_group_sums(sums),
+        _histogram(
+            "edgeml_group_latency_p99_seconds",
+            "Nodes by their last reported inference latency p99 (seconds), per group.",
+            {("group", g): v for g, v in latency.items()},
+            LATENCY_BUCKETS,
+        ),
+        _histogram(
+            "edgeml_model_score_p99_ratio",
+            "Nodes by their last drift report's score p99 over the model's threshold, per model "
+            "version.",
+            {("model", m, "version", v): counts for (m, v), counts in scores.items()},
+            SCORE_BUCKETS,
+        ),
+    ]
+
+
+# (key in the sums, family name, type, help); keys with a state label are listed apart.
+_GROUP_TOTALS: Final[tuple[tuple[str, str, FamilyType, str], ...]] = (
+    ("readings", "edgeml_group_readings", "counter", "Readings scored, received since the hub "
+     "started, per group."),
+    ("anomalous", "edgeml_group_anomalous_readings", "counter", "Readings flagged anomalous, "
+     "received since the hub started, per group."),
+    ("dropped", "edgeml_group_outbox_dropped", "counter", "Messages nodes' outboxes dropped "
+     "(growth of their telemetry's counters seen since the hub started), per group."),
+    ("errors", "edgeml_group_node_errors", "counter", "Errors nodes reported (growth of their "
+     "telemetry's counters seen since the hub started), per group."),
+    ("gaps", "edgeml_group_seq_gaps", "gauge", "Message seqs never received, per group."),
+    ("missing", "edgeml_group_missing_readings", "gauge", "Readings never received in results, "
+     "per group."),
+)  # fmt: skip
+
+
+def _group_sums(sums: dict[str, Counter[str]]) -> list[Family]:
+    groups = sorted(sums)
+    out = []
+    for key, name, typ, doc in _GROUP_TOTALS:
+        sample = f"{name}_total" if typ == "counter" else name
+        out.append(Family(name, typ, doc, [(sample, {"group": g}, sums[g][key]) for g in groups]))
+    nodes = Family("edgeml_group_nodes", "gauge", "Known nodes by state, per group.")
+    events = Family(
+        "edgeml_group_events", "counter", "Anomaly episodes opened and closed, received since "
+        "the hub started, per group."
+    )  # fmt: skip
+    drift = Family(
+        "edgeml_group_drift_nodes", "gauge", "Nodes in each drift state (ok, watch, drifting) "
+        "from their last drift report, per group."
+    )  # fmt: skip
+    for g in groups:
+        for state in ("online", "offline"):
+            nodes.samples.append((nodes.name, {"group": g, "state": state}, sums[g][state]))
+        for state in ("open", "close"):
+            events.samples.append((f"{events.name}_total", {"group": g, "state": state},
+                                   sums[g][state]))  # fmt: skip
+        for level in DRIFT_LEVELS:
+            drift.samples.append((drift.name, {"group": g, "state": level},
+                                  sums[g]["drift:" + level]))  # fmt: skip
+    return [*out, nodes, events, drift]
+
+
+def model_families(counts: ModelCounts) -> list[Family]:
+    """Readings and anomalous readings per model version (counters)."""
+    out = []
+    for counter, name, doc in (
+        (counts.readings, "edgeml_model_readings", "Readings scored by this model version, "
+         "received since the hub started."),
+        (counts.anomalous, "edgeml_model_anomalous_readings", "Readings this model version "
+         "flagged anomalous, received since the hub started."),
+    ):  # fmt: skip
+        family = Family(name, "counter", doc)
+        for (model, version), value in sorted(counter.items()):
+            family.samples.append((f"{name}_total", {"model": model, "version": version}, value))
+        out.append(family)
+    return out
+
+
+def _count(counts: list[int], bounds: tuple[float, ...], value: float) -> None:
+    for i, bound in enumerate(bounds):
+        if value <= bound:
+            counts[i] += 1
+            return
+    counts[-1] += 1
+
+
+def _histogram(
+    name: str, doc: str, series: dict[tuple[str, ...], list[int]], bounds: tuple[float, ...]
+) -> Family:
+    family = Family(name, "gaugehistogram", doc)
+    for key in sorted(series):
+        labels = dict(zip(key[::2], key[1::2], strict=True))
+        running = 0
+        for bound, count in zip((*map(_le, bounds), "+Inf"), series[key], strict=True):
+            running += count
+            family.samples.append((f"{name}_bucket", {**labels, "le": bound}, running))
+        family.samples.append((f"{name}_gcount", labels, running))
+    return family
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+def health_families(nodes: list[NodeSnapshot]) -> list[Family]:
+    """The per-node health gauges as families (the slow, generic path: tests, small fleets)."""
+    up = Family("edgeml_node_up", "gauge", _UP_HELP)
+    seen = Family("edgeml_node_last_seen_timestamp_seconds", "gauge", _SEEN_HELP)
+    info = Family("edgeml_node_info", "gauge", _INFO_HELP)
+    for n in nodes:
+        up.samples.append((up.name, {"node": n.node, "group": n.group}, 1.0 if n.online else 0.0))
+        if n.last_seen is not None:
+            seen.samples.append((seen.name, {"node": n.node}, n.last_seen))
+        if n.model is not None:
+            labels = {"node": n.node, "group": n.group, "model": n.model.name}
+            info.samples.append((info.name, {**labels, "version": n.model.version}, 1.0))
+    return [up, seen, info]
+
+
+_UP_HELP: Final = "1 if the node is online, else 0."
+_SEEN_HELP: Final = "When the hub last heard from the node (Unix time, the hub's clock)."
+_INFO_HELP: Final = "The node's group and active model (value 1)."
+
+
+def health_text(nodes: list[NodeSnapshot]) -> str:
+    """The same families as :func:`health_families`, in the text exposition format (0.0.4),
+    built directly: about 1 µs a line instead of prometheus_client's ~12 µs."""
+    up = [f"# HELP edgeml_node_up {_UP_HELP}\n# TYPE edgeml_node_up gauge\n"]
+    seen = [
+        f"# HELP edgeml_node_last_seen_timestamp_seconds {_SEEN_HELP}\n"
+        "# TYPE edgeml_node_last_seen_timestamp_seconds gauge\n"
+    ]
+    info = [f"# HELP edgeml_node_info {_INFO_HELP}\n# TYPE edgeml_node_info gauge\n"]
+    for n in nodes:
+        node = _escape(n.node)
+        group = _escape(n.group)
+        up.append(f'edgeml_node_up{{node="{node}",group="{group}"}} {1.0 if n.online else 0.0}\n')
+        if n.last_seen is not None:
+            seen.append(
+                f'edgeml_node_last_seen_timestamp_seconds{{node="{node}"}} {n.last_seen!r}\n'
+            )
+        if n.model is not None:
+            info.append(
+                f'edgeml_node_info{{node="{node}",group="{group}",model="{_escape(n.model.name)}",'
+                f'version="{_escape(n.model.version)}"}} 1.0\n'
+            )
+    return "".join(up) + "".join(seen) + "".join(info)
+
+
+def _escape(value: str) -> str:
+    # Node ids are [A-Za-z0-9_.-]: only groups and model names can need it.
+    if "\\" in value or '"' in value or "\n" in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
