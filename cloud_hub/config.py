@@ -96,7 +96,7 @@ class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host: NonEmpty = "127.0.0.1"
     port: ListenPort = 9100
     per_node: bool = True
-    per_node_limit: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 200
+    per_node_limit: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 100
     max_groups: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
 
 

@@ -216,7 +216,10 @@ class Deduper:
         streams = self._nodes.get(node)
         if streams is None:
             return 0
-        return streams.retired_gaps + sum(s.missing() for s in streams.boots.values())
+        gaps = streams.retired_gaps
+        for stream in streams.boots.values():  # a loop, not sum(): called per node per scrape
+            gaps += stream.missing()
+        return gaps
 
     def take_dirty(self) -> dict[tuple[str, str], Coverage]:
         """Streams changed since the last call, by ``(node, boot)`` (and forget they changed)."""

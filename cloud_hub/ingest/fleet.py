@@ -120,7 +120,10 @@ class NodeState:
 
     def missing_readings(self) -> int:
         """Readings never received between the first and last received, over all boots."""
-        return self.retired_missing + sum(c.missing() for c in self.coverage.values())
+        missing = self.retired_missing
+        for coverage in self.coverage.values():  # a loop, not sum(): per node per scrape
+            missing += coverage.missing()
+        return missing
 
 
 def summarize_drift(drift: Drift, model: ModelRef | None = None) -> DriftSummary:

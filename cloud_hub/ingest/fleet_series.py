@@ -15,6 +15,7 @@ Families are plain values (:class:`Family`); ``metrics.py`` hands them to promet
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Final, Literal
 
 from cloud_hub.ingest.drift_state import LEVELS as DRIFT_LEVELS
 from cloud_hub.ingest.fleet import ModelCounts
-from cloud_hub.ingest.fleet_totals import NodeSnapshot
+from cloud_hub.ingest.fleet_totals import FleetTotals, NodeSnapshot
 
 UNGROUPED: Final = "ungrouped"
 OTHER: Final = "other"
@@ -65,35 +66,55 @@ class GroupLabels:
         return text
 
 
-def group_families(snapshots: Iterable[NodeSnapshot]) -> list[Family]:
-    """The per-group and per-model-version gauges and histograms of the nodes' snapshots."""
-    sums: dict[str, Counter[str]] = {}
+# Where each number of a group sits in its list of sums.
+_ONLINE, _OFFLINE, _READINGS, _ANOMALOUS, _OPEN, _CLOSE, _GAPS, _MISSING = range(8)
+_DROPPED, _ERRORS, _DROPPED_NOW, _ERRORS_NOW = range(8, 12)
+_DRIFT = {level: 12 + i for i, level in enumerate(DRIFT_LEVELS)}
+_SUMS = 12 + len(DRIFT_LEVELS)
+
+
+def aggregate(
+    snapshots: Iterable[NodeSnapshot], open_counts: Iterable[tuple[tuple[str, str], int]]
+) -> tuple[FleetTotals, list[Family]]:
+    """Fleet totals and the per-group and per-model-version families, in one pass over the
+    nodes (a scrape of 10,000 nodes must stay well under 0.25 s); ``open_counts`` are the
+    open episodes by (node, kind), zeros left out."""
+    sums: dict[str, list[int]] = {}
     latency: dict[str, list[int]] = {}
     scores: dict[tuple[str, str], list[int]] = {}
+    models: Counter[tuple[str, str]] = Counter()
     for s in snapshots:
         c = sums.get(s.group)
         if c is None:
-            c = sums[s.group] = Counter()
+            c = sums[s.group] = [0] * _SUMS
             latency[s.group] = [0] * (len(LATENCY_BUCKETS) + 1)
-        c["online" if s.online else "offline"] += 1
-        c["readings"] += s.readings
-        c["anomalous"] += s.anomalous
-        c["open"] += s.events_opened
-        c["close"] += s.events_closed
-        c["gaps"] += s.gaps
-        c["missing"] += s.missing
-        c["dropped"] += s.dropped_seen
-        c["errors"] += s.errors_seen
-        if s.drift is not None:
-            if s.drift.state is not None:
-                c["drift:" + s.drift.state.level] += 1
-            if s.model is not None and s.threshold > 0:
-                key = (s.model.name, s.model.version)
-                counts = scores.setdefault(key, [0] * (len(SCORE_BUCKETS) + 1))
-                _count(counts, SCORE_BUCKETS, s.drift.score_p99 / s.threshold)
-        if s.telemetry is not None:
-            _count(latency[s.group], LATENCY_BUCKETS, s.telemetry.latency_p99_ms / 1000.0)
-    return [
+        c[_ONLINE if s.online else _OFFLINE] += 1
+        c[_READINGS] += s.readings
+        c[_ANOMALOUS] += s.anomalous
+        c[_OPEN] += s.events_opened
+        c[_CLOSE] += s.events_closed
+        c[_GAPS] += s.gaps
+        c[_MISSING] += s.missing
+        c[_DROPPED] += s.dropped_seen
+        c[_ERRORS] += s.errors_seen
+        model = s.model
+        if model is not None:
+            models[model.name, model.version] += 1
+        if (d := s.drift) is not None:
+            if d.state is not None:
+                c[_DRIFT[d.state.level]] += 1
+            if model is not None and s.threshold > 0:
+                key = (model.name, model.version)
+                counts = scores.get(key)
+                if counts is None:
+                    counts = scores[key] = [0] * (len(SCORE_BUCKETS) + 1)
+                counts[bisect_left(SCORE_BUCKETS, d.score_p99 / s.threshold)] += 1
+        if (t := s.telemetry) is not None:
+            c[_DROPPED_NOW] += t.dropped
+            c[_ERRORS_NOW] += t.errors
+            latency[s.group][bisect_left(LATENCY_BUCKETS, t.latency_p99_ms / 1000.0)] += 1
+    totals = _totals(sums.values(), models, open_counts)
+    return totals, [
         *_group_sums(sums),
         _histogram(
             "edgeml_group_latency_p99_seconds",
@@ -111,23 +132,45 @@ def group_families(snapshots: Iterable[NodeSnapshot]) -> list[Family]:
     ]
 
 
+def _totals(
+    groups: Iterable[list[int]],
+    models: Counter[tuple[str, str]],
+    open_counts: Iterable[tuple[tuple[str, str], int]],
+) -> FleetTotals:
+    t = FleetTotals(models=models)
+    for c in groups:
+        t.readings += c[_READINGS]
+        t.anomalous += c[_ANOMALOUS]
+        t.opened += c[_OPEN]
+        t.closed += c[_CLOSE]
+        t.gaps += c[_GAPS]
+        t.missing += c[_MISSING]
+        t.errors += c[_ERRORS_NOW]
+        t.dropped += c[_DROPPED_NOW]
+        for level, i in _DRIFT.items():
+            t.drift[level] += c[i]
+    for (_, kind), count in open_counts:
+        t.open_episodes[kind] += count
+    return t
+
+
 # (key in the sums, family name, type, help); keys with a state label are listed apart.
-_GROUP_TOTALS: Final[tuple[tuple[str, str, FamilyType, str], ...]] = (
-    ("readings", "edgeml_group_readings", "counter", "Readings scored, received since the hub "
+_GROUP_TOTALS: Final[tuple[tuple[int, str, FamilyType, str], ...]] = (
+    (_READINGS, "edgeml_group_readings", "counter", "Readings scored, received since the hub "
      "started, per group."),
-    ("anomalous", "edgeml_group_anomalous_readings", "counter", "Readings flagged anomalous, "
+    (_ANOMALOUS, "edgeml_group_anomalous_readings", "counter", "Readings flagged anomalous, "
      "received since the hub started, per group."),
-    ("dropped", "edgeml_group_outbox_dropped", "counter", "Messages nodes' outboxes dropped "
+    (_DROPPED, "edgeml_group_outbox_dropped", "counter", "Messages nodes' outboxes dropped "
      "(growth of their telemetry's counters seen since the hub started), per group."),
-    ("errors", "edgeml_group_node_errors", "counter", "Errors nodes reported (growth of their "
+    (_ERRORS, "edgeml_group_node_errors", "counter", "Errors nodes reported (growth of their "
      "telemetry's counters seen since the hub started), per group."),
-    ("gaps", "edgeml_group_seq_gaps", "gauge", "Message seqs never received, per group."),
-    ("missing", "edgeml_group_missing_readings", "gauge", "Readings never received in results, "
+    (_GAPS, "edgeml_group_seq_gaps", "gauge", "Message seqs never received, per group."),
+    (_MISSING, "edgeml_group_missing_readings", "gauge", "Readings never received in results, "
      "per group."),
 )  # fmt: skip
 
 
-def _group_sums(sums: dict[str, Counter[str]]) -> list[Family]:
+def _group_sums(sums: dict[str, list[int]]) -> list[Family]:
     groups = sorted(sums)
     out = []
     for key, name, typ, doc in _GROUP_TOTALS:
@@ -143,14 +186,13 @@ def _group_sums(sums: dict[str, Counter[str]]) -> list[Family]:
         "from their last drift report, per group."
     )  # fmt: skip
     for g in groups:
-        for state in ("online", "offline"):
-            nodes.samples.append((nodes.name, {"group": g, "state": state}, sums[g][state]))
-        for state in ("open", "close"):
-            events.samples.append((f"{events.name}_total", {"group": g, "state": state},
-                                   sums[g][state]))  # fmt: skip
-        for level in DRIFT_LEVELS:
-            drift.samples.append((drift.name, {"group": g, "state": level},
-                                  sums[g]["drift:" + level]))  # fmt: skip
+        c = sums[g]
+        for state, i in (("online", _ONLINE), ("offline", _OFFLINE)):
+            nodes.samples.append((nodes.name, {"group": g, "state": state}, c[i]))
+        for state, i in (("open", _OPEN), ("close", _CLOSE)):
+            events.samples.append((f"{events.name}_total", {"group": g, "state": state}, c[i]))
+        for level, i in _DRIFT.items():
+            drift.samples.append((drift.name, {"group": g, "state": level}, c[i]))
     return [*out, nodes, events, drift]
 
 
@@ -168,14 +210,6 @@ def model_families(counts: ModelCounts) -> list[Family]:
             family.samples.append((f"{name}_total", {"model": model, "version": version}, value))
         out.append(family)
     return out
-
-
-def _count(counts: list[int], bounds: tuple[float, ...], value: float) -> None:
-    for i, bound in enumerate(bounds):
-        if value <= bound:
-            counts[i] += 1
-            return
-    counts[-1] += 1
 
 
 def _histogram(

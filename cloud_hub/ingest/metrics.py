@@ -33,16 +33,16 @@ from cloud_hub.ingest.fleet_series import (
     DEFAULT_MAX_GROUPS,
     Family,
     GroupLabels,
-    group_families,
+    aggregate,
     health_families,
     health_text,
     model_families,
 )
-from cloud_hub.ingest.fleet_totals import NodeSnapshot, fleet_totals
+from cloud_hub.ingest.fleet_totals import FleetTotals, NodeSnapshot
 from cloud_hub.ingest.inbound import MESSAGE_KINDS, Ingest
 
 _NODE = ["node"]
-DEFAULT_PER_NODE_LIMIT: Final = 200
+DEFAULT_PER_NODE_LIMIT: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,15 +136,16 @@ class HubCollector(Collector):
             if self._delivery is not None:
                 families += _delivery_families(self._delivery())
             snapshots = [self._snapshot(s, now) for s in self._fleet.nodes()]
-            open_counts = sorted(self._ingest.episodes.open.counts().items())
+            open_counts = self._ingest.episodes.open.open_now()
             by_model = model_families(self._fleet.model_counts)
-        families += _fleet_totals(snapshots, open_counts)
-        families += [_metric(f) for f in (*group_families(snapshots), *by_model)]
+        totals, by_group = aggregate(snapshots, open_counts.items())
+        families += _fleet_totals(totals)
+        families += [_metric(f) for f in (*by_group, *by_model)]
         families += self._detail(snapshots, open_counts)
         return families, snapshots
 
     def _detail(
-        self, snapshots: list[NodeSnapshot], open_counts: list[tuple[tuple[str, str], int]]
+        self, snapshots: list[NodeSnapshot], open_counts: dict[tuple[str, str], int]
     ) -> list[Metric]:
         """The full per-node families of the first ``per_node_limit`` nodes by id."""
         chosen = snapshots
@@ -161,30 +162,22 @@ class HubCollector(Collector):
         per_node = _NodeFamilies()
         for snapshot in chosen:
             per_node.add(snapshot)
-        names = {s.node for s in chosen}
-        opened = [(key, count) for key, count in open_counts if key[0] in names]
+        # Every detailed node has both kinds, zeros included (rules compare them over time).
+        opened = [
+            ((s.node, kind), open_counts.get((s.node, kind), 0))
+            for s in chosen
+            for kind in ("machine", "sensor")
+        ]
         return [*per_node.all(), _open_episodes(opened), without]
 
     def _snapshot(self, s: NodeState, now: float) -> NodeSnapshot:
+        # Positional: this runs for every node of every scrape, under the hub's lock.
         return NodeSnapshot(
-            node=s.node,
-            online=self._fleet.is_online(s, now),
-            readings=s.readings,
-            anomalous=s.anomalous,
-            events_opened=s.events_opened,
-            events_closed=s.events_closed,
-            model=s.model,
-            telemetry=s.telemetry,
-            drift=s.drift,
-            gaps=self._ingest.deduper.gaps(s.node),
-            missing=s.missing_readings(),
-            errors=s.errors_total,
-            group=self._groups(s.group),
-            last_seen=s.last_seen,
-            dropped_seen=s.dropped_seen,
-            errors_seen=s.errors_seen,
-            threshold=s.threshold,
-        )
+            s.node, self._fleet.is_online(s, now), s.readings, s.anomalous, s.events_opened,
+            s.events_closed, s.model, s.telemetry, s.drift, self._ingest.deduper.gaps(s.node),
+            s.missing_readings(), s.errors_total, self._groups(s.group), s.last_seen,
+            s.dropped_seen, s.errors_seen, s.threshold,
+        )  # fmt: skip
 
     def _fleet_wide(self, now: float) -> list[Metric]:
         messages = CounterMetricFamily(
@@ -221,12 +214,9 @@ def _open_episodes(counts: list[tuple[tuple[str, str], int]]) -> Metric:
     return family
 
 
-def _fleet_totals(
-    snapshots: list[NodeSnapshot], open_counts: list[tuple[tuple[str, str], int]]
-) -> list[Metric]:
+def _fleet_totals(t: FleetTotals) -> list[Metric]:
     """Fleet-wide sums of the per-node numbers: a fixed number of series whatever the fleet's
     size, exposed with or without ``per_node`` (dashboards and rules of large fleets use them)."""
-    t = fleet_totals(snapshots, open_counts)
     totals = {"readings": t.readings, "anomalous": t.anomalous, "gaps": t.gaps}
     totals |= {"missing": t.missing, "errors": t.errors, "dropped": t.dropped}
     families: list[Metric] = []
