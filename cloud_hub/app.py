@@ -47,7 +47,8 @@ class HubApp:
         self._lock = threading.Lock()
         password = resolve_password(config.mqtt)
         self.fleet = FleetState(config.ingest.offline_after_s)
-        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        # SimpleQueue: its put and get are C calls, on paho's network thread and the loop.
+        self.inbox: queue.SimpleQueue[Inbound] = queue.SimpleQueue()
         self.transport = HubTransport(config.mqtt, password, self.inbox)
         self.registry = Registry(config.store.db)
         # Where the last run stopped: totals, reading coverage, and the seqs seen per stream
@@ -137,32 +138,39 @@ class HubApp:
         """Apply what is queued (at most one commit batch), blocking up to ``timeout`` for the
         first message."""
         try:
-            message = self.inbox.get(timeout=timeout)
+            messages = [self.inbox.get(timeout=timeout)]
         except queue.Empty:
             return
-        for _ in range(self._commit_batch - 1):
-            self.handle(message)
-            try:
-                message = self.inbox.get_nowait()
-            except queue.Empty:
-                return
-        self.handle(message)
+        get = self.inbox.get_nowait
+        try:
+            while len(messages) < self._commit_batch:
+                messages.append(get())
+        except queue.Empty:
+            pass
+        # One lock for the batch, not one per message: a scrape waits at most one batch.
+        with self._lock:
+            for message in messages:
+                self._apply(message)
 
     def handle(self, message: Inbound) -> None:
         """Apply one message to state (rejected ones too: counted); it is acked after the
         next commit."""
         with self._lock:
-            try:
-                self.ingest.handle(message.topic, message.payload, self._clock())
-            except RegistryError as exc:
-                # The dedupe state could not be read: applying could count a replay. Leave the
-                # message unacked; the broker delivers it again on the next connection.
-                log.error("not applied, left for redelivery: %s", exc)
-                return
-            except Exception:
-                # A bug must not stop the hub or wedge the broker redelivering the message.
-                log.exception("internal error handling a message on %s", message.topic)
-                self.ingest.record_internal_error(message.topic)
+            self._apply(message)
+
+    def _apply(self, message: Inbound) -> None:
+        """:meth:`handle` with the lock held."""
+        try:
+            self.ingest.handle(message.topic, message.payload, self._clock())
+        except RegistryError as exc:
+            # The dedupe state could not be read: applying could count a replay. Leave the
+            # message unacked; the broker delivers it again on the next connection.
+            log.error("not applied, left for redelivery: %s", exc)
+            return
+        except Exception:
+            # A bug must not stop the hub or wedge the broker redelivering the message.
+            log.exception("internal error handling a message on %s", message.topic)
+            self.ingest.record_internal_error(message.topic)
         self._unacked.append(message)
 
     def commit(self) -> None:
@@ -186,8 +194,7 @@ class HubApp:
             self._commits += 1
             due = self.ingest.deduper.take_due()
             applied, self._unacked = self._unacked, []
-        for message in applied:
-            self.transport.ack(message)
+        self.transport.ack_many(applied)
         self.receipts.offer(due)
 
     def send_receipts(self) -> None:

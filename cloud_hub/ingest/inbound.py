@@ -26,7 +26,7 @@ from schemas.messages import (
     Status,
     Telemetry,
 )
-from schemas.packing import unpack_flags
+from schemas.packing import count_flags
 from schemas.topics import NODE_TO_HUB, Kind, TopicError, parse_node_topic
 
 log = logging.getLogger(__name__)
@@ -130,6 +130,9 @@ class Ingest:
         self.rejects: Counter[tuple[str, str]] = Counter()
         self.acks_received = 0
         self.capture_chunks = 0
+        # The node timestamp of the message applied last: now minus it is the hub's lag while
+        # it works through a backlog (node clocks permitting).
+        self.last_applied_ts: float | None = None
 
     @property
     def duplicates(self) -> int:
@@ -169,6 +172,7 @@ class Ingest:
             self.fleet.touch(message.node, message.boot, now)
             return Outcome("duplicate", kind, parsed.node)
         self.messages[kind] += 1
+        self.last_applied_ts = message.ts
         applied = self._apply(message, now)
         return Outcome("applied" if applied else "stale", kind, parsed.node)
 
@@ -206,7 +210,7 @@ class Ingest:
             case Status():
                 return self.fleet.apply_status(message, now)
             case ResultBatch():
-                anomalous = int(unpack_flags(message.flags, message.n).sum())
+                anomalous = count_flags(message.flags, message.n)
                 self.fleet.apply_result(message, anomalous, now)
             case Event():
                 message.model = self.fleet.shared_model(message.model)

@@ -200,7 +200,14 @@ class HubCollector(Collector):
         online, offline = self._fleet.counts(now)
         nodes.add_metric(["online"], online)
         nodes.add_metric(["offline"], offline)
-        return [messages, duplicates, rejected, nodes]
+        applied = GaugeMetricFamily(
+            "edgeml_ingest_last_applied_timestamp_seconds",
+            "The node timestamp of the message the hub applied last: time() minus it is the "
+            "hub's lag behind the nodes (absent before the first message).",
+        )
+        if self._ingest.last_applied_ts is not None:
+            applied.add_metric([], self._ingest.last_applied_ts)
+        return [messages, duplicates, rejected, nodes, applied]
 
 
 def _open_episodes(counts: list[tuple[tuple[str, str], int]]) -> Metric:
