@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 POLL_TIMEOUT_S = 0.2
 # While chunks or receipts wait (for room in paho's queue, or their interval), come back this often.
 PUMP_INTERVAL_S = 0.02
+# How long a drain keeps gathering messages after the first one before it commits: a commit
+# (one SQLite transaction, one write of acks) per message or two is most of the hub's work when
+# 10,000 nodes trickle in ~11,000 messages a second; 20 ms is small next to the receipt interval.
+GATHER_S = 0.02
 
 
 class StartupError(RuntimeError):
@@ -141,10 +145,11 @@ class HubApp:
             messages = [self.inbox.get(timeout=timeout)]
         except queue.Empty:
             return
-        get = self.inbox.get_nowait
+        get = self.inbox.get
+        until = time.monotonic() + GATHER_S
         try:
             while len(messages) < self._commit_batch:
-                messages.append(get())
+                messages.append(get(timeout=max(0.0, until - time.monotonic())))
         except queue.Empty:
             pass
         # One lock for the batch, not one per message: a scrape waits at most one batch.
