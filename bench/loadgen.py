@@ -376,6 +376,9 @@ def main() -> None:
                 f = measure(hub, broker, args)
             finally:
                 hub.stop()
+            log = hub.log_path.read_text(errors="replace")
+    connections = log.count("connected to the broker (session present")
+    warnings = [line for line in log.splitlines() if " WARNING " in line or " ERROR " in line]
     n = args.nodes
     print(f"{n:,} nodes in {args.procs} processes, each its own broker account; "
           f"{rate:.2f} msg/s per node = {rate * n:,.0f} msg/s offered "
@@ -394,6 +397,8 @@ def main() -> None:
         print(f"baseline:  bare paho subscriber on the same stream: {f['base_cpu']:6.1f} % of "
               f"one core for {per_s:,.0f} msg/s; hub / baseline CPU = "
               f"{f['cpu'] / f['base_cpu']:.2f} x")  # fmt: skip
+    print(f"hub log:   {connections} connection(s) to the broker, {len(warnings)} warnings "
+          "or errors" + "".join(f"\n  {line[:200]}" for line in warnings[-5:]))  # fmt: skip
     print(f"cores: {os.cpu_count()}, shared by broker, load generator, hub and baseline")
 
 

@@ -14,6 +14,7 @@ birth of every later reconnect; it is still the newest news about that boot's co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from collections import Counter
@@ -142,19 +143,10 @@ def summarize_drift(drift: Drift, model: ModelRef | None = None) -> DriftSummary
     )
 
 
-def slim_capabilities(caps: Capabilities) -> Capabilities:
-    """``caps`` with the strings the fleet shares interned (one copy for 10,000 nodes)."""
-    return msgspec.structs.replace(
-        caps,
-        channels=[sys.intern(c) for c in caps.channels],
-        ort_version=sys.intern(caps.ort_version),
-        platform=sys.intern(caps.platform),
-        group=sys.intern(caps.group),
-    )
-
-
 # Model versions counted by name; beyond it (a misbehaving node inventing names) one "other".
 MAX_MODEL_KEYS = 256
+# Distinct channel lists and drift states shared between nodes; beyond it each node keeps its own.
+MAX_SHARED = 1024
 
 
 class ModelCounts:
@@ -184,6 +176,8 @@ class FleetState:
         self._max_boots = max_boots
         # One ModelRef per (name, version) for the whole fleet, not one per node.
         self._models: dict[tuple[str, str], ModelRef] = {}
+        self._channel_lists: dict[tuple[str, ...], list[str]] = {}
+        self._drift_states: dict[tuple[str, str], DriftState] = {}
         self.model_counts = ModelCounts()
         """Readings per model version since the hub started (in memory: counters may reset)."""
         self.shadows: dict[str, ShadowReport] = {}
@@ -204,10 +198,47 @@ class FleetState:
         """Start from stored node states (before any message is applied)."""
         for state in states:
             if state.capabilities is not None:
-                state.capabilities = slim_capabilities(state.capabilities)
+                state.capabilities = self._capabilities(state.capabilities)
             if state.model is not None:
                 state.model = self._model(state.model)
             self._nodes[state.node] = state
+
+    def shared_ids(self, node: str, boot: str) -> tuple[str, str]:
+        """``node`` and ``boot`` as the state already holds them, when it does (one string
+        each per node instead of one per message kept)."""
+        state = self._nodes.get(node)
+        if state is None:
+            return node, boot
+        return state.node, state.boot if boot == state.boot else boot
+
+    def _capabilities(self, caps: Capabilities) -> Capabilities:
+        """``caps`` with the strings and channel list the fleet shares made shared."""
+        names = tuple(caps.channels)
+        channels = self._channel_lists.get(names)
+        if channels is None:
+            channels = [sys.intern(c) for c in names]
+            if len(self._channel_lists) < MAX_SHARED:
+                self._channel_lists[names] = channels
+        return msgspec.structs.replace(
+            caps,
+            channels=channels,
+            ort_version=sys.intern(caps.ort_version),
+            platform=sys.intern(caps.platform),
+            group=sys.intern(caps.group),
+        )
+
+    def _drift_state(self, state: DriftState | None) -> DriftState | None:
+        """One DriftState per (level, channel): the hub shows those two (the node's drift
+        report has the figures behind them)."""
+        if state is None:
+            return None
+        key = (state.level, state.channel)
+        kept = self._drift_states.get(key)
+        if kept is None:
+            kept = DriftState(state.level, sys.intern(state.channel), "")
+            if len(self._drift_states) < MAX_SHARED:
+                self._drift_states[key] = kept
+        return kept
 
     def shared_model(self, ref: ModelRef) -> ModelRef:
         """The fleet's one copy of ``ref`` (kept, like every model reference of the state)."""
@@ -274,7 +305,7 @@ class FleetState:
         state.boot = status.boot
         state.started_at = status.started_at
         if status.capabilities is not None:
-            state.capabilities = slim_capabilities(status.capabilities)
+            state.capabilities = self._capabilities(status.capabilities)
         if status.models:
             state.model = self._model(status.models[0])
         return True
@@ -325,7 +356,8 @@ class FleetState:
         """Keep the newest drift report (by ``ts``)."""
         state = self.touch(drift.node, drift.boot, now)
         if state.drift is None or drift.ts >= state.drift.ts:
-            state.drift = summarize_drift(drift, self._model(drift.model))
+            summary = summarize_drift(drift, self._model(drift.model))
+            state.drift = dataclasses.replace(summary, state=self._drift_state(summary.state))
 
     def apply_shadow(self, report: ShadowReport, now: float) -> None:
         """Keep the newest shadow report (by ``ts``)."""

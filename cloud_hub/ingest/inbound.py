@@ -7,7 +7,6 @@ topic and the decoder's message, never the payload bytes (they may be large or h
 from __future__ import annotations
 
 import logging
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol
@@ -158,8 +157,7 @@ class Ingest:
             return self._reject(topic, "node_mismatch", kind, detail, parsed.node)
         # One copy of a node's id and boot for every structure that keys on them (fleet,
         # dedupe, open episodes), rather than one per message kept: 10,000 nodes per hub.
-        message.node = sys.intern(message.node)
-        message.boot = sys.intern(message.boot)
+        message.node, message.boot = self.fleet.shared_ids(message.node, message.boot)
         refusal = self._out_of_bounds(message, now)
         if refusal is not None:
             if refusal[0] == "bad_clock" and parsed.kind is not Kind.STATUS:
