@@ -256,12 +256,16 @@ def worker(names: list[tuple[str, int]], passwords: dict[str, str], port: int, a
 # --- what is measured --------------------------------------------------------------------------
 
 
-def cpu_percent(proc: psutil.Process, seconds: float) -> float:
-    """% of one core ``proc`` (and its threads) used over the next ``seconds``."""
-    before = proc.cpu_times()
+def cpu_percent(proc: psutil.Process, seconds: float, *others: psutil.Process) -> list[float]:
+    """% of one core ``proc`` and each of ``others`` used over the next ``seconds``."""
+    procs = [proc, *others]
+    before = [p.cpu_times() for p in procs]
     time.sleep(seconds)
-    after = proc.cpu_times()
-    return float(100.0 * (after.user + after.system - before.user - before.system) / seconds)
+    after = [p.cpu_times() for p in procs]
+    return [
+        100.0 * (a.user + a.system - b.user - b.system) / seconds
+        for a, b in zip(after, before, strict=True)
+    ]
 
 
 def scrape(port: int) -> tuple[float, bytes]:
@@ -276,6 +280,12 @@ def sample(body: bytes, name: str) -> float | None:
         if line.startswith(name.encode() + b" "):
             return float(line.split()[1])
     return None
+
+
+def applied(body: bytes) -> float:
+    """Messages the hub applied so far (``edgeml_messages_total`` over kinds)."""
+    prefix = b"edgeml_messages_total{"
+    return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(prefix))
 
 
 def bare_subscriber_cpu(broker: Broker, seconds: float) -> tuple[float, int]:
@@ -327,7 +337,9 @@ def measure(hub: Hub, broker: Broker, args: argparse.Namespace) -> dict[str, flo
     """Start the nodes, wait for the ramp and warm-up, measure the hub, then the baseline."""
     names = [(f"load-{i:05d}", i) for i in range(args.nodes)]
     proc = psutil.Process(hub.popen.pid)
-    found = {"idle_rss": proc.memory_info().rss, "idle_cpu": cpu_percent(proc, 5)}
+    found = {"idle_rss": proc.memory_info().rss, "idle_cpu": cpu_percent(proc, 5)[0]}
+    assert broker._proc is not None
+    broker_proc = psutil.Process(broker._proc.pid)
     run_s = args.ramp + args.warmup + 3 * args.window + 60
     args.stop_at = time.time() + run_s
     ctx = mp.get_context("spawn")
@@ -341,7 +353,9 @@ def measure(hub: Hub, broker: Broker, args: argparse.Namespace) -> dict[str, flo
     for w in workers:
         w.start()
     time.sleep(args.ramp + args.warmup)
-    found["cpu"] = cpu_percent(proc, args.window)
+    applied_before = applied(scrape(hub.metrics_port)[1])
+    found["cpu"], found["broker_cpu"] = cpu_percent(proc, args.window, broker_proc)
+    found["applied_per_s"] = (applied(scrape(hub.metrics_port)[1]) - applied_before) / args.window
     found["rss"] = proc.memory_info().rss
     scrapes = [scrape(hub.metrics_port) for _ in range(5)]
     found["scrape_s"] = statistics.median(t for t, _ in scrapes)
@@ -384,7 +398,8 @@ def main() -> None:
           f"{rate:.2f} msg/s per node = {rate * n:,.0f} msg/s offered "
           f"({f['sent']:,.0f} published in all)")  # fmt: skip
     print(f"hub CPU:   {f['cpu']:6.1f} % of one core over {args.window:.0f} s "
-          f"(idle before the nodes: {f['idle_cpu']:.1f} %)")  # fmt: skip
+          f"(idle before the nodes: {f['idle_cpu']:.1f} %); the broker's: "
+          f"{f['broker_cpu']:.1f} %; the hub applied {f['applied_per_s']:,.0f} msg/s")  # fmt: skip
     idle = f["idle_rss"]
     print(f"hub RSS:   {f['rss'] / 1e6:6.1f} MB; {(f['rss'] - idle) / n:,.0f} bytes "
           f"per node over the hub before the nodes came ({idle / 1e6:.1f} MB)")  # fmt: skip
