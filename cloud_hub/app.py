@@ -37,6 +37,9 @@ PUMP_INTERVAL_S = 0.02
 # (one SQLite transaction, one write of acks) per message or two is most of the hub's work when
 # 10,000 nodes trickle in ~11,000 messages a second; 20 ms is small next to the receipt interval.
 GATHER_S = 0.02
+# Receipts handed to paho per round of the loop: about what its queue of outgoing messages
+# takes (transport.MAX_QUEUED); more would only be given back.
+RECEIPTS_PER_ROUND = 200
 
 
 class StartupError(RuntimeError):
@@ -207,7 +210,7 @@ class HubApp:
         if not self.receipts.pending:
             return
         now = self._clock()
-        ready = self.receipts.take(now)
+        ready = self.receipts.take(now, RECEIPTS_PER_ROUND)
         for i, (key, ranges) in enumerate(ready):
             message = receipt(key, ranges, self.identity.boot, self.identity.next_seq(), now)
             if self.transport.offer(node_topic(key[0], Kind.RECEIPT), encode(message)) == "full":
