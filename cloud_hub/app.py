@@ -18,7 +18,8 @@ from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.events_store import EpisodeSink, EventStore
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Bounds, Ingest
-from cloud_hub.ingest.metrics import DeliveryCounts, HubCollector, MetricsServer
+from cloud_hub.ingest.metrics import DeliveryCounts, HubCollector
+from cloud_hub.ingest.metrics_http import MetricsServer
 from cloud_hub.ingest.receipts import ReceiptPacer, receipt
 from cloud_hub.ingest.registry import Registry, RegistryError
 from cloud_hub.ingest.transport import HubTransport, Inbound
@@ -100,7 +101,7 @@ class HubApp:
             delivery=self.delivery_counts,
         )
         try:
-            self.metrics = MetricsServer(collector, config.metrics.host, config.metrics.port)
+            self.metrics = MetricsServer(collector.render, config.metrics.host, config.metrics.port)
         except OSError as exc:
             self._close_stores()
             where = f"{config.metrics.host}:{config.metrics.port}"

@@ -230,6 +230,45 @@ def _le(bound: float) -> str:
     return repr(float(bound))
 
 
+def totals_families(t: FleetTotals) -> list[Family]:
+    """The fleet-wide ``edgeml_fleet_*`` families: a fixed handful whatever the fleet's size."""
+    out = []
+    for value, name, typ, doc in (
+        (t.readings, "edgeml_fleet_readings", "counter",
+         "Readings scored by all nodes, received since the hub started."),
+        (t.anomalous, "edgeml_fleet_anomalous_readings", "counter",
+         "Readings all nodes flagged anomalous, received since the hub started."),
+        (t.gaps, "edgeml_fleet_seq_gaps", "gauge", "Message seqs never received, all nodes."),
+        (t.missing, "edgeml_fleet_missing_readings", "gauge",
+         "Readings never received in results, all nodes."),
+        # Sums of numbers each node counts since its own boot: they drop when a node
+        # restarts, so they are gauges (the group series count the growth instead).
+        (t.errors, "edgeml_fleet_node_errors", "gauge", "Errors nodes reported since their boots."),
+        (t.dropped, "edgeml_fleet_outbox_dropped", "gauge",
+         "Messages nodes' outboxes dropped, as the nodes last reported."),
+    ):  # fmt: skip
+        typed: FamilyType = "counter" if typ == "counter" else "gauge"
+        sample = f"{name}_total" if typed == "counter" else name
+        out.append(Family(name, typed, doc, [(sample, {}, value)]))
+    events = Family("edgeml_fleet_events", "counter", "Anomaly episodes opened and closed, all "
+                    "nodes, received since the hub started.")  # fmt: skip
+    for state, value in (("open", t.opened), ("close", t.closed)):
+        events.samples.append(("edgeml_fleet_events_total", {"state": state}, value))
+    by_model = Family("edgeml_fleet_nodes_by_model", "gauge",
+                      "Nodes whose active model is this name and version.")  # fmt: skip
+    for (model, version), count in sorted(t.models.items()):
+        by_model.samples.append((by_model.name, {"model": model, "version": version}, count))
+    by_drift = Family("edgeml_fleet_drift_state", "gauge", "Nodes in each drift state (ok, "
+                      "watch, drifting) from their last drift report.")  # fmt: skip
+    for level in DRIFT_LEVELS:
+        by_drift.samples.append((by_drift.name, {"state": level}, t.drift[level]))
+    episodes = Family("edgeml_fleet_open_episodes", "gauge", "Episodes open now, all nodes, "
+                      "by kind (machine anomaly or sensor fault).")  # fmt: skip
+    for kind in sorted({"machine", "sensor", *t.open_episodes}):
+        episodes.samples.append((episodes.name, {"kind": kind}, t.open_episodes[kind]))
+    return [*out, events, by_model, by_drift, episodes]
+
+
 def health_families(nodes: list[NodeSnapshot]) -> list[Family]:
     """The per-node health gauges as families (the slow, generic path: tests, small fleets)."""
     up = Family("edgeml_node_up", "gauge", _UP_HELP)

@@ -18,12 +18,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final
 
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from cloud_hub.commands.lifecycle import ACK_STATUSES, ACK_TYPES, LifecycleCounts
@@ -37,8 +35,9 @@ from cloud_hub.ingest.fleet_series import (
     health_families,
     health_text,
     model_families,
+    totals_families,
 )
-from cloud_hub.ingest.fleet_totals import FleetTotals, NodeSnapshot
+from cloud_hub.ingest.fleet_totals import NodeSnapshot
 from cloud_hub.ingest.inbound import MESSAGE_KINDS, Ingest
 
 _NODE = ["node"]
@@ -139,8 +138,7 @@ class HubCollector(Collector):
             open_counts = self._ingest.episodes.open.open_now()
             by_model = model_families(self._fleet.model_counts)
         totals, by_group = aggregate(snapshots, open_counts.items())
-        families += _fleet_totals(totals)
-        families += [_metric(f) for f in (*by_group, *by_model)]
+        families += [_metric(f) for f in (*totals_families(totals), *by_group, *by_model)]
         families += self._detail(snapshots, open_counts)
         return families, snapshots
 
@@ -219,78 +217,6 @@ def _open_episodes(counts: list[tuple[tuple[str, str], int]]) -> Metric:
     for (node, kind), count in counts:
         family.add_metric([node, kind], count)
     return family
-
-
-def _fleet_totals(t: FleetTotals) -> list[Metric]:
-    """Fleet-wide sums of the per-node numbers: a fixed number of series whatever the fleet's
-    size, exposed with or without ``per_node`` (dashboards and rules of large fleets use them)."""
-    totals = {"readings": t.readings, "anomalous": t.anomalous, "gaps": t.gaps}
-    totals |= {"missing": t.missing, "errors": t.errors, "dropped": t.dropped}
-    families: list[Metric] = []
-    for key, (kind, name, documentation) in _TOTALS.items():
-        family = (CounterMetricFamily if kind == "counter" else GaugeMetricFamily)(
-            name, documentation
-        )
-        family.add_metric([], totals[key])
-        families.append(family)
-    events = CounterMetricFamily(
-        "edgeml_fleet_events",
-        "Anomaly episodes opened and closed, all nodes, received since the hub started.",
-        labels=["state"],
-    )
-    events.add_metric(["open"], t.opened)
-    events.add_metric(["close"], t.closed)
-    by_model = GaugeMetricFamily(
-        "edgeml_fleet_nodes_by_model",
-        "Nodes whose active model is this name and version.",
-        labels=["model", "version"],
-    )
-    for (name, version), count in sorted(t.models.items()):
-        by_model.add_metric([name, version], count)
-    by_drift = GaugeMetricFamily(
-        "edgeml_fleet_drift_state",
-        "Nodes in each drift state (ok, watch, drifting) from their last drift report.",
-        labels=["state"],
-    )
-    for level in DRIFT_LEVELS:
-        by_drift.add_metric([level], t.drift[level])
-    episodes = GaugeMetricFamily(
-        "edgeml_fleet_open_episodes",
-        "Episodes open now, all nodes, by kind (machine anomaly or sensor fault).",
-        labels=["kind"],
-    )
-    for kind in sorted({"machine", "sensor", *t.open_episodes}):
-        episodes.add_metric([kind], t.open_episodes[kind])
-    return [*families, events, by_model, by_drift, episodes]
-
-
-# key -> (type, name, help) of the fleet-wide sums without labels.
-_TOTALS: dict[str, tuple[str, str, str]] = {
-    "readings": (
-        "counter",
-        "edgeml_fleet_readings",
-        "Readings scored by all nodes, received since the hub started.",
-    ),
-    "anomalous": (
-        "counter",
-        "edgeml_fleet_anomalous_readings",
-        "Readings all nodes flagged anomalous, received since the hub started.",
-    ),
-    "gaps": ("gauge", "edgeml_fleet_seq_gaps", "Message seqs never received, all nodes."),
-    "missing": (
-        "gauge",
-        "edgeml_fleet_missing_readings",
-        "Readings never received in results, all nodes.",
-    ),
-    # Sums of numbers each node counts since its own boot: they drop when a node restarts,
-    # so they are gauges (a counter's reset would make rate() count the whole sum again).
-    "errors": ("gauge", "edgeml_fleet_node_errors", "Errors nodes reported since their boots."),
-    "dropped": (
-        "gauge",
-        "edgeml_fleet_outbox_dropped",
-        "Messages nodes' outboxes dropped, as the nodes last reported.",
-    ),
-}
 
 
 def _lifecycle_families(counts: LifecycleCounts) -> list[Metric]:
@@ -451,44 +377,3 @@ def new_registry(collector: HubCollector) -> CollectorRegistry:
     registry = CollectorRegistry()
     registry.register(collector)
     return registry
-
-
-class MetricsServer:
-    """The /metrics HTTP endpoint in a daemon thread, serving ``collector.render()``."""
-
-    def __init__(self, collector: HubCollector, host: str, port: int) -> None:
-        render = collector.render
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = render()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_PLAIN_0_0_4)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                """Quiet: one line per scrape would flood the hub's log."""
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, name="metrics", daemon=True
-        )
-        self._thread.start()
-        self.host = host
-        self.port = int(self._server.server_port)
-
-    @property
-    def url(self) -> str:
-        """Where Prometheus scrapes."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
-
-    def close(self) -> None:
-        """Stop serving and release the port."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
