@@ -105,11 +105,15 @@ class StoreConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class MetricsConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Prometheus endpoint; ``per_node = false`` keeps only fleet-wide series."""
+    """Prometheus endpoint. Every node has its health gauges (up, last seen, active model);
+    ``per_node`` adds the full per-node detail for at most ``per_node_limit`` nodes (by id);
+    group series carry at most ``max_groups`` group names (later groups are ``other``)."""
 
     host: NonEmpty = "127.0.0.1"
     port: ListenPort = 9100
     per_node: bool = True
+    per_node_limit: Annotated[int, msgspec.Meta(ge=0, le=100_000)] = 100
+    max_groups: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 50
 
 
 class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -38,6 +38,8 @@ class NodeSection(_Section):
     power_budget_w: Annotated[float, msgspec.Meta(gt=0)] | None = None
     price: Annotated[float, msgspec.Meta(ge=0)] | None = None
     must_run_offline: bool = False
+    # The node's group or site: the hub's metrics aggregate by it (a bounded number of them).
+    group: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 class MqttSection(_Section):

@@ -334,4 +334,5 @@ def _capabilities(source: Source, node: NodeSection) -> Capabilities:
         power_budget_w=node.power_budget_w,
         must_run_offline=node.must_run_offline,
         price=node.price,
+        group=node.group,
     )

@@ -63,6 +63,8 @@ class Capabilities(msgspec.Struct, kw_only=True):
     memory_available_mb: float | None = None
     must_run_offline: bool = False
     price: float | None = None
+    # The node's group or site (``[node] group``): the hub aggregates its metrics by it.
+    group: str = ""
 
 
 class Status(Envelope, kw_only=True):

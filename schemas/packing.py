@@ -28,3 +28,11 @@ def unpack_flags(data: bytes, n: int) -> npt.NDArray[np.bool_]:
     """Inverse of :func:`pack_flags` for ``n`` readings."""
     bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n, bitorder="little")
     return bits.astype(bool)
+
+
+def count_flags(data: bytes, n: int) -> int:
+    """How many of the ``n`` readings :func:`pack_flags` marked, without unpacking them."""
+    bits = int.from_bytes(data, "little")
+    if n < 8 * len(data):
+        bits &= (1 << n) - 1
+    return bits.bit_count()

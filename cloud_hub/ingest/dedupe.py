@@ -50,6 +50,18 @@ class Coverage:
         """Cover ``[start, end)``; return how many of its integers were not covered before."""
         if end <= start:
             return 0
+        ends = self._ends
+        if ends and start >= ends[-1]:
+            # The common case, a stream arriving in order: extend or follow the last interval
+            # without bisecting or rebuilding slices (the hub's hot path, twice per message).
+            if start == ends[-1]:
+                ends[-1] = end
+            else:
+                self._starts.append(start)
+                ends.append(end)
+                self._enforce_bound()
+            self._covered += end - start
+            return end - start
         # Intervals that overlap or touch [start, end) merge with it into one.
         lo = bisect_left(self._ends, start)
         hi = bisect_right(self._starts, end)
@@ -142,6 +154,7 @@ class _NodeStreams:
     # Insertion order is recency order: a stream moves to the end when it is observed.
     boots: dict[str, Coverage] = field(default_factory=dict)
     retired_gaps: int = 0
+    newest: str | None = None  # the boot at the end of ``boots``
 
 
 class Deduper:
@@ -211,6 +224,9 @@ class Deduper:
     def stream(self, node: str, boot: str, create: bool = True) -> Coverage | None:
         """The stream's coverage, loaded from the store if it is not in memory."""
         streams = self._streams(node)
+        if boot == streams.newest:
+            # Already the most recent: nothing to reorder (most messages, most of the time).
+            return streams.boots[boot]
         coverage = streams.boots.pop(boot, None)
         if coverage is None:
             # Evicted before its change was committed: the uncommitted copy is the newest.
@@ -222,6 +238,7 @@ class Deduper:
             else:
                 coverage = Coverage(self._max_intervals)
         streams.boots[boot] = coverage
+        streams.newest = boot
         self._evict(node, streams)
         return coverage
 
@@ -230,7 +247,10 @@ class Deduper:
         streams = self._nodes.get(node)
         if streams is None:
             return 0
-        return streams.retired_gaps + sum(s.missing() for s in streams.boots.values())
+        gaps = streams.retired_gaps
+        for stream in streams.boots.values():  # a loop, not sum(): called per node per scrape
+            gaps += stream.missing()
+        return gaps
 
     def take_dirty(self) -> dict[tuple[str, str], Coverage]:
         """Streams changed since the last call, by ``(node, boot)`` (and forget they changed)."""

@@ -103,21 +103,34 @@ class OpenEpisodes:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._open: dict[str, set[tuple[str, str, str, str, int]]] = {}
+        # A list, not a set: a node has few episodes open, and an empty list costs 56 bytes
+        # where an empty set costs 216 (10,000 nodes per hub).
+        self._open: dict[str, list[tuple[str, str, str, str, int]]] = {}
         self._boot: dict[str, str] = {}
 
     def apply(self, event: Event) -> None:
         """Note an episode opening or closing."""
         key = (event.boot, event.model.name, event.model.version, event.kind, event.episode)
         with self._lock:
-            episodes = self._open.setdefault(event.node, set())
+            episodes = self._open.setdefault(event.node, [])
             if self._boot.get(event.node) != event.boot:
                 self._boot[event.node] = event.boot
-                episodes.difference_update({k for k in episodes if k[0] != event.boot})
+                episodes[:] = [k for k in episodes if k[0] == event.boot]
             if event.state == "open":
-                episodes.add(key)
-            else:
-                episodes.discard(key)
+                if key not in episodes:
+                    episodes.append(key)
+            elif key in episodes:
+                episodes.remove(key)
+
+    def open_now(self) -> dict[tuple[str, str], int]:
+        """(node, kind) -> episodes open, only where some are (cheap at 10,000 nodes)."""
+        with self._lock:
+            out: dict[tuple[str, str], int] = {}
+            for node, episodes in self._open.items():
+                for episode in episodes:
+                    key = (node, episode[3])
+                    out[key] = out.get(key, 0) + 1
+            return out
 
     def counts(self) -> dict[tuple[str, str], int]:
         """(node, kind) -> episodes open, for every node seen (0 included) and both kinds."""

@@ -14,9 +14,14 @@ birth of every later reconnect; it is still the newest news about that boot's co
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+
+import msgspec
 
 from cloud_hub.ingest.dedupe import DEFAULT_MAX_BOOTS, Coverage
 from cloud_hub.ingest.drift_state import DriftState, drift_state
@@ -26,30 +31,63 @@ from schemas.messages import (
     Event,
     ModelRef,
     ResultBatch,
-    ScoreStats,
     ShadowReport,
     Status,
     Telemetry,
 )
 
 
+class TelemetrySummary(msgspec.Struct, frozen=True, gc=False):
+    """The latest telemetry of a node, reduced to what the hub shows (metrics, registry).
+
+    Counters are the node's, since its boot (``boot``); ``errors`` sums its error kinds."""
+
+    ts: float
+    boot: str
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    rss_bytes: int
+    cpu_percent: float
+    power_w: float
+    outbox_depth: int
+    outbox_bytes: int
+    dropped: int
+    rollbacks: int
+    errors: int
+
+
+def summarize_telemetry(t: Telemetry) -> TelemetrySummary:
+    """Keep the numbers the hub exports; drop per-kind dicts, source health and text."""
+    latency = t.latency_ms
+    return TelemetrySummary(
+        t.ts, t.boot, latency.p50, latency.p95, latency.p99, t.rss_bytes, t.cpu_percent, t.power_w,
+        t.outbox_depth, t.outbox_bytes, t.dropped, t.rollbacks, sum(t.errors.values()),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class DriftSummary:
-    """The latest drift report of a node, reduced to what dashboards and alerts use."""
+    """The latest drift report of a node, reduced to what dashboards and alerts use: the
+    maxima over channels (never per channel: the culprit is in ``state``) and the score's p99."""
 
     model: ModelRef
     ts: float
-    channels: dict[str, tuple[float, float]]
-    score: ScoreStats
     psi_max: float
     psi_max_channel: str
     mean_shift_max_sd: float
     state: DriftState | None = None  # ok / watch / drifting with its reason (drift_state.py)
+    score_p99: float = 0.0
 
 
 @dataclass(slots=True)
 class NodeState:
-    """One node as the hub sees it; counters are since the hub started."""
+    """One node as the hub sees it; counters are since the hub started.
+
+    Kept small (10,000 nodes per hub): reports are summaries, strings the fleet shares (model
+    names, channels, platform, group) are interned. ``dropped_seen`` and ``errors_seen`` count
+    what the node's since-boot counters grew by while the hub watched (never reset by a
+    reboot), so fleet and group sums of them are counters."""
 
     node: str
     online: bool | None = None
@@ -63,36 +101,69 @@ class NodeState:
     anomalous: int = 0
     events_opened: int = 0
     events_closed: int = 0
-    telemetry: Telemetry | None = None
+    telemetry: TelemetrySummary | None = None
     drift: DriftSummary | None = None
     coverage: dict[str, Coverage] = field(default_factory=dict)
     retired_missing: int = 0
+    dropped_seen: int = 0
+    errors_seen: int = 0
+    threshold: float = 0.0  # of the active model, from the latest result batch
+
+    @property
+    def group(self) -> str:
+        """The group or site the node announced at birth ("" for none)."""
+        return self.capabilities.group if self.capabilities is not None else ""
 
     @property
     def errors_total(self) -> int:
         """Errors the node reported since its boot, all kinds together."""
-        return sum(self.telemetry.errors.values()) if self.telemetry else 0
+        return self.telemetry.errors if self.telemetry else 0
 
     def missing_readings(self) -> int:
         """Readings never received between the first and last received, over all boots."""
-        return self.retired_missing + sum(c.missing() for c in self.coverage.values())
+        missing = self.retired_missing
+        for coverage in self.coverage.values():  # a loop, not sum(): per node per scrape
+            missing += coverage.missing()
+        return missing
 
 
-def summarize_drift(drift: Drift) -> DriftSummary:
-    """Keep per-channel PSI and mean shift and the maxima over channels."""
-    channels = {c.channel: (c.psi, c.mean_shift_sd) for c in drift.channels}
+def summarize_drift(drift: Drift, model: ModelRef | None = None) -> DriftSummary:
+    """Keep the maxima over channels, the score's p99 and the drift state (``model``: the
+    fleet's shared copy of ``drift.model``)."""
     worst = max(drift.channels, key=lambda c: c.psi, default=None)
     shift = max((abs(c.mean_shift_sd) for c in drift.channels), default=0.0)
     return DriftSummary(
-        model=drift.model,
+        model=model or drift.model,
         ts=drift.ts,
-        channels=channels,
-        score=drift.score,
         psi_max=worst.psi if worst else 0.0,
-        psi_max_channel=worst.channel if worst else "",
+        psi_max_channel=sys.intern(worst.channel) if worst else "",
         mean_shift_max_sd=shift,
         state=drift_state(drift),
+        score_p99=drift.score.p99,
     )
+
+
+# Model versions counted by name; beyond it (a misbehaving node inventing names) one "other".
+MAX_MODEL_KEYS = 256
+# Distinct channel lists and drift states shared between nodes; beyond it each node keeps its own.
+MAX_SHARED = 1024
+
+
+class ModelCounts:
+    """Readings and anomalous readings per model version, counted as batches arrive."""
+
+    def __init__(self, max_keys: int = MAX_MODEL_KEYS) -> None:
+        self.readings: Counter[tuple[str, str]] = Counter()
+        self.anomalous: Counter[tuple[str, str]] = Counter()
+        self._max_keys = max_keys
+
+    def add(self, name: str, version: str, readings: int, anomalous: int) -> None:
+        """Count one batch of ``name``/``version``."""
+        key = (name, version)
+        if key not in self.readings and len(self.readings) >= self._max_keys:
+            key = ("other", "other")
+        self.readings[key] += readings
+        self.anomalous[key] += anomalous
 
 
 class FleetState:
@@ -103,6 +174,12 @@ class FleetState:
         self._nodes: dict[str, NodeState] = {}
         self._dirty: set[str] = set()
         self._max_boots = max_boots
+        # One ModelRef per (name, version) for the whole fleet, not one per node.
+        self._models: dict[tuple[str, str], ModelRef] = {}
+        self._channel_lists: dict[tuple[str, ...], list[str]] = {}
+        self._drift_states: dict[tuple[str, str], DriftState] = {}
+        self.model_counts = ModelCounts()
+        """Readings per model version since the hub started (in memory: counters may reset)."""
         self.shadows: dict[str, ShadowReport] = {}
         """The newest shadow report per node (``serve`` keeps them in the registry too)."""
 
@@ -120,7 +197,15 @@ class FleetState:
     def restore(self, states: list[NodeState]) -> None:
         """Start from stored node states (before any message is applied)."""
         for state in states:
-            self._nodes[state.node] = state
+            self._adopt(state)
+
+    def _adopt(self, state: NodeState) -> None:
+        """Hold a stored state, sharing what the fleet's nodes have in common."""
+        if state.capabilities is not None:
+            state.capabilities = self._capabilities(state.capabilities)
+        if state.model is not None:
+            state.model = self._model(state.model)
+        self._nodes[state.node] = state
 
     def reload(self, states: list[NodeState], nodes: Iterable[str] | None = None) -> None:
         """Replace what is in memory of ``nodes`` (all: None) by their stored ``states``
@@ -130,7 +215,54 @@ class FleetState:
             self._nodes.pop(node, None)
         self._dirty -= names
         for state in states:
-            self._nodes[state.node] = state
+            self._adopt(state)
+
+    def shared_ids(self, node: str, boot: str) -> tuple[str, str]:
+        """``node`` and ``boot`` as the state already holds them, when it does (one string
+        each per node instead of one per message kept)."""
+        state = self._nodes.get(node)
+        if state is None:
+            return node, boot
+        return state.node, state.boot if boot == state.boot else boot
+
+    def _capabilities(self, caps: Capabilities) -> Capabilities:
+        """``caps`` with the strings and channel list the fleet shares made shared."""
+        names = tuple(caps.channels)
+        channels = self._channel_lists.get(names)
+        if channels is None:
+            channels = [sys.intern(c) for c in names]
+            if len(self._channel_lists) < MAX_SHARED:
+                self._channel_lists[names] = channels
+        return msgspec.structs.replace(
+            caps,
+            channels=channels,
+            ort_version=sys.intern(caps.ort_version),
+            platform=sys.intern(caps.platform),
+            group=sys.intern(caps.group),
+        )
+
+    def _drift_state(self, state: DriftState | None) -> DriftState | None:
+        """One DriftState per (level, channel): the hub shows those two (the node's drift
+        report has the figures behind them)."""
+        if state is None:
+            return None
+        key = (state.level, state.channel)
+        kept = self._drift_states.get(key)
+        if kept is None:
+            kept = DriftState(state.level, sys.intern(state.channel), "")
+            if len(self._drift_states) < MAX_SHARED:
+                self._drift_states[key] = kept
+        return kept
+
+    def shared_model(self, ref: ModelRef) -> ModelRef:
+        """The fleet's one copy of ``ref`` (kept, like every model reference of the state)."""
+        return self._model(ref)
+
+    def _model(self, ref: ModelRef) -> ModelRef:
+        kept = self._models.get((ref.name, ref.version))
+        if kept is None:
+            kept = self._models[ref.name, ref.version] = ref
+        return kept
 
     def reading_coverage(self, node: str, boot: str) -> Coverage | None:
         """The readings received of one boot of ``node`` (None if none)."""
@@ -187,9 +319,9 @@ class FleetState:
         state.boot = status.boot
         state.started_at = status.started_at
         if status.capabilities is not None:
-            state.capabilities = status.capabilities
+            state.capabilities = self._capabilities(status.capabilities)
         if status.models:
-            state.model = status.models[0]
+            state.model = self._model(status.models[0])
         return True
 
     def apply_result(self, batch: ResultBatch, anomalous: int, now: float) -> None:
@@ -197,7 +329,11 @@ class FleetState:
         state = self.touch(batch.node, batch.boot, now)
         state.readings += batch.n
         state.anomalous += anomalous
-        state.model = batch.model
+        model = state.model
+        if model is None or model.name != batch.model.name or model.version != batch.model.version:
+            state.model = self._model(batch.model)
+        state.threshold = batch.threshold
+        self.model_counts.add(batch.model.name, batch.model.version, batch.n, anomalous)
         coverage = state.coverage.get(batch.boot)
         if coverage is None:
             coverage = state.coverage[batch.boot] = Coverage()
@@ -215,16 +351,27 @@ class FleetState:
     def apply_telemetry(self, telemetry: Telemetry, now: float) -> None:
         """Keep the newest telemetry report (by ``ts``)."""
         state = self.touch(telemetry.node, telemetry.boot, now)
-        if state.telemetry is None or telemetry.ts >= state.telemetry.ts:
-            state.telemetry = telemetry
-            if telemetry.model is not None:
-                state.model = telemetry.model
+        before = state.telemetry
+        if before is not None and telemetry.ts < before.ts:
+            return  # older than the report on record (a late delivery): nothing new in it
+        summary = summarize_telemetry(telemetry)
+        if before is not None and before.boot == summary.boot:
+            # The node's counters restart at its boot: what they grew by is what happened.
+            state.dropped_seen += max(0, summary.dropped - before.dropped)
+            state.errors_seen += max(0, summary.errors - before.errors)
+        else:
+            state.dropped_seen += summary.dropped
+            state.errors_seen += summary.errors
+        state.telemetry = summary
+        if telemetry.model is not None:
+            state.model = self._model(telemetry.model)
 
     def apply_drift(self, drift: Drift, now: float) -> None:
         """Keep the newest drift report (by ``ts``)."""
         state = self.touch(drift.node, drift.boot, now)
         if state.drift is None or drift.ts >= state.drift.ts:
-            state.drift = summarize_drift(drift)
+            summary = summarize_drift(drift, self._model(drift.model))
+            state.drift = dataclasses.replace(summary, state=self._drift_state(summary.state))
 
     def apply_shadow(self, report: ShadowReport, now: float) -> None:
         """Keep the newest shadow report (by ``ts``)."""

@@ -1,7 +1,8 @@
 """Fleet-wide sums of the per-node numbers the hub exports (pure: no I/O, no prometheus_client).
 
 The metrics collector (cloud_hub.ingest.metrics) copies each node's numbers into a
-:class:`NodeSnapshot` under the hub's lock, then renders per-node series and these totals.
+:class:`NodeSnapshot` under the hub's lock, then renders per-node series and these totals
+(summed in one pass with the group series: cloud_hub.ingest.fleet_series.aggregate).
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from cloud_hub.ingest.fleet import DriftSummary
-from schemas.messages import ModelRef, Telemetry
+from cloud_hub.ingest.fleet import DriftSummary, TelemetrySummary
+from schemas.messages import ModelRef
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NodeSnapshot:
-    """One node's numbers at scrape time (telemetry and drift are replaced, never changed)."""
+    """One node's numbers at scrape time (telemetry and drift are replaced, never changed).
+
+    Not frozen: a frozen dataclass sets each field through object.__setattr__, and a scrape
+    makes 10,000 of these under the hub's lock."""
 
     node: str
     online: bool
@@ -24,11 +28,16 @@ class NodeSnapshot:
     events_opened: int
     events_closed: int
     model: ModelRef | None
-    telemetry: Telemetry | None
+    telemetry: TelemetrySummary | None
     drift: DriftSummary | None
     gaps: int
     missing: int
     errors: int
+    group: str = ""  # the bounded label (fleet_series.GroupLabels)
+    last_seen: float | None = None
+    dropped_seen: int = 0
+    errors_seen: int = 0
+    threshold: float = 0.0
 
 
 @dataclass
@@ -47,27 +56,3 @@ class FleetTotals:
     models: Counter[tuple[str, str]] = field(default_factory=Counter)
     drift: Counter[str] = field(default_factory=Counter)
     open_episodes: Counter[str] = field(default_factory=Counter)
-
-
-def fleet_totals(
-    snapshots: list[NodeSnapshot], open_counts: list[tuple[tuple[str, str], int]]
-) -> FleetTotals:
-    """The totals of ``snapshots``; ``open_counts`` are open episodes by (node, kind)."""
-    t = FleetTotals()
-    for s in snapshots:
-        t.readings += s.readings
-        t.anomalous += s.anomalous
-        t.opened += s.events_opened
-        t.closed += s.events_closed
-        t.gaps += s.gaps
-        t.missing += s.missing
-        if s.telemetry is not None:
-            t.errors += s.errors
-            t.dropped += s.telemetry.dropped
-        if s.model is not None:
-            t.models[(s.model.name, s.model.version)] += 1
-        if s.drift is not None and s.drift.state is not None:
-            t.drift[s.drift.state.level] += 1
-    for (_, kind), count in open_counts:
-        t.open_episodes[kind] += count
-    return t

@@ -25,7 +25,7 @@ from schemas.messages import (
     Status,
     Telemetry,
 )
-from schemas.packing import unpack_flags
+from schemas.packing import count_flags
 from schemas.topics import NODE_TO_HUB, Kind, TopicError, parse_node_topic
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,9 @@ class Ingest:
         self.rejects: Counter[tuple[str, str]] = Counter()
         self.acks_received = 0
         self.capture_chunks = 0
+        # The node timestamp of the message applied last: now minus it is the hub's lag while
+        # it works through a backlog (node clocks permitting).
+        self.last_applied_ts: float | None = None
 
     @property
     def duplicates(self) -> int:
@@ -163,6 +166,9 @@ class Ingest:
         if message.node != parsed.node:
             detail = f"payload node {message.node!r} on the topic of {parsed.node!r}"
             return self._reject(topic, "node_mismatch", kind, detail, parsed.node)
+        # One copy of a node's id and boot for every structure that keys on them (fleet,
+        # dedupe, open episodes), rather than one per message kept: 10,000 nodes per hub.
+        message.node, message.boot = self.fleet.shared_ids(message.node, message.boot)
         refusal = self._out_of_bounds(message, now)
         if refusal is not None:
             if refusal[0] == "bad_clock" and parsed.kind is not Kind.STATUS:
@@ -175,6 +181,7 @@ class Ingest:
             self.fleet.touch(message.node, message.boot, now)
             return Outcome("duplicate", kind, parsed.node)
         self.messages[kind] += 1
+        self.last_applied_ts = message.ts
         applied = self._apply(message, now)
         self._behaviour.observe(message, now)
         return Outcome("applied" if applied else "stale", kind, parsed.node)
@@ -213,9 +220,10 @@ class Ingest:
             case Status():
                 return self.fleet.apply_status(message, now)
             case ResultBatch():
-                anomalous = int(unpack_flags(message.flags, message.n).sum())
+                anomalous = count_flags(message.flags, message.n)
                 self.fleet.apply_result(message, anomalous, now)
             case Event():
+                message.model = self.fleet.shared_model(message.model)
                 self.fleet.apply_event(message, now)
                 self.episodes.on_event(message, now)
             case Telemetry():

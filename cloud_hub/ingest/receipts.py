@@ -32,13 +32,19 @@ class ReceiptPacer:
         """Streams waiting for their receipt."""
         return len(self._due)
 
-    def take(self, now: float) -> list[tuple[StreamKey, list[Range]]]:
-        """The receipts that may go at ``now``; the others wait for their interval."""
-        ready = [
-            (key, ranges)
-            for key, ranges in self._due.items()
-            if now - self._sent_at.get(key, -self.interval_s) >= self.interval_s
-        ]
+    def take(self, now: float, limit: int | None = None) -> list[tuple[StreamKey, list[Range]]]:
+        """The receipts that may go at ``now`` (at most ``limit``, oldest offers first); the
+        others wait for their interval or the next call.
+
+        The limit matters with thousands of nodes: the transport takes a few hundred messages
+        at a time, and taking every ready stream only to give most of them back costs a scan
+        of all of them each round of the hub's loop."""
+        ready = []
+        for key, ranges in self._due.items():
+            if now - self._sent_at.get(key, -self.interval_s) >= self.interval_s:
+                ready.append((key, ranges))
+                if limit is not None and len(ready) >= limit:
+                    break
         for key, _ in ready:
             del self._due[key]
             self._sent_at[key] = now

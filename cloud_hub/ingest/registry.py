@@ -134,7 +134,7 @@ def row_of(state: NodeState, updated_at: float) -> NodeRow:
         capabilities=caps,
         readings=state.readings,
         anomalies=state.anomalous,
-        latency_p99_ms=telemetry.latency_ms.p99 if telemetry else None,
+        latency_p99_ms=telemetry.latency_p99_ms if telemetry else None,
         outbox_depth=telemetry.outbox_depth if telemetry else None,
         drift_psi_max=state.drift.psi_max if state.drift else None,
         updated_at=updated_at,

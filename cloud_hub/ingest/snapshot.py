@@ -12,7 +12,7 @@ import math
 import msgspec
 
 from cloud_hub.ingest.dedupe import DEFAULT_MAX_INTERVALS, Coverage
-from cloud_hub.ingest.fleet import DriftSummary, NodeState
+from cloud_hub.ingest.fleet import DriftSummary, NodeState, TelemetrySummary, summarize_telemetry
 from schemas.messages import Capabilities, ModelRef, Range, Telemetry
 
 
@@ -34,13 +34,19 @@ class StoredNode(msgspec.Struct, kw_only=True):
     anomalous: int = 0
     events_opened: int = 0
     events_closed: int = 0
-    telemetry: Telemetry | None = None
+    telemetry: Telemetry | None = None  # written by hubs before TelemetrySummary; read only
     drift: DriftSummary | None = None
     coverage: dict[str, StoredCoverage] = {}
     retired_missing: int = 0
+    health: TelemetrySummary | None = None
+    dropped_seen: int = 0
+    errors_seen: int = 0
+    threshold: float = 0.0
 
 
 _encoder = msgspec.msgpack.Encoder()
+# Fields stored under another name, or not at all (``telemetry`` of older stores).
+_RENAMED = frozenset({"coverage", "telemetry", "health"})
 _node_decoder = msgspec.msgpack.Decoder(StoredNode)
 _coverage_decoder = msgspec.msgpack.Decoder(StoredCoverage)
 
@@ -58,18 +64,21 @@ def load_coverage(data: bytes, max_intervals: int = DEFAULT_MAX_INTERVALS) -> Co
 
 def dump_node(state: NodeState) -> bytes:
     """A node's state as stored bytes."""
-    fields = {f: getattr(state, f) for f in StoredNode.__struct_fields__ if f != "coverage"}
+    fields = {f: getattr(state, f) for f in StoredNode.__struct_fields__ if f not in _RENAMED}
     coverage = {
         boot: StoredCoverage(c.intervals(), c.abandoned) for boot, c in state.coverage.items()
     }
-    return _encoder.encode(StoredNode(**fields, coverage=coverage))
+    return _encoder.encode(StoredNode(**fields, coverage=coverage, health=state.telemetry))
 
 
 def load_node(data: bytes) -> NodeState:
     """The node state stored by :func:`dump_node`."""
     stored = _node_decoder.decode(data)
-    fields = {f: getattr(stored, f) for f in StoredNode.__struct_fields__ if f != "coverage"}
-    state = NodeState(**fields)
+    fields = {f: getattr(stored, f) for f in StoredNode.__struct_fields__ if f not in _RENAMED}
+    health = stored.health
+    if health is None and stored.telemetry is not None:
+        health = summarize_telemetry(stored.telemetry)
+    state = NodeState(**fields, telemetry=health)
     state.coverage = {
         boot: Coverage.of(c.intervals, c.abandoned, DEFAULT_MAX_INTERVALS)
         for boot, c in stored.coverage.items()

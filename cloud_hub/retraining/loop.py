@@ -202,7 +202,9 @@ class RetrainLoop:
         except SendError as exc:
             log.error("retrain loop: %s", exc)
             return
-        reason = drift.state.reason if drift is not None and drift.state is not None else ""
+        state = drift.state if drift is not None else None
+        # The hub keeps level and channel per node (the figures are in the node's drift report).
+        reason = (state.reason or f"{state.level}: {state.channel}") if state is not None else ""
         work = Work(
             id=work_id,
             node=node,

@@ -4,7 +4,8 @@ The dashboards are code: edit the lists here, run ``python deploy/grafana/genera
 commit the JSON it writes (sorted keys, two-space indent, so a diff shows what changed).
 ``--check`` fails when the committed JSON differs from what this file generates.
 
-Every query uses only what ``cloud-hub serve`` exposes (cloud_hub/ingest/metrics.py) and what
+Every query uses only what ``cloud-hub serve`` exposes (cloud_hub/ingest/metrics.py,
+fleet_series.py) and what
 Prometheus records about its scrape of it (``up``, ``scrape_duration_seconds``).
 ``tests/integration/test_observability.py`` runs each query against a real Prometheus scraping
 a real hub fed by real nodes and requires data from every one.
@@ -108,45 +109,67 @@ FLEET = Dashboard(
             description="Deploys, rollbacks, retrains and pings answered by nodes.",
         ),
         Panel(
-            "Readings/s by node",
-            (q(f"sum by (node) (rate(edgeml_readings_total[{RATE}]))", "{{node}}"),),
+            "Readings/s by group",
+            (q(f"sum by (group) (rate(edgeml_group_readings_total[{RATE}]))", "{{group}}"),),
             unit="reqps",
+            description="Per group or site the nodes announce ([node] group; at most "
+            "metrics.max_groups names, the rest 'other'). Bounded whatever the fleet's size.",
         ),
         Panel(
-            "Anomaly rate by node",
+            "Anomaly rate by group",
             (
                 q(
-                    f"sum by (node) (rate(edgeml_anomalous_readings_total[{RATE}]))"
-                    f" / sum by (node) (rate(edgeml_readings_total[{RATE}]))",
-                    "{{node}}",
+                    f"sum by (group) (rate(edgeml_group_anomalous_readings_total[{RATE}]))"
+                    f" / sum by (group) (rate(edgeml_group_readings_total[{RATE}]))",
+                    "{{group}}",
                 ),
             ),
             unit="percentunit",
-            description="Share of readings the node's model flagged.",
+            description="Share of readings the nodes' models flagged.",
         ),
         Panel(
-            "Open anomaly episodes by node",
+            "Open anomaly episodes by group",
             (
                 q(
-                    'sum by (node) (edgeml_events_total{state="open"})'
-                    ' - sum by (node) (edgeml_events_total{state="close"})',
-                    "{{node}}",
+                    'sum by (group) (edgeml_group_events_total{state="open"})'
+                    ' - sum by (group) (edgeml_group_events_total{state="close"})',
+                    "{{group}}",
                 ),
             ),
             kind="bargauge",
-            description="Episodes opened and not yet closed (counted since the hub started).",
+            description="Episodes opened and not yet closed (counted since the hub started); "
+            "cloud-hub events --open names the nodes.",
         ),
         Panel(
-            "Drift: largest mean shift (reference SDs)",
-            (q("edgeml_drift_mean_shift_max_sd", "{{node}}"),),
-            width=12,
-            description="The DriftHigh alert fires above 4 for 15 minutes.",
+            "Nodes drifting or worth watching, by group",
+            (q('edgeml_group_drift_nodes{state!="ok"}', "{{group}} {{state}}"),),
+            width=8,
+            description="From each node's last drift report; the DriftHigh alert fires when a "
+            "group has had a drifting node for 5 minutes. cloud-hub nodes names them.",
         ),
         Panel(
-            "Drift: largest PSI",
-            (q("edgeml_drift_psi_max", "{{node}}"),),
-            width=12,
-            description="High on slowly moving channels even when healthy; read with mean shift.",
+            "Inference latency p99: 90th percentile of nodes, by group",
+            (
+                q(
+                    "histogram_quantile(0.9, sum by (group, le) "
+                    "(edgeml_group_latency_p99_seconds_bucket))",
+                    "{{group}}",
+                ),
+            ),
+            unit="s",
+            width=8,
+        ),
+        Panel(
+            "Score p99 in thresholds: 90th percentile of nodes, by model version",
+            (
+                q(
+                    "histogram_quantile(0.9, sum by (model, version, le) "
+                    "(edgeml_model_score_p99_ratio_bucket))",
+                    "{{model}}@{{version}}",
+                ),
+            ),
+            width=8,
+            description="1 = at the model's threshold. From the nodes' drift reports.",
         ),
     ),
 )
@@ -157,7 +180,21 @@ NODE_VIEW = Dashboard(
     node_variable=True,
     links=("edgeml-fleet", "edgeml-hub"),
     panels=(
-        Panel("Online", (q(f"edgeml_node_up{{{NODE}}}", "up"),), kind="stat", width=4),
+        Panel(
+            "Online",
+            (q(f"edgeml_node_up{{{NODE}}}", "up"),),
+            kind="stat",
+            width=4,
+            description="Online, last heard and model are there for every node; the other "
+            "panels for the nodes with full detail (metrics.per_node_limit, by node id).",
+        ),
+        Panel(
+            "Last heard",
+            (q(f"time() - edgeml_node_last_seen_timestamp_seconds{{{NODE}}}", "seconds ago"),),
+            kind="stat",
+            unit="s",
+            width=4,
+        ),
         Panel(
             "Active model",
             (q(f"edgeml_node_info{{{NODE}}}", "{{model}}@{{version}}"),),
@@ -268,7 +305,8 @@ HUB = Dashboard(
             kind="stat",
             unit="s",
             width=4,
-            description="Grows with the fleet; set metrics.per_node = false for huge fleets.",
+            description="Grows with the fleet (3 health series per node) and with "
+            "metrics.per_node_limit (~20 series per detailed node).",
         ),
         Panel(
             "Series per scrape",

@@ -28,7 +28,12 @@ def test_ping_waits_for_a_restarting_broker(fresh_broker: Broker, tmp_path: Path
     try:
         hub.wait_ready()
         # Commands go only to nodes whose birth the broker holds (or with --queue).
-        wait_for(lambda: hub.value("edgeml_node_up", node="pump-1") == 1, 30, "pump-1 up", hub)
+        wait_for(
+            lambda: hub.value("edgeml_node_up", node="pump-1", group="ungrouped") == 1,
+            30,
+            "pump-1 up",
+            hub,
+        )
         assert hub.cli("ping", "--node", "pump-1", "--timeout", "20").returncode == 0
         fresh_broker.stop()
         # --queue: the restarted broker may not hold pump-1's birth again before pump-1 is back.

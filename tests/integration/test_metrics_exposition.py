@@ -35,7 +35,12 @@ def test_hub_metrics_pass_promtool(broker: Broker, tmp_path: Path) -> None:
             message = msgspec.structs.replace(SAMPLES[kind.value], node="node-b", ts=now)
             assert not publish(node, node_topic("node-b", kind), encode(message)).is_failure
         assert not publish(node, node_topic("node-b", NODE_TO_HUB[1]), b"\xc1").is_failure
-        wait_for(lambda: hub.value("edgeml_node_up", node="node-b") == 1, 10, "node-b", hub)
+        wait_for(
+            lambda: hub.value("edgeml_node_up", node="node-b", group="ungrouped") == 1,
+            10,
+            "node-b",
+            hub,
+        )
         # The stream messages were committed and confirmed to node-b.
         wait_for(lambda: hub.value("edgeml_receipts_sent_total") >= 1, 10, "a receipt", hub)
         assert hub.value("edgeml_state_commits_total") >= 1

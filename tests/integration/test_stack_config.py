@@ -127,10 +127,11 @@ def test_prometheus_config_is_valid() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_alert_rules_are_valid() -> None:
+def test_alert_and_recording_rules_are_valid() -> None:
     promtool = _tool("promtool", "prometheus")
+    files = [str(PROMETHEUS_DIR / name) for name in ("alerts.yml", "rules.yml")]
     result = subprocess.run(
-        [promtool, "check", "rules", str(PROMETHEUS_DIR / "alerts.yml")],
+        [promtool, "check", "rules", *files],
         capture_output=True,
         text=True,
         timeout=60,
@@ -170,22 +171,22 @@ def _alert(labels: dict[str, str], summary: str, description: str | None = None)
 def _rule_tests() -> list[dict[str, Any]]:
     """promtool unit tests: what each alert must (and must not) fire on, minute by minute."""
     drift = (
-        "The node's drift detector holds a sustained change against the model's reference "
-        "profile (cloud-hub events and its drift reports name the channel): consider retraining."
+        "A node's drift detector holds a sustained change against the model's reference "
+        "profile (cloud-hub nodes names the node and the channel): consider retraining."
     )
     series = {
         'up{job="cloud-hub", instance="hub:9100"}': "1 1 0x20",
-        'edgeml_node_up{node="pump-1"}': "1 1 0x20",
-        'edgeml_node_up{node="pump-2"}': "1x22",
-        'edgeml_events_total{node="pump-3", state="open"}': "0 0 0 1x20",
-        'edgeml_events_total{node="pump-3", state="close"}': "0 0 0 0 1x20",
-        # pump-3 drifts from minute 1 on; pump-1 is only worth watching.
-        'edgeml_drift_state{node="pump-3", state="drifting"}': "0 1x20",
-        'edgeml_drift_state{node="pump-1", state="drifting"}': "0x20",
-        'edgeml_drift_state{node="pump-1", state="watch"}': "1x20",
-        # pump-1 reboots (its counter restarts at 0): not a drop.
-        'edgeml_outbox_dropped_total{node="pump-1"}': "7 7 0x20",
-        'edgeml_outbox_dropped_total{node="pump-2"}': "0 0 5x20",
+        'edgeml_node_up{node="pump-1", group="north"}': "1 1 0x20",
+        'edgeml_node_up{node="pump-2", group="south"}': "1x22",
+        'edgeml_group_events_total{group="south", state="open"}': "0 0 0 1x20",
+        'edgeml_group_events_total{group="south", state="close"}': "0 0 0 0 1x20",
+        # A node of south drifts from minute 1 on; north has only nodes worth watching.
+        'edgeml_group_drift_nodes{group="south", state="drifting"}': "0 1x20",
+        'edgeml_group_drift_nodes{group="north", state="drifting"}': "0x20",
+        'edgeml_group_drift_nodes{group="north", state="watch"}': "2x20",
+        # The hub counts drops as growth seen, so north's sum stays flat; south's grows.
+        'edgeml_group_outbox_dropped_total{group="north"}': "7 7 7x20",
+        'edgeml_group_outbox_dropped_total{group="south"}': "0 0 5x20",
         'edgeml_rejected_messages_total{reason="decode", type="result"}': "0 0 3x20",
     }
     checks: list[tuple[str, str, list[dict[str, Any]]]] = [
@@ -208,7 +209,7 @@ def _rule_tests() -> list[dict[str, Any]]:
             "NodeDown",
             [
                 _alert(
-                    {"node": "pump-1", "severity": "warning"},
+                    {"node": "pump-1", "group": "north", "severity": "warning"},
                     "edge node pump-1 is offline",
                     "No status or traffic from pump-1 for over 2 minutes (last will or silence).",
                 )
@@ -219,9 +220,10 @@ def _rule_tests() -> list[dict[str, Any]]:
             "AnomalyEpisodes",
             [
                 _alert(
-                    {"node": "pump-3", "state": "open", "severity": "warning"},
-                    "anomaly episode opened on pump-3",
-                    "The node's model flagged an anomaly episode in the last 10 minutes.",
+                    {"group": "south", "state": "open", "severity": "warning"},
+                    "anomaly episode opened in group south",
+                    "A node's model in this group flagged an anomaly episode in the last 10 "
+                    "minutes (cloud-hub events --since 15m names the node and the channels).",
                 )
             ],
         ),
@@ -232,8 +234,8 @@ def _rule_tests() -> list[dict[str, Any]]:
             "DriftHigh",
             [
                 _alert(
-                    {"node": "pump-3", "state": "drifting", "severity": "warning"},
-                    "input drift on pump-3",
+                    {"group": "south", "state": "drifting", "severity": "warning"},
+                    "input drift on 1 node(s) of group south",
                     drift,
                 )
             ],
@@ -243,8 +245,8 @@ def _rule_tests() -> list[dict[str, Any]]:
             "OutboxDropping",
             [
                 _alert(
-                    {"node": "pump-2", "severity": "critical"},
-                    "pump-2 is dropping messages from its full outbox",
+                    {"group": "south", "severity": "critical"},
+                    "a node of group south is dropping messages from its full outbox",
                     "Data is being lost: the broker has been unreachable for long or the outbox is "
                     "too small.",
                 )
@@ -287,6 +289,56 @@ def test_alerts_fire_when_and_only_when_meant(tmp_path: Path) -> None:
     }
     # JSON is YAML, so no YAML writer is needed.
     test_file = tmp_path / "alerts_test.yml"
+    test_file.write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(test_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_recording_rules_compute_what_their_names_say(tmp_path: Path) -> None:
+    promtool = _tool("promtool", "prometheus")
+    bucket = "edgeml_group_latency_p99_seconds_bucket"
+    series = {
+        # 600 readings a minute (10/s), 60 of them flagged (10 %).
+        'edgeml_group_readings_total{group="north"}': "0+600x10",
+        'edgeml_group_anomalous_readings_total{group="north"}': "0+60x10",
+        'edgeml_node_up{node="p1", group="north"}': "0x10",
+        'edgeml_node_up{node="p2", group="north"}': "1x10",
+        # Ten nodes: nine at or below 5 ms, one at or below 10 ms.
+        f'{bucket}{{group="north", le="0.005"}}': "9x10",
+        f'{bucket}{{group="north", le="0.01"}}': "10x10",
+        f'{bucket}{{group="north", le="+Inf"}}': "10x10",
+    }
+    expected = [
+        ("group:edgeml_readings:rate5m", {"group": "north"}, 10),
+        ("group:edgeml_anomalous_ratio:rate5m", {"group": "north"}, 0.1),
+        ("group:edgeml_nodes_down:count", {"group": "north"}, 1),
+        # The 9th of 10 nodes is the last in the 5 ms bucket.
+        ("group:edgeml_node_latency_p99_seconds:p90", {"group": "north"}, 0.005),
+    ]
+    spec = {
+        "rule_files": [str(PROMETHEUS_DIR / "rules.yml")],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                "promql_expr_test": [
+                    {"expr": name, "eval_time": "8m", "exp_samples": [
+                        {"labels": name + "{" + ",".join(f'{k}="{v}"' for k, v in labels.items())
+                         + "}", "value": value}
+                    ]}
+                    for name, labels, value in expected
+                ],
+            }
+        ],
+    }  # fmt: skip
+    test_file = tmp_path / "rules_test.yml"
     test_file.write_text(json.dumps(spec, indent=1), encoding="utf-8")
     result = subprocess.run(
         [promtool, "test", "rules", str(test_file)],

@@ -122,3 +122,18 @@ def test_coverage_matches_a_set_on_random_ranges() -> None:
         assert c.add(a, b) == len(new)
         reference |= new
         assert c.holes() == max(reference) - min(reference) + 1 - len(reference)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_coverage_counts_like_a_set_in_order_or_not(seed: int) -> None:
+    # In-order ranges take a fast path; shuffled ones the general one: both must count alike.
+    rng = random.Random(seed)
+    ranges = [(s, s + rng.randint(1, 4)) for s in range(0, 400, 4) if rng.random() < 0.8]
+    if seed % 2:
+        rng.shuffle(ranges)
+    coverage, seen = Coverage(), set[int]()
+    for start, end in ranges:
+        assert coverage.add(start, end) == len(set(range(start, end)) - seen)
+        seen |= set(range(start, end))
+        assert all((i in coverage) == (i in seen) for i in range(start - 5, end + 5))
+    assert coverage.holes() == max(seen) + 1 - min(seen) - len(seen)

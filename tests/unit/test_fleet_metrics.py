@@ -22,7 +22,12 @@ from schemas.topics import Kind, node_topic
 NOW = 1_800_000_000.0
 KIND_OF = {typ: kind for kind, typ in MESSAGE_TYPES.items()}
 SAMPLE_N = 3  # readings in the sample result batch
-ALLOWED_LABELS = {"node", "model", "version", "kind", "reason", "type", "state", "percentile"}
+ALLOWED_LABELS = {
+    *("node", "model", "version", "kind", "reason", "type", "state", "percentile"),
+    *("group", "le"),  # the bounded group label and histogram buckets
+}
+# A node that announced no group.
+UNGROUPED = {"group": "ungrouped"}
 
 
 class Clock:
@@ -116,8 +121,9 @@ def test_per_node_families(fed: tuple[Ingest, CollectorRegistry, Clock]) -> None
     for percentile, ms in (("50", 0.1), ("95", 0.2), ("99", 0.3)):
         seconds = value(r, "edgeml_inference_latency_seconds", percentile=percentile, **node)
         assert seconds == pytest.approx(ms / 1000)
-    assert value(r, "edgeml_node_up", **node) == 1
-    assert value(r, "edgeml_node_info", model="pump-pca", version="4", **node) == 1
+    assert value(r, "edgeml_node_up", **node, **UNGROUPED) == 1
+    assert value(r, "edgeml_node_info", model="pump-pca", version="4", **node, **UNGROUPED) == 1
+    assert value(r, "edgeml_node_last_seen_timestamp_seconds", **node) == NOW
     assert value(r, "edgeml_drift_psi_max", **node) == 0.3
     assert value(r, "edgeml_drift_mean_shift_max_sd", **node) == 2.5
     assert value(r, "edgeml_score_p99", **node) == 6.25
@@ -149,32 +155,39 @@ def test_node_up_follows_the_clock_at_scrape_time(
 ) -> None:
     _, r, clock = fed
     clock.now = NOW + 61.0
-    assert value(r, "edgeml_node_up", node="pump-01") == 0
+    assert value(r, "edgeml_node_up", node="pump-01", **UNGROUPED) == 0
     assert value(r, "edgeml_nodes", state="offline") == 1
 
 
 def test_a_will_takes_the_node_down(fed: tuple[Ingest, CollectorRegistry, Clock]) -> None:
     ingest, r, _ = fed
     send(ingest, msg("status", "pump-01", state="offline", ts=NOW + 1.0, capabilities=None))
-    assert value(r, "edgeml_node_up", node="pump-01") == 0
+    assert value(r, "edgeml_node_up", node="pump-01", **UNGROUPED) == 0
 
 
-def test_per_node_false_hides_per_node_families() -> None:
+def test_per_node_false_leaves_only_the_health_gauges_per_node() -> None:
     ingest, r, _ = hub(per_node=False)
     send(ingest, msg("status", "pump-01"))
     send(ingest, msg("result", "pump-01", seq=40))
     names = {s.name for family in r.collect() for s in family.samples}
-    assert not any("node" in s.labels for family in r.collect() for s in family.samples)
+    per_node = {s.name for family in r.collect() for s in family.samples if "node" in s.labels}
+    assert per_node == HEALTH_SAMPLES
     assert value(r, "edgeml_readings_total", node="pump-01") is None
     assert value(r, "edgeml_messages_total", kind="result") == 1
     assert value(r, "edgeml_nodes", state="online") == 1
-    assert names == {
+    assert value(r, "edgeml_metrics_nodes_without_detail") == 1
+    assert names >= {
         "edgeml_messages_total",
         "edgeml_duplicates_total",
         "edgeml_nodes",
         *FLEET_SAMPLES,
+        *HEALTH_SAMPLES,
     }
     assert value(r, "edgeml_fleet_readings_total") == SAMPLE_N
+    assert value(r, "edgeml_group_readings_total", **UNGROUPED) == SAMPLE_N
+
+
+HEALTH_SAMPLES = {"edgeml_node_up", "edgeml_node_last_seen_timestamp_seconds", "edgeml_node_info"}
 
 
 FLEET_SAMPLES = {

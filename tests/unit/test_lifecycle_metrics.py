@@ -37,6 +37,8 @@ ALLOWED_LABELS = {
     "state",
     "percentile",
     "status",
+    "group",  # bounded by metrics.max_groups
+    "le",
 }
 
 

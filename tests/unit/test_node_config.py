@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from edge_node.config import load_config, read_password
+from edge_node.sources.simulator import PumpSimulator
+from edge_node.wiring import _capabilities
 from schemas.settings import SettingsError
 
 
@@ -117,3 +119,12 @@ def test_hub_keys_file_adds_its_keys_and_names_a_bad_line(tmp_path: Path) -> Non
     env = {"EDGE_NODE__SECURITY__HUB_KEYS_FILE": str(tmp_path / "missing.pub")}
     with pytest.raises(SettingsError, match="cannot read"):
         load_config(_write(tmp_path, text), env)
+
+
+def test_the_node_announces_its_group_in_its_capabilities(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, '[node]\nid = "pump-1"\ngroup = "plant-2/line-4"\n'), {})
+    assert config.node.group == "plant-2/line-4"
+    source = PumpSimulator(seed=1, wall_start=0.0)
+    assert _capabilities(source, config.node).group == "plant-2/line-4"
+    with pytest.raises(SettingsError, match=r"node\.group"):
+        load_config(_write(tmp_path, f'[node]\nid = "p"\ngroup = "{"g" * 65}"\n'), {})

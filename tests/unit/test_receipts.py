@@ -41,6 +41,17 @@ def test_the_pacer_sends_at_most_one_receipt_per_stream_per_interval() -> None:
     assert pacer.sent == 2
 
 
+def test_a_limited_take_leaves_the_rest_due_for_the_next_round() -> None:
+    pacer = ReceiptPacer(interval_s=0.5)
+    pacer.offer({(f"n{i}", "b"): [(0, i + 1)] for i in range(5)})
+    first = pacer.take(100.0, limit=2)
+    assert [key for key, _ in first] == [("n0", "b"), ("n1", "b")]
+    assert pacer.pending == 3
+    rest = pacer.take(100.0, limit=10)
+    assert [key for key, _ in rest] == [("n2", "b"), ("n3", "b"), ("n4", "b")]
+    assert pacer.pending == 0 and pacer.sent == 5
+
+
 def test_resend_waits_for_the_head_then_doubles_its_wait() -> None:
     clock = ResendClock(base_s=10.0, max_s=25.0)
     assert not clock.due(oldest_id=1, last_handed=5, now=0.0)

@@ -12,7 +12,7 @@ import pytest
 
 from schemas import codec, generate
 from schemas.messages import Deploy, ModelRef, Ping, ResultBatch
-from schemas.packing import pack_f32, pack_flags, unpack_f32, unpack_flags
+from schemas.packing import count_flags, pack_f32, pack_flags, unpack_f32, unpack_flags
 from schemas.samples import SAMPLES, message_type_of
 from schemas.topics import Kind, TopicError, model_chunk_topic, node_topic, parse_node_topic
 
@@ -199,3 +199,14 @@ def test_topics_build_and_parse() -> None:
     for bad_id in ("a/b", "+", "#", "", "..", "x" * 65):
         with pytest.raises(TopicError):
             node_topic(bad_id, Kind.STATUS)
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 256, 1000])
+def test_count_flags_counts_the_marked_readings_only(n: int) -> None:
+    flags = np.random.default_rng(n).random(n) < 0.3
+    packed = pack_flags(flags)
+    assert count_flags(packed, n) == int(flags.sum())
+    if n % 8:
+        # Padding bits past n are not readings, whatever they hold.
+        padded = packed[:-1] + bytes([packed[-1] | (0xFF << (n % 8)) & 0xFF])
+        assert count_flags(padded, n) == int(flags.sum())
