@@ -202,9 +202,9 @@ class RetrainLoop:
         except SendError as exc:
             log.error("retrain loop: %s", exc)
             return
-        state = drift.state if drift is not None else None
+        spell = drift.state if drift is not None else None
         # The hub keeps level and channel per node (the figures are in the node's drift report).
-        reason = (state.reason or f"{state.level}: {state.channel}") if state is not None else ""
+        reason = (spell.reason or f"{spell.level}: {spell.channel}") if spell is not None else ""
         work = Work(
             id=work_id,
             node=node,
