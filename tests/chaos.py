@@ -35,14 +35,18 @@ from schemas.readings_csv import write_csv
 from tests.broker import Broker
 from tests.integration.processes import Hub, Node, node_config, wait_for
 
-_AUDIT = """
+# Copies every message a node accepts into its outbox (which deletes rows on receipts), so a
+# test can count what was produced; tests/multihub.py uses it too.
+AUDIT = """
 CREATE TABLE IF NOT EXISTS audit (kind TEXT, payload BLOB);
 CREATE TRIGGER IF NOT EXISTS audit_put AFTER INSERT ON outbox
 BEGIN INSERT INTO audit VALUES (NEW.kind, NEW.payload); END;
 """
 
 
-class _Result(msgspec.Struct):
+class AuditedResult(msgspec.Struct):
+    """The fields of an audited result message that the counting needs."""
+
     boot: str
     seq: int
     n: int
@@ -133,7 +137,7 @@ class Fleet:
             outbox = Outbox(work / f"{name}-data" / "outbox.db", max_bytes=1)
             outbox.close()
             with sqlite3.connect(work / f"{name}-data" / "outbox.db") as db:
-                db.executescript(_AUDIT)
+                db.executescript(AUDIT)
         self.nodes = [Node(c) for c in self.configs]
 
     # -- faults -----------------------------------------------------------------------------
@@ -200,7 +204,7 @@ class Fleet:
         """(readings the node accepted, readings of those the hub never applied)."""
         with sqlite3.connect(self.work / f"{name}-data" / "outbox.db") as db:
             rows = db.execute("SELECT payload FROM audit WHERE kind = 'result'")
-            accepted = [msgspec.msgpack.decode(p, type=_Result) for (p,) in rows]
+            accepted = [msgspec.msgpack.decode(p, type=AuditedResult) for (p,) in rows]
         produced = sum(r.n for r in accepted)
         try:
             stored = hub_db.execute("SELECT boot, data FROM streams WHERE node = ?", (name,))

@@ -30,19 +30,8 @@ from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.snapshot import load_coverage, load_node
 from edge_node.delivery.outbox import Outbox
 from tests.broker import Broker
+from tests.chaos import AUDIT, AuditedResult
 from tests.integration.processes import Hub, Node, node_config, wait_for
-
-_AUDIT = """
-CREATE TABLE IF NOT EXISTS audit (kind TEXT, payload BLOB);
-CREATE TRIGGER IF NOT EXISTS audit_put AFTER INSERT ON outbox
-BEGIN INSERT INTO audit VALUES (NEW.kind, NEW.payload); END;
-"""
-
-
-class _Result(msgspec.Struct):
-    boot: str
-    seq: int
-    n: int
 
 
 @dataclass
@@ -109,7 +98,7 @@ class HubGroup:
         )
         Outbox(self.work / f"{name}-data" / "outbox.db", max_bytes=1).close()
         with sqlite3.connect(self.work / f"{name}-data" / "outbox.db") as db:
-            db.executescript(_AUDIT)
+            db.executescript(AUDIT)
         return path
 
     def start_nodes(self) -> None:
@@ -166,10 +155,10 @@ class HubGroup:
         out.fleet_totals = [h.value("edgeml_fleet_readings_total") for h in self.live_hubs()]
         return out
 
-    def _accepted(self, name: str) -> list[_Result]:
+    def _accepted(self, name: str) -> list[AuditedResult]:
         with sqlite3.connect(self.work / f"{name}-data" / "outbox.db") as db:
             rows = db.execute("SELECT payload FROM audit WHERE kind = 'result'").fetchall()
-        return [msgspec.msgpack.decode(p, type=_Result) for (p,) in rows]
+        return [msgspec.msgpack.decode(p, type=AuditedResult) for (p,) in rows]
 
     def close(self) -> None:
         """Stop every process that is still running."""
