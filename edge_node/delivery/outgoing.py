@@ -7,12 +7,13 @@ from typing import TypedDict
 
 import msgspec
 
+from edge_node.lifecycle.capture import Segment, upload_chunks
 from edge_node.scoring.batcher import PendingBatch
 from edge_node.scoring.drift import DriftReport
 from edge_node.scoring.events import EpisodeChange
 from edge_node.scoring.pipeline import Scored
 from edge_node.scoring.validation import SensorChange
-from schemas.messages import ChannelShare, Drift, Event, ModelRef, ResultBatch
+from schemas.messages import Capture, ChannelShare, Drift, Event, ModelRef, ResultBatch
 from schemas.packing import pack_f32, pack_flags
 from schemas.topics import Kind
 
@@ -105,6 +106,30 @@ def drift_message(env: Env, report: DriftReport, model: ModelRef) -> Drift:
         channels=report.channels,
         score=report.score,
     )
+
+
+def capture_messages(
+    seq: Sequencer, command_id: str, channels: list[str], segments: list[Segment], ts: float
+) -> list[Outgoing]:
+    """A retrain's captured ``segments`` as capture messages (chunks of at most 128 KiB)."""
+    parts = upload_chunks(segments, len(channels))
+    return [
+        (
+            Kind.CAPTURE,
+            Capture(
+                **seq.take(ts),
+                command=command_id,
+                chunk=i,
+                chunks=len(parts),
+                channels=channels,
+                t0=part.t0,
+                period=part.period,
+                n=part.n,
+                data=pack_f32(part.values),
+            ),
+        )
+        for i, part in enumerate(parts)
+    ]
 
 
 def scored_messages(seq: Sequencer, scored: Scored, ts: float) -> list[Outgoing]:

@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
-from edge_node.delivery.outgoing import Outgoing, Sequencer, scored_messages
-from edge_node.lifecycle.capture import CaptureRing, NextCapture, Segment, upload_chunks
+from edge_node.delivery.outgoing import Outgoing, Sequencer, capture_messages, scored_messages
+from edge_node.lifecycle.capture import CaptureRing, NextCapture, Segment
 from edge_node.lifecycle.commands import (
     AckDraft,
     CommandBook,
@@ -36,7 +36,6 @@ from schemas.commands import CHUNKS, NEED, READINGS, UPTIME_S
 from schemas.messages import (
     AckStatus,
     Capabilities,
-    Capture,
     Command,
     Deploy,
     ModelChunk,
@@ -47,7 +46,6 @@ from schemas.messages import (
     Shadow,
     StopShadow,
 )
-from schemas.packing import pack_f32
 from schemas.topics import ROOT, Kind, model_chunk_topic, node_topic
 
 log = logging.getLogger(__name__)
@@ -436,27 +434,9 @@ class Control:
 
     def _upload(self, command_id: str, segments: list[Segment], wall: float) -> list[Outgoing]:
         """Capture messages of ``segments``, then the applied ack of the retrain command."""
-        channels = self.settings.channels
-        parts = upload_chunks(segments, len(channels))
-        out: list[Outgoing] = [
-            (
-                Kind.CAPTURE,
-                Capture(
-                    **self._seq.take(wall),
-                    command=command_id,
-                    chunk=i,
-                    chunks=len(parts),
-                    channels=channels,
-                    t0=part.t0,
-                    period=part.period,
-                    n=part.n,
-                    data=pack_f32(part.values),
-                ),
-            )
-            for i, part in enumerate(parts)
-        ]
-        readings = sum(part.n for part in parts)
-        detail = {READINGS: str(readings), CHUNKS: str(len(parts))}
+        out = capture_messages(self._seq, command_id, self.settings.channels, segments, wall)
+        readings = sum(segment.n for segment in segments)
+        detail = {READINGS: str(readings), CHUNKS: str(len(out))}
         ack = AckDraft(command=command_id, command_type="retrain", status="applied", detail=detail)
         out.append(self._ack(ack, wall))
         return out
