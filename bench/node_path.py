@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import os
 import pstats
 import statistics
 import sys
@@ -31,17 +30,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cloud_hub.models.onnx_export import save_model, train_model  # noqa: E402
-from cloud_hub.models.trainer import TrainConfig  # noqa: E402
+from bench.skab import DEFAULT_DIR, healthy_model, valve1_readings  # noqa: E402
 from edge_node.lifecycle.capture import CaptureRing  # noqa: E402
 from edge_node.scoring.batcher import ResultBatcher  # noqa: E402
 from edge_node.scoring.events import EpisodeConfig  # noqa: E402
 from edge_node.scoring.pipeline import Pipeline  # noqa: E402
 from edge_node.scoring.runtime import ModelRuntime  # noqa: E402
 from edge_node.sources.base import Block  # noqa: E402
-from schemas.readings_csv import read_csv  # noqa: E402
 
-DEFAULT_SKAB = Path(os.environ.get("SKAB_DIR", REPO.parent / "shared" / "data" / "skab"))
 RUN = 256
 
 
@@ -124,32 +120,21 @@ def main() -> None:
         "--single-readings", type=int, default=3000, help="readings scored one at a time"
     )
     parser.add_argument("--wall", action="store_true", help="wall-clock time, not thread CPU")
-    parser.add_argument("--skab-dir", type=Path, default=DEFAULT_SKAB)
+    parser.add_argument("--skab-dir", type=Path, default=DEFAULT_DIR)
     parser.add_argument("--profile", action="store_true", help="cProfile the 256-reading blocks")
     args = parser.parse_args()
-    healthy = read_csv(args.skab_dir / "anomaly-free" / "anomaly-free.csv")
-    files = sorted((args.skab_dir / "valve1").glob("*.csv"), key=lambda p: int(p.stem))
-    values = np.concatenate([read_csv(f).values for f in files]).astype(np.float32)
+    values = valve1_readings(args.skab_dir)
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
-        onnx, manifest = train_model(
-            healthy.values[:3000],
-            healthy.channels,
-            name="bench",
-            version="1",
-            trained_by="bench",
-            config=TrainConfig(),
-            now=time.time(),
-        )
-        save_model(model, onnx, manifest)
-        window = manifest.input.window
-        print(f"model window {window}, {len(healthy.channels)} channels, {len(values):,} readings")
+        manifest = healthy_model(args.skab_dir, model)
+        window, channels = manifest.input.window, manifest.input.channels
+        print(f"model window {window}, {len(channels)} channels, {len(values):,} readings")
         clock = time.perf_counter if args.wall else time.thread_time
         for block in (RUN, 1):
             ratios, bases, rates = [], [], []
             for _ in range(args.rounds):
                 rows = values if block > 1 else values[: args.single_readings]
-                base, rate = interleaved(model, healthy.channels, rows, block, clock)
+                base, rate = interleaved(model, channels, rows, block, clock)
                 bases.append(base)
                 rates.append(rate)
                 ratios.append(rate / base)
@@ -162,13 +147,13 @@ def main() -> None:
             )
         if args.profile:
             cProfile.runctx(
-                "node(model, healthy.channels, values, RUN, 1)",
+                "node(model, manifest.input.channels, values, RUN, 1)",
                 globals(),
-                {"model": model, "healthy": healthy, "values": values, "RUN": RUN},
+                {"model": model, "manifest": manifest, "values": values, "RUN": RUN},
                 "/tmp/node_path.prof",
             )
             pstats.Stats("/tmp/node_path.prof").sort_stats("tottime").print_stats(25)
-    fresh, growth = capture_growth(len(healthy.channels), 30.0)
+    fresh, growth = capture_growth(len(manifest.input.channels), 30.0)
     print(
         f"capture ring (20,000 readings, 1-reading polls at 50 Hz): {fresh / 1e6:.2f} MB when "
         f"made, {growth / 1e6:+.3f} MB over 30 min (raw size {20_000 * 8 * 4 / 1e6:.2f} MB)"

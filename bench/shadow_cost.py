@@ -16,7 +16,6 @@ beside it.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -28,17 +27,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cloud_hub.models.onnx_export import save_model, train_model  # noqa: E402
-from cloud_hub.models.trainer import TrainConfig  # noqa: E402
+from bench.skab import DEFAULT_DIR, healthy_model, valve1_readings  # noqa: E402
 from edge_node.scoring.batcher import ResultBatcher  # noqa: E402
 from edge_node.scoring.events import EpisodeConfig  # noqa: E402
 from edge_node.scoring.pipeline import Pipeline  # noqa: E402
 from edge_node.scoring.runtime import ModelRuntime  # noqa: E402
 from edge_node.scoring.shadow import Candidate, RunSpec, ShadowRun  # noqa: E402
 from edge_node.sources.base import Block  # noqa: E402
-from schemas.readings_csv import read_csv  # noqa: E402
 
-DEFAULT_SKAB = Path(os.environ.get("SKAB_DIR", REPO.parent / "shared" / "data" / "skab"))
 PERIOD = 0.02  # 50 Hz
 
 
@@ -73,32 +69,23 @@ def cpu_per_reading(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (median)")
-    parser.add_argument("--skab-dir", type=Path, default=DEFAULT_SKAB)
+    parser.add_argument("--skab-dir", type=Path, default=DEFAULT_DIR)
     args = parser.parse_args()
-    healthy = read_csv(args.skab_dir / "anomaly-free" / "anomaly-free.csv")
-    files = sorted((args.skab_dir / "valve1").glob("*.csv"), key=lambda p: int(p.stem))
-    values = np.concatenate([read_csv(f).values for f in files]).astype(np.float32)
+    values = valve1_readings(args.skab_dir)
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(tmp) / "model"
-        onnx, manifest = train_model(
-            healthy.values[:3000],
-            healthy.channels,
-            name="bench",
-            version="1",
-            trained_by="bench",
-            config=TrainConfig(),
-            now=time.time(),
-        )
-        save_model(model, onnx, manifest)
+        manifest = healthy_model(args.skab_dir, model)
         print(
-            f"model window {manifest.input.window}, {len(healthy.channels)} channels, "
+            f"model window {manifest.input.window}, {len(manifest.input.channels)} channels, "
             f"{len(values):,} readings, {args.rounds} rounds (medians)"
         )
         for block in (1, 256):
             alone, beside, ratios, shares = [], [], [], []
             for _ in range(args.rounds):
-                a, _ = cpu_per_reading(model, healthy.channels, values, block, shadow=False)
-                b, share = cpu_per_reading(model, healthy.channels, values, block, shadow=True)
+                a, _ = cpu_per_reading(model, manifest.input.channels, values, block, shadow=False)
+                b, share = cpu_per_reading(
+                    model, manifest.input.channels, values, block, shadow=True
+                )
                 alone.append(a)
                 beside.append(b)
                 ratios.append(b / a)

@@ -7,14 +7,18 @@ beside the repository); nothing is copied.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
+from cloud_hub.models.onnx_export import save_model, train_model
+from cloud_hub.models.trainer import TrainConfig
 from cloud_hub.models.validation import Labelled
 from schemas.alarm import openings
+from schemas.manifest import Manifest
 from schemas.readings_csv import read_csv
 
 DEFAULT_DIR = Path(
@@ -51,6 +55,28 @@ def valve1(skab_dir: Path) -> list[Recording]:
     if not paths:
         raise SystemExit(f"no SKAB valve1 files under {skab_dir} (set --skab-dir or SKAB_DIR)")
     return [load(p) for p in paths]
+
+
+def valve1_readings(skab_dir: Path) -> NDArray[np.float32]:
+    """Every valve1 recording's readings, in file order, as one float32 array (no labels)."""
+    files = sorted((skab_dir / "valve1").glob("*.csv"), key=lambda p: int(p.stem))
+    return np.concatenate([read_csv(f).values for f in files]).astype(np.float32)
+
+
+def healthy_model(skab_dir: Path, folder: Path) -> Manifest:
+    """A default model trained on the first 3,000 anomaly-free readings, saved in ``folder``."""
+    healthy = read_csv(skab_dir / "anomaly-free" / "anomaly-free.csv")
+    onnx, manifest = train_model(
+        healthy.values[:3000],
+        healthy.channels,
+        name="bench",
+        version="1",
+        trained_by="bench",
+        config=TrainConfig(),
+        now=time.time(),
+    )
+    save_model(folder, onnx, manifest)
+    return manifest
 
 
 def nab_score(
