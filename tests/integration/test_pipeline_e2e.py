@@ -147,8 +147,12 @@ def test_broker_restart_mid_stream_loses_and_doubles_nothing(
 
 
 def _outbox_readings(db: Path) -> int:
-    """Readings inside the result messages waiting in a node's outbox."""
+    """Readings inside the result messages waiting in a node's outbox (0 while the node is
+    still creating the file: it exists before its table does)."""
     with sqlite3.connect(db) as conn:
+        made = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'outbox'").fetchone()
+        if made is None:
+            return 0
         rows = conn.execute("SELECT payload FROM outbox WHERE kind = 'result'").fetchall()
     return sum(decode("result", bytes(payload)).n for (payload,) in rows)
 
