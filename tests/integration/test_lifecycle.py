@@ -418,19 +418,23 @@ def test_rollbacks_walk_back_through_the_nodes_model_history(
             assert done.returncode == 0, done.stdout + done.stderr
             return done.stdout
 
-        def scoring() -> str:
+        def scoring(expected: str) -> list[str]:
+            """Versions of the next result batches until one is ``expected`` (at most two):
+            the batch open at a switch goes out under the old model, possibly after the ack."""
             _drain(fleet.watcher)
-            version: str = fleet.next("result").model.version
-            return version
+            seen: list[str] = []
+            while expected not in seen and len(seen) < 2:
+                seen.append(fleet.next("result").model.version)
+            return seen
 
         for version in "23":
             run("deploy", "--model", "pump-pca", "--version", version, "--settle", "1")
-        assert scoring() == "3"
+        assert scoring("3")[-1] == "3"
         assert "pump-pca@2" in run("rollback")
-        assert scoring() == "2"
+        assert scoring("2")[-1] == "2"
         assert "pump-pca@1" in run("rollback"), "further back, not a swap back to 3"
-        assert scoring() == "1"
+        assert scoring("1")[-1] == "1"
         refused = fleet.hub.cli("rollback", "--node", "life-4", timeout=60)
         assert refused.returncode == 1 and "no previous model" in refused.stdout
         assert "pump-pca@3" in run("rollback", "--to", "3")
-        assert scoring() == "3"
+        assert scoring("3")[-1] == "3"
