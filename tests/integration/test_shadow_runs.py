@@ -26,7 +26,10 @@ from tests.mqtt_clients import close, mqtt_client, state, subscribe
 pytestmark = pytest.mark.integration
 
 NODE = "shadow-1"
-SIM = 'kind = "sim"\nseed = 3\nrate_hz = 50\nspeed = 0\n'
+# Real time: as fast as it can go (speed 0) the pump runs through hours of its load cycle in
+# seconds, parts of which the model flags (about 11 % for this seed), and the run's "the active
+# model is quiet" would depend on how fast the machine is.
+SIM = 'kind = "sim"\nseed = 3\nrate_hz = 50\nspeed = 1\n'
 FINAL = {"done", "stopped", "over_budget", "failed"}
 
 
