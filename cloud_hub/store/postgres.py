@@ -98,9 +98,10 @@ _UPSERT_STREAM: Final = (
     "INSERT INTO streams VALUES (%s, %s, %s, %s) ON CONFLICT (node, boot) "
     "DO UPDATE SET missing = excluded.missing, data = excluded.data"
 )
+# Hubs of a group each write the reports they received: the newest by ``ts`` stays.
 _UPSERT_SHADOW: Final = (
     "INSERT INTO shadows VALUES (%s, %s, %s) ON CONFLICT (node) "
-    "DO UPDATE SET ts = excluded.ts, data = excluded.data"
+    "DO UPDATE SET ts = excluded.ts, data = excluded.data WHERE shadows.ts <= excluded.ts"
 )
 
 

@@ -92,6 +92,12 @@ def test_the_newest_shadow_report_per_node_is_kept(
     store.commit([node(first.node, 10)], {}, NOW, {first.node: first})
     store.commit([node(first.node, 20)], {}, NOW + 1, {first.node: newer})
     store.commit([node("n2", 5)], {}, NOW + 2, {first.node: first})  # not among the states
+    if where[0]:  # another hub of the group, holding only the older report, writes it late
+        late = open_store(*where)
+        try:
+            late.commit([node(first.node, 20)], {}, NOW + 3, {first.node: first})
+        finally:
+            late.close()
     again = open_store(*where)
     try:
         assert again.load_shadows() == {first.node: newer}
