@@ -127,6 +127,7 @@ class HubApp:
             backlog=self.inbox.qsize,
             delivery=self.delivery_counts,
             rollouts=self.rollouts.counts,
+            retrain=self.retrain.counts if self.retrain is not None else None,
         )
         try:
             self.metrics = MetricsServer(collector.render, config.metrics.host, config.metrics.port)

@@ -25,6 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from cloud_hub.commands.lifecycle import ACK_STATUSES, ACK_TYPES, LifecycleCounts
+from cloud_hub.ingest.change_series import retrain_families, rollout_families, shadow_families
 from cloud_hub.ingest.drift_state import LEVELS as DRIFT_LEVELS
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.ingest.fleet_series import (
@@ -39,6 +40,7 @@ from cloud_hub.ingest.fleet_series import (
 )
 from cloud_hub.ingest.fleet_totals import NodeSnapshot
 from cloud_hub.ingest.inbound import MESSAGE_KINDS, Ingest
+from cloud_hub.retraining.loop import LoopCounts
 from cloud_hub.rollouts.runner import RolloutCounts
 
 _NODE = ["node"]
@@ -96,9 +98,11 @@ class HubCollector(Collector):
         backlog: Callable[[], int] | None = None,
         delivery: Callable[[], DeliveryCounts] | None = None,
         rollouts: Callable[[], RolloutCounts] | None = None,
+        retrain: Callable[[], LoopCounts] | None = None,
     ) -> None:
         self._lifecycle = lifecycle
         self._rollouts = rollouts
+        self._retrain = retrain
         self._backlog = backlog
         self._delivery = delivery
         self._fleet = ingest.fleet
@@ -137,8 +141,12 @@ class HubCollector(Collector):
                 families.append(backlog)
             if self._delivery is not None:
                 families += _delivery_families(self._delivery())
+            changes = shadow_families(self._fleet.shadows)
             if self._rollouts is not None:
-                families += _rollout_families(self._rollouts())
+                changes += rollout_families(self._rollouts())
+            if self._retrain is not None:
+                changes += retrain_families(self._retrain())
+            families += map(_metric, changes)
             snapshots = [self._snapshot(s, now) for s in self._fleet.nodes()]
             open_counts = self._ingest.episodes.open.open_now()
             by_model = model_families(self._fleet.model_counts)
@@ -211,22 +219,6 @@ class HubCollector(Collector):
         if self._ingest.last_applied_ts is not None:
             applied.add_metric([], self._ingest.last_applied_ts)
         return [messages, duplicates, rejected, nodes, applied]
-
-
-def _rollout_families(counts: RolloutCounts) -> list[Metric]:
-    """``edgeml_rollouts{state}`` and ``edgeml_rollout_gate_decisions_total{decision}``: no
-    rollout id or node label, so a fleet's rollouts cost a handful of series."""
-    states = GaugeMetricFamily("edgeml_rollouts", "Rollouts by state.", labels=["state"])
-    for state, n in counts.states.items():
-        states.add_metric([state], n)
-    decisions = CounterMetricFamily(
-        "edgeml_rollout_gate_decisions",
-        "Rollout gate decisions (waves and shadow phases) since the hub started.",
-        labels=["decision"],
-    )
-    for decision, n in counts.decisions.items():
-        decisions.add_metric([decision], n)
-    return [states, decisions]
 
 
 def _open_episodes(counts: list[tuple[tuple[str, str], int]]) -> Metric:

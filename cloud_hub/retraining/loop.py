@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -29,6 +30,7 @@ from cloud_hub.models.catalog import CatalogError
 from cloud_hub.retraining.candidate import CandidateJob, CandidateResult, build_candidate
 from cloud_hub.retraining.compare import Counts, Limits
 from cloud_hub.retraining.policy import (
+    OPEN_STAGES,
     Facts,
     Policy,
     Stage,
@@ -45,6 +47,15 @@ from schemas.messages import Ack
 log = logging.getLogger(__name__)
 
 TICK_S: Final = 1.0
+ENDED_STAGES: Final = ("promoted", "discarded", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class LoopCounts:
+    """Open runs by stage (as of the last round) and runs ended by outcome since start."""
+
+    open: dict[str, int]
+    ended: dict[str, int]
 
 
 class RetrainLoop:
@@ -83,6 +94,15 @@ class RetrainLoop:
         self._promoter_acks = promoter_acks
         self._promotion_figures: dict[str, dict[str, float]] = {}
         self.internal_errors = 0
+        self._open: Counter[str] = Counter()
+        self._ended: Counter[str] = Counter()
+
+    def counts(self) -> LoopCounts:
+        """What /metrics shows of the loop (every stage and outcome, zeros included)."""
+        return LoopCounts(
+            open={stage: self._open[stage] for stage in sorted(OPEN_STAGES)},
+            ended={stage: self._ended[stage] for stage in ENDED_STAGES},
+        )
 
     def tick(self, now: float) -> None:
         """One round of the loop (a no-op until ``TICK_S`` after the previous round)."""
@@ -102,6 +122,7 @@ class RetrainLoop:
             for node, fact in facts.items():
                 work = runs.get(node)
                 self._carry_out(work, decide(work, fact, self._policy, now), node, now)
+            self._open = Counter(w.stage for w in self._store.open_runs())  # for /metrics
         except LoopStoreError as exc:
             log.error("retrain loop: %s", exc)
         except Exception:
@@ -316,6 +337,8 @@ class RetrainLoop:
         done = self._store.advance(work.stage, moved, stage, detail)
         if done:
             log.info("retrain loop %s: %s %s: %s", work.id, work.node, stage, detail)
+            if stage in ENDED_STAGES:
+                self._ended[stage] += 1
         return done
 
 

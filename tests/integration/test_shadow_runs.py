@@ -137,6 +137,8 @@ def test_a_candidate_that_flags_everything_raises_nothing_and_its_report_reaches
     wait_for(stored, 10, "the final report in the hub's registry", rig.hub)
     code, out = rig.cli("shadow", "status", "--node", NODE)
     assert code == 0 and "active pump-pca@1" in out and "candidate pump-pca@3" in out, out
+    assert rig.hub.value("edgeml_shadow_runs", state="done") == 1  # the node's newest report
+    assert rig.hub.value("edgeml_shadow_runs", state="running") == 0
 
 
 def test_a_candidate_over_its_cpu_budget_is_stopped(rig: Rig) -> None:

@@ -123,9 +123,13 @@ def test_a_refused_capture_fails_the_run_and_the_cooldown_holds(harness: Harness
         ack, command=command.id, command_type="retrain", status="rejected", reason="busy"
     )
     harness.loop.on_ack(refusal, 111.0)
+    assert harness.loop.counts().open["capturing"] == 1  # as of the last round (/metrics)
     harness.report(2.0, 112.0)
     (run,) = harness.store.runs()
     assert run.stage == "failed" and "busy" in run.note
+    counts = harness.loop.counts()
+    assert counts.ended == {"promoted": 0, "discarded": 0, "failed": 1}
+    assert sum(counts.open.values()) == 0
     harness.report(2.0, 200.0)
     assert len(harness.wire.sent) == 1  # cooling down for a day
 
