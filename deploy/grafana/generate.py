@@ -171,6 +171,32 @@ FLEET = Dashboard(
             width=8,
             description="1 = at the model's threshold. From the nodes' drift reports.",
         ),
+        Panel(
+            "Rollouts by state",
+            (q("edgeml_rollouts", "{{state}}"),),
+            kind="bargauge",
+            width=8,
+            description="cloud-hub rollout status names them; stopped = by the gate.",
+        ),
+        Panel(
+            "Rollout gate decisions",
+            (
+                q(
+                    f"sum by (decision) (increase(edgeml_rollout_gate_decisions_total[{RATE}]))",
+                    "{{decision}}",
+                ),
+            ),
+            width=8,
+            description="Waves and shadow phases judged; a fail stops the rollout and rolls "
+            "the wave back.",
+        ),
+        Panel(
+            "Shadow runs by state",
+            (q("edgeml_shadow_runs", "{{state}}"),),
+            kind="bargauge",
+            width=8,
+            description="Nodes by their newest shadow-run report (cloud-hub shadow status).",
+        ),
     ),
 )
 

@@ -77,7 +77,7 @@ def test_panels_do_not_overlap() -> None:
 def test_every_metric_a_panel_names_is_one_the_hub_exposes() -> None:
     source = "".join(
         (REPO / "cloud_hub" / "ingest" / name).read_text(encoding="utf-8")
-        for name in ("metrics.py", "fleet_series.py")
+        for name in ("metrics.py", "fleet_series.py", "change_series.py")
     )
     exposed = set(re.findall(r'"(edgeml_[a-z0-9_]+)"', source))
     # Prometheus adds _total to counters; scrape_* and up are Prometheus's own series.
