@@ -15,10 +15,10 @@ from typing import Any, Final
 
 import msgspec
 
+from cloud_hub.store.sqlite_file import open_wal
 from schemas.messages import Ack, Command, Deploy, ModelRef, Retrain, Rollback, Shadow
 
 SCHEMA_VERSION: Final = 1
-BUSY_TIMEOUT_MS: Final = 10_000
 # ``issued_by`` of a command known only from its acks (sent by another tool).
 NOT_RECORDED: Final = "(not in the ledger)"
 
@@ -148,11 +148,7 @@ class Ledger:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
-            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = open_wal(self.path)
             with self._db:
                 for statement in _SCHEMA:
                     self._db.execute(statement)

@@ -25,6 +25,7 @@ import msgspec
 import numpy as np
 from numpy.typing import NDArray
 
+from cloud_hub.store.sqlite_file import open_wal
 from schemas.files import atomic_write
 from schemas.manifest import (
     MANIFEST_FILE,
@@ -110,11 +111,7 @@ class Catalog:
         self.root = Path(models_dir)
         self.path = self.root / DB_FILE
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = open_wal(self.path, autocommit=True)
             self._db.execute(_SCHEMA)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except (OSError, sqlite3.Error) as exc:

@@ -18,6 +18,7 @@ from typing import Any, Final
 import msgspec
 
 from cloud_hub.retraining.policy import OPEN_STAGES, Stage, Work
+from cloud_hub.store.sqlite_file import open_wal
 
 FILE_NAME: Final = "retrain.db"
 _SCHEMA: Final = (
@@ -77,10 +78,7 @@ class LoopStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db = open_wal(self.path, autocommit=True)
             with self._db:
                 for statement in _SCHEMA:
                     self._db.execute(statement)

@@ -18,9 +18,9 @@ from typing import Any, Final
 import msgspec
 
 from cloud_hub.rollouts.state import ACTIVE, Decision, NodeRun, Rollout
+from cloud_hub.store.sqlite_file import open_wal
 
 SCHEMA_VERSION: Final = 1
-BUSY_TIMEOUT_MS: Final = 10_000
 
 _V1: Final = (
     """
@@ -108,11 +108,7 @@ class RolloutStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000)
-            self._db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db = open_wal(self.path)
             self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise RolloutStoreError(f"{self.path}: cannot open the rollout store: {exc}") from None
