@@ -1,2 +1,1 @@
-"""The store interface the hub uses; PostgreSQL (shared by several hubs); migrations; how
-the hub opens its SQLite files."""
+"""Store interface, PostgreSQL (several hubs), migrations, how SQLite files are opened."""
