@@ -22,8 +22,7 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cloud_hub.models.onnx_export import save_model, train_model  # noqa: E402
-from cloud_hub.models.trainer import TrainConfig  # noqa: E402
+from bench.skab import DEFAULT_DIR, healthy_model  # noqa: E402
 from edge_node.scoring.batcher import ResultBatcher  # noqa: E402
 from edge_node.scoring.events import EpisodeConfig  # noqa: E402
 from edge_node.scoring.pipeline import Pipeline  # noqa: E402
@@ -32,8 +31,6 @@ from edge_node.sources.base import Block  # noqa: E402
 from schemas.readings_csv import read_csv  # noqa: E402
 from tests.broker import Broker  # noqa: E402
 from tests.integration.processes import Hub, Node, node_config, wait_for  # noqa: E402
-
-DEFAULT_SKAB = Path(os.environ.get("SKAB_DIR", REPO.parent / "shared" / "data" / "skab"))
 
 
 def in_process(model: Path, files: list[Path], repeat: int) -> float:
@@ -107,22 +104,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, nargs="+", default=[1, 3])
     parser.add_argument("--repeat", type=int, default=10, help="times each node replays valve1")
-    parser.add_argument("--skab-dir", type=Path, default=DEFAULT_SKAB)
+    parser.add_argument("--skab-dir", type=Path, default=DEFAULT_DIR)
     args = parser.parse_args()
     files = sorted((args.skab_dir / "valve1").glob("*.csv"), key=lambda p: int(p.stem))
-    healthy = read_csv(args.skab_dir / "anomaly-free" / "anomaly-free.csv")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        onnx, manifest = train_model(
-            healthy.values[:3000],
-            healthy.channels,
-            name="bench",
-            version="1",
-            trained_by="bench",
-            config=TrainConfig(),
-            now=time.time(),
-        )
-        save_model(work / "model", onnx, manifest)
+        healthy_model(args.skab_dir, work / "model")
         baseline = in_process(work / "model", files, args.repeat)
         print(f"in-process scoring, no I/O (baseline): {baseline:12,.0f} readings/s")
         for n in args.nodes:
