@@ -4,11 +4,12 @@ Every node connects with its own account of the dynamic security plugin (bound t
 id, like a real node's: mosquitto/dynsec_clients.py), so the broker's per-client work (session,
 ACL patterns on %u, one socket each) is the real one. A node publishes the node's real message
 mix with the real encodings (schemas.codec): a retained birth with capabilities at connect, a
-result batch every ``--result-s`` (default 1 s: the node's ``batch.max_age_s``) holding the
-readings of that interval at ``--sample-hz`` (default 1: the simulator's rate), telemetry every
-``--telemetry-s`` (10 s) and drift every ``--drift-s`` (60 s): ~1.12 messages/s per node at the
-defaults, each node starting at a random phase. Nodes do not subscribe to their receipts (the
-hub still publishes them; the broker drops what no one reads).
+result batch every ``--result-s`` holding the readings of that interval at ``--sample-hz``,
+telemetry every ``--telemetry-s`` and drift every ``--drift-s``, each node starting at a random
+phase. The defaults are the node's own (``batch.max_age_s`` 5 s, the simulator's 1 Hz,
+``telemetry.interval_s`` and ``drift_interval_s`` 60 s): ~0.23 messages/s per node. Nodes do
+not subscribe to their receipts (the hub still publishes them; the broker drops what no one
+reads).
 
 Connections are plain asyncio sockets speaking the few MQTT 5 packets a node needs (CONNECT,
 PUBLISH at QoS 1, PINGREQ; PUBACKs are read and counted), several hundred per process and
@@ -50,6 +51,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from edge_node.config import BatchSection, SourceSection, TelemetrySection  # noqa: E402
 from schemas.codec import encode  # noqa: E402
 from schemas.messages import (  # noqa: E402
     ChannelDrift,
@@ -322,10 +324,11 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--procs", type=int, default=4)
-    parser.add_argument("--sample-hz", type=float, default=1.0)
-    parser.add_argument("--result-s", type=float, default=1.0)
-    parser.add_argument("--telemetry-s", type=float, default=10.0)
-    parser.add_argument("--drift-s", type=float, default=60.0)
+    # The node's own defaults, read from its config: "default rates" follow them.
+    parser.add_argument("--sample-hz", type=float, default=SourceSection().rate_hz)
+    parser.add_argument("--result-s", type=float, default=BatchSection().max_age_s)
+    parser.add_argument("--telemetry-s", type=float, default=TelemetrySection().interval_s)
+    parser.add_argument("--drift-s", type=float, default=TelemetrySection().drift_interval_s)
     parser.add_argument("--ramp", type=float, default=60.0, help="seconds to connect every node")
     parser.add_argument("--warmup", type=float, default=30.0, help="after the ramp")
     parser.add_argument("--window", type=float, default=60.0)

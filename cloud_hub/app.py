@@ -313,7 +313,10 @@ class HubApp:
         ready = self.receipts.take(now, RECEIPTS_PER_ROUND)
         for i, (key, ranges) in enumerate(ready):
             message = receipt(key, ranges, self.identity.boot, self.identity.next_seq(), now)
-            if self.transport.offer(node_topic(key[0], Kind.RECEIPT), encode(message)) == "full":
+            # QoS 0: receipts are cumulative, so a lost one costs time only (the next receipt
+            # or the node's resend covers it), and the hub reads no PUBACK per receipt.
+            topic = node_topic(key[0], Kind.RECEIPT)
+            if self.transport.offer(topic, encode(message), qos=0) == "full":
                 for later_key, later_ranges in ready[i:]:  # paho's queue is full: next round
                     self.receipts.give_back(later_key, later_ranges)
                 return

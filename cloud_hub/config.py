@@ -124,7 +124,7 @@ class IngestConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     offline_after_s: Annotated[float, msgspec.Meta(gt=0)] = 120.0
     max_clock_ahead_s: Annotated[float, msgspec.Meta(gt=0)] = 600.0
-    receipt_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 0.5
+    receipt_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 5.0
     commit_batch: Annotated[int, msgspec.Meta(ge=1, le=900)] = 500
 
 

@@ -122,13 +122,16 @@ class OutboxSection(_Section):
     max_bytes: AtLeastOne = 64 * 1024 * 1024
     max_handed: AtLeastOne = 1000
     # Unconfirmed by a receipt this long: hand it over again (doubling up to resend_max_s).
-    resend_s: Positive = 10.0
+    resend_s: Positive = 30.0
     resend_max_s: Positive = 300.0
 
 
 class BatchSection(_Section):
+    # A result batch goes when it holds max_readings or is max_age_s old (anomaly events go at
+    # once, not with the batch): 5 s is a third of Prometheus' usual scrape interval, and keeps
+    # a 10,000-node fleet's result traffic to 2,000 messages a second.
     max_readings: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 256
-    max_age_s: Positive = 1.0
+    max_age_s: Positive = 5.0
 
 
 class EventsSection(_Section):
@@ -140,7 +143,7 @@ class EventsSection(_Section):
 
 
 class TelemetrySection(_Section):
-    interval_s: Positive = 10.0
+    interval_s: Positive = 60.0
     drift_interval_s: Positive = 60.0
 
 

@@ -3,8 +3,9 @@
 After each commit of its state the hub knows which streams (node, boot) it received messages
 of, new or repeated; each gets a receipt naming the ranges of seqs it holds, so the node can
 delete them from its outbox. Receipts are cumulative, so a lost or late one costs nothing but
-time, and they are coalesced: at most one per stream every ``interval_s`` (0.5 s by default),
-carrying the newest ranges, however many messages arrived in between.
+time, and they are coalesced: at most one per stream every ``interval_s`` (the hub's
+``ingest.receipt_interval_s``, 5 s by default), carrying the newest ranges, however many
+messages arrived in between.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ StreamKey = tuple[str, str]
 class ReceiptPacer:
     """Holds the ranges to confirm per stream until that stream's next receipt may go."""
 
-    def __init__(self, interval_s: float = 0.5) -> None:
+    def __init__(self, interval_s: float) -> None:
         self.interval_s = interval_s
         self._due: dict[StreamKey, list[Range]] = {}
         self._sent_at: dict[StreamKey, float] = {}

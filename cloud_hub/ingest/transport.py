@@ -171,11 +171,18 @@ class HubTransport:
             raise TransportError(f"publish to {topic} refused: {mqtt.error_string(info.rc)}")
         return info
 
-    def offer(self, topic: str, payload: bytes) -> Literal["queued", "full", "refused"]:
-        """Hand a QoS 1 message to paho without waiting: ``full`` means try again later."""
-        info = self._client.publish(topic, payload, qos=1, retain=False)
-        if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+    def offer(
+        self, topic: str, payload: bytes, qos: int = 1
+    ) -> Literal["queued", "full", "refused"]:
+        """Hand a message to paho without waiting: ``full`` means try again later.
+
+        QoS 1 is queued while the hub is offline; QoS 0 (receipts) is not sent then, so it is
+        ``full`` too and comes back at the next round."""
+        info = self._client.publish(topic, payload, qos=qos, retain=False)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             return "queued"
+        if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+            return "queued" if qos else "full"
         if info.rc == MQTTErrorCode.MQTT_ERR_QUEUE_SIZE:
             return "full"
         log.error("publish to %s refused: %s", topic, mqtt.error_string(info.rc))

@@ -39,6 +39,9 @@ HUB_ENV = {
     "CLOUD_HUB__ROLLOUT__LATENCY_RISE_MS": "100",
 }
 BAKE = "1.5s"
+# Bake and shadow phases here last seconds, so results come every second (the default 5 s
+# batches would bring none within a bake).
+BATCH = "[batch]\nmax_age_s = 1.0\n"
 # Pumps the model (trained on seed 11) finds healthy; seeds 1 and 8 it flags throughout.
 SEEDS = (3, 4, 5, 6, 7, 9)
 
@@ -119,6 +122,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 broker=broker,
                 model_dir=v1,
                 source=SIM.format(seed=seed),
+                extra=BATCH,
             )
             fleet.configs[node] = config
             fleet.nodes[node] = Node(config, exit_when_drained=False)
