@@ -145,7 +145,8 @@ def summarize_drift(drift: Drift, model: ModelRef | None = None) -> DriftSummary
 
 # Model versions counted by name; beyond it (a misbehaving node inventing names) one "other".
 MAX_MODEL_KEYS = 256
-# Distinct channel lists and drift states shared between nodes; beyond it each node keeps its own.
+# Distinct capabilities, channel lists and drift states shared between nodes; beyond it each
+# node keeps its own.
 MAX_SHARED = 1024
 
 
@@ -177,6 +178,7 @@ class FleetState:
         # One ModelRef per (name, version) for the whole fleet, not one per node.
         self._models: dict[tuple[str, str], ModelRef] = {}
         self._channel_lists: dict[tuple[str, ...], list[str]] = {}
+        self._shared_caps: dict[tuple[object, ...], Capabilities] = {}
         self._drift_states: dict[tuple[str, str], DriftState] = {}
         self.model_counts = ModelCounts()
         """Readings per model version since the hub started (in memory: counters may reset)."""
@@ -226,20 +228,29 @@ class FleetState:
         return state.node, state.boot if boot == state.boot else boot
 
     def _capabilities(self, caps: Capabilities) -> Capabilities:
-        """``caps`` with the strings and channel list the fleet shares made shared."""
+        """The fleet's one copy of ``caps``: nodes of the same kind announce the same (never
+        mutated: a birth replaces a node's capabilities); else ``caps`` with the strings and
+        channel list the fleet shares made shared."""
         names = tuple(caps.channels)
+        key = (names, *msgspec.structs.astuple(caps)[1:])
+        kept = self._shared_caps.get(key)
+        if kept is not None:
+            return kept
         channels = self._channel_lists.get(names)
         if channels is None:
             channels = [sys.intern(c) for c in names]
             if len(self._channel_lists) < MAX_SHARED:
                 self._channel_lists[names] = channels
-        return msgspec.structs.replace(
+        kept = msgspec.structs.replace(
             caps,
             channels=channels,
             ort_version=sys.intern(caps.ort_version),
             platform=sys.intern(caps.platform),
             group=sys.intern(caps.group),
         )
+        if len(self._shared_caps) < MAX_SHARED:
+            self._shared_caps[key] = kept
+        return kept
 
     def _drift_state(self, state: DriftState | None) -> DriftState | None:
         """One DriftState per (level, channel): the hub shows those two (the node's drift
