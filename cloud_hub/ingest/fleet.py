@@ -85,10 +85,10 @@ class DriftSummary(msgspec.Struct, frozen=True, gc=False):
 class NodeState:
     """One node as the hub sees it; counters are since the hub started.
 
-    Kept small (10,000 nodes per hub): reports are summaries, strings the fleet shares (model
-    names, channels, platform, group) are interned. ``dropped_seen`` and ``errors_seen`` count
-    what the node's since-boot counters grew by while the hub watched (never reset by a
-    reboot), so fleet and group sums of them are counters."""
+    Kept small (10,000 nodes per hub): reports are summaries, what the fleet shares (model
+    refs, capabilities, their strings) is one object for all. ``dropped_seen`` and
+    ``errors_seen`` count what the node's since-boot counters grew by while the hub watched
+    (never reset by a reboot), so fleet and group sums of them are counters."""
 
     node: str
     online: bool | None = None
