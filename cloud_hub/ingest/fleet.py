@@ -14,7 +14,6 @@ birth of every later reconnect; it is still the newest news about that boot's co
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import sys
 from collections import Counter
@@ -66,10 +65,12 @@ def summarize_telemetry(t: Telemetry) -> TelemetrySummary:
     )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class DriftSummary:
+class DriftSummary(msgspec.Struct, frozen=True, gc=False):
     """The latest drift report of a node, reduced to what dashboards and alerts use: the
-    maxima over channels (never per channel: the culprit is in ``state``) and the score's p99."""
+    maxima over channels (never per channel: the culprit is in ``state``) and the score's p99.
+
+    Not tracked by the garbage collector (16 bytes a node less): it holds no containers, so
+    it can be in no reference cycle."""
 
     model: ModelRef
     ts: float
@@ -84,10 +85,10 @@ class DriftSummary:
 class NodeState:
     """One node as the hub sees it; counters are since the hub started.
 
-    Kept small (10,000 nodes per hub): reports are summaries, strings the fleet shares (model
-    names, channels, platform, group) are interned. ``dropped_seen`` and ``errors_seen`` count
-    what the node's since-boot counters grew by while the hub watched (never reset by a
-    reboot), so fleet and group sums of them are counters."""
+    Kept small (10,000 nodes per hub): reports are summaries, what the fleet shares (model
+    refs, capabilities, their strings) is one object for all. ``dropped_seen`` and
+    ``errors_seen`` count what the node's since-boot counters grew by while the hub watched
+    (never reset by a reboot), so fleet and group sums of them are counters."""
 
     node: str
     online: bool | None = None
@@ -145,7 +146,8 @@ def summarize_drift(drift: Drift, model: ModelRef | None = None) -> DriftSummary
 
 # Model versions counted by name; beyond it (a misbehaving node inventing names) one "other".
 MAX_MODEL_KEYS = 256
-# Distinct channel lists and drift states shared between nodes; beyond it each node keeps its own.
+# Distinct capabilities, channel lists and drift states shared between nodes; beyond it each
+# node keeps its own.
 MAX_SHARED = 1024
 
 
@@ -177,6 +179,7 @@ class FleetState:
         # One ModelRef per (name, version) for the whole fleet, not one per node.
         self._models: dict[tuple[str, str], ModelRef] = {}
         self._channel_lists: dict[tuple[str, ...], list[str]] = {}
+        self._shared_caps: dict[tuple[object, ...], Capabilities] = {}
         self._drift_states: dict[tuple[str, str], DriftState] = {}
         self.model_counts = ModelCounts()
         """Readings per model version since the hub started (in memory: counters may reset)."""
@@ -226,20 +229,29 @@ class FleetState:
         return state.node, state.boot if boot == state.boot else boot
 
     def _capabilities(self, caps: Capabilities) -> Capabilities:
-        """``caps`` with the strings and channel list the fleet shares made shared."""
+        """The fleet's one copy of ``caps``: nodes of the same kind announce the same (never
+        mutated: a birth replaces a node's capabilities); else ``caps`` with the strings and
+        channel list the fleet shares made shared."""
         names = tuple(caps.channels)
+        key = (names, *msgspec.structs.astuple(caps)[1:])
+        kept = self._shared_caps.get(key)
+        if kept is not None:
+            return kept
         channels = self._channel_lists.get(names)
         if channels is None:
             channels = [sys.intern(c) for c in names]
             if len(self._channel_lists) < MAX_SHARED:
                 self._channel_lists[names] = channels
-        return msgspec.structs.replace(
+        kept = msgspec.structs.replace(
             caps,
             channels=channels,
             ort_version=sys.intern(caps.ort_version),
             platform=sys.intern(caps.platform),
             group=sys.intern(caps.group),
         )
+        if len(self._shared_caps) < MAX_SHARED:
+            self._shared_caps[key] = kept
+        return kept
 
     def _drift_state(self, state: DriftState | None) -> DriftState | None:
         """One DriftState per (level, channel): the hub shows those two (the node's drift
@@ -371,7 +383,7 @@ class FleetState:
         state = self.touch(drift.node, drift.boot, now)
         if state.drift is None or drift.ts >= state.drift.ts:
             summary = summarize_drift(drift, self._model(drift.model))
-            state.drift = dataclasses.replace(summary, state=self._drift_state(summary.state))
+            state.drift = msgspec.structs.replace(summary, state=self._drift_state(summary.state))
 
     def apply_shadow(self, report: ShadowReport, now: float) -> None:
         """Keep the newest shadow report (by ``ts``)."""

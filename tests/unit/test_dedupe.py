@@ -137,3 +137,45 @@ def test_coverage_counts_like_a_set_in_order_or_not(seed: int) -> None:
         seen |= set(range(start, end))
         assert all((i in coverage) == (i in seen) for i in range(start - 5, end + 5))
     assert coverage.holes() == max(seen) + 1 - min(seen) - len(seen)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_stored_coverage_counts_on_as_the_one_it_was_taken_from(seed: int) -> None:
+    rng = random.Random(seed)
+    live = Coverage(max_intervals=6)
+    for _ in range(80):
+        start = rng.randrange(0, 300)
+        live.add(start, start + rng.randint(1, 5))
+    stored = Coverage.of(live.intervals(), live.abandoned, 6)
+    assert (stored.intervals(), stored.missing(), len(stored)) == (
+        live.intervals(), live.missing(), len(live)
+    )  # fmt: skip
+    for _ in range(40):
+        start = rng.randrange(0, 400)
+        assert stored.add(start, start + 3) == live.add(start, start + 3)
+        assert stored.intervals() == live.intervals() and stored.missing() == live.missing()
+
+
+def test_holes_filled_merge_back_into_one_interval() -> None:
+    c = Coverage()
+    for start in (0, 20, 40, 10, 30):
+        c.add(start, start + 10)
+    assert c.intervals() == [(0, 50)] and len(c) == 1 and c.holes() == 0
+    assert 49 in c and 50 not in c and c.highest() == 49
+
+
+def test_the_least_recently_observed_boot_is_evicted_and_loaded_back() -> None:
+    loads: list[str] = []
+
+    def load(node: str, boot: str) -> Coverage | None:
+        loads.append(boot)
+        return None
+
+    d = Deduper(max_boots=2, load=load)
+    for boot in ("b1", "b2", "b1", "b3"):  # b1 observed again: b2 is the least recent
+        d.observe("n1", boot, 0)
+    d.take_dirty()  # committed: an evicted stream is the store's from now on
+    loads.clear()
+    assert not d.observe("n1", "b1", 0) and not d.observe("n1", "b3", 0)
+    assert loads == [], "b1 and b3 are in memory"
+    assert d.stream("n1", "b2", create=False) is None and loads == ["b2"]

@@ -10,7 +10,7 @@ import pytest
 
 from cloud_hub.cli.events import format_events, parse_since
 from cloud_hub.cli.main import main
-from cloud_hub.ingest.events_store import EpisodeSink, EventStore
+from cloud_hub.ingest.events_store import EpisodeSink, EventStore, OpenEpisodes
 from schemas.messages import ChannelShare, Event, ModelRef
 from tests.unit.test_fleet_metrics import hub, send, value
 
@@ -130,3 +130,18 @@ def test_since_takes_durations_unix_and_iso_times() -> None:
     assert parse_since("2h", 10_000.0) == 10_000.0 - 7_200
     assert parse_since("1700000000", 0.0) == 1_700_000_000.0
     assert parse_since("2026-11-30T21:00:00", 0.0) == parse_since("2026-11-30T21:00:00+00:00", 0.0)
+
+
+def test_open_episodes_count_each_episode_once_per_kind() -> None:
+    episodes = OpenEpisodes()
+    episodes.apply(event("pump-1", 1, "open"))
+    episodes.apply(event("pump-1", 1, "open"))  # a redelivered open
+    episodes.apply(event("pump-1", 2, "open"))
+    episodes.apply(event("pump-1", 3, "open", kind="sensor", channel="pressure", fault="spike"))
+    episodes.apply(event("pump-2", 1, "open"))
+    episodes.apply(event("pump-2", 1, "close"))
+    assert episodes.open_now() == {("pump-1", "machine"): 2, ("pump-1", "sensor"): 1}
+    assert episodes.counts()["pump-2", "machine"] == 0
+    episodes.apply(event("pump-1", 2, "close"))
+    episodes.apply(event("pump-1", 1, "open", boot="b2"))  # a new boot: the old ones are gone
+    assert episodes.open_now() == {("pump-1", "machine"): 1}
