@@ -53,7 +53,11 @@ def node_messages(node: str, i: int) -> list[Any]:
     model = ModelRef("pump-pca", str(i % 4))
     env = {"node": node, "boot": boot}
     sample_caps: Capabilities = SAMPLES["status"].capabilities  # type: ignore[attr-defined]
-    caps = msgspec.structs.replace(sample_caps, channels=list(CHANNELS), group=f"site-{i % 20}")
+    # Every node announces the memory it found free at start: no two capabilities are equal.
+    free_mb = 1500.0 + 1000.0 * ((i * 7919) % 1000) / 1000 + i / 1e4
+    caps = msgspec.structs.replace(
+        sample_caps, channels=list(CHANNELS), group=f"site-{i % 20}", memory_available_mb=free_mb
+    )
     out: list[Any] = [
         msgspec.structs.replace(SAMPLES["status"], **env, seq=0, capabilities=caps, models=[model])
     ]
