@@ -285,7 +285,7 @@ class DriftAccumulator:
         # Float32 readings and scores are widened as they are copied into the buffer.
         x = np.asarray(values)
         s = np.asarray(scores).reshape(-1)
-        if not (np.issubdtype(x.dtype, np.floating) and np.issubdtype(s.dtype, np.floating)):
+        if not (x.dtype.kind == "f" and s.dtype.kind == "f"):  # floating, as issubdtype says
             x, s = x.astype(np.float64), s.astype(np.float64)
         f = np.asarray(flags, dtype=bool).reshape(-1)
         if x.ndim != 2 or x.shape[1] != len(self._channels):

@@ -67,6 +67,7 @@ class Checked:
     in_window: NDArray[np.bool_]  # [n, channels]: a faulty cell in the reading's model window
     changes: list[SensorChange] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)  # "channel:fault" -> readings
+    clean: bool = False  # known: no faulty cell in the block nor in any reading's window
 
 
 @dataclass
@@ -122,14 +123,14 @@ class Validator:
             if not self._open and not self._tail_faulty:
                 # The common case, in a few numpy calls: nothing to impute, mask or report.
                 self._last_good = given[-1].astype(np.float64)
-                return Checked(given, stuck, stuck, [], counts)
+                return Checked(given, stuck, stuck, [], counts, clean=True)
         x = given.astype(np.float64)
         masks = self._masks(x, stuck)
         faulty = masks[0] | masks[1] | masks[2] | masks[3]
         self._seen |= (~faulty).any(axis=0)
         if not faulty.any() and not self._open and not self._tail_faulty:
             self._last_good = x[-1].copy()
-            return Checked(given, faulty, faulty, [], counts)
+            return Checked(given, faulty, faulty, [], counts, clean=True)
         kinds = np.full(x.shape, -1, dtype=np.int64)
         for i in (3, 2, 1, 0):  # where faults coincide, the lower index (in KINDS) is named
             kinds[masks[i]] = i
