@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from edge_node.sources import (
     parse_fault,
 )
 from edge_node.sources.simulator import CHUNK, NOMINAL_MEAN, NOMINAL_SD, _Lag
-from schemas.readings_csv import CsvFormatError, normalise_channel, read_csv, write_csv
+from schemas.readings_csv import CsvFormatError, median, normalise_channel, read_csv, write_csv
 from tests.skab import skab_file
 
 WALL = 1_700_000_000.0
@@ -358,3 +359,12 @@ def test_a_lag_laid_out_from_its_first_column_gives_the_whole_matrixs_products(a
     assert lag._matrix is None
     got = lag.run(0.25, drive, np.empty((CHUNK, CHUNK)))
     np.testing.assert_array_equal(got, whole @ drive + carry * 0.25)
+
+
+def test_the_median_step_is_numpys_median() -> None:
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 3, 10, 11, 3000):
+        steps = np.round(rng.random(n) * 4, 1) / 3  # ties, and means of two that round
+        assert median(steps) == float(np.median(steps))
+    with_nan = np.array([0.5, np.nan, 0.2])
+    assert math.isnan(median(with_nan)) and math.isnan(median(np.empty(0)))
