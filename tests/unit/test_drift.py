@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from edge_node.scoring.drift import (
     DriftAccumulator,
     DriftReport,
+    _Binner,
     bin_counts,
     chi2_sf,
     effective_n,
@@ -380,3 +381,22 @@ def test_columns_as_rows_give_the_same_sums_as_rows(shift: float) -> None:
             columns.add_columns(np.ascontiguousarray(z[start : start + 100].T), 0.1)
         np.testing.assert_array_equal(columns.state, rows.state)
         np.testing.assert_array_equal(columns.peak, rows.peak)
+
+
+def test_binary_search_bins_as_the_edge_count_does() -> None:
+    # Edges in order are searched, others counted one by one: the same bins either way,
+    # values on an edge, beyond the outer ones, infinite or missing included.
+    rng = np.random.default_rng(17)
+    sample = rng.normal(0.0, 1.0, 5_000)
+    profiles = [make_profile(sample, bins) for bins in (10, 4, 1)]
+    x = rng.normal(0.0, 1.5, size=(3, 700))
+    x[0, :9] = profiles[0].edges[1:-1]
+    x[1, :3] = [np.inf, -np.inf, np.nan]
+    x[2, 5] = np.nan
+    searched, counted = _Binner(profiles), _Binner(profiles)
+    counted._sorted = False
+    a, b = searched.zero(), counted.zero()
+    searched.add(x, a)
+    counted.add(x, b)
+    np.testing.assert_array_equal(a, b)
+    assert searched._sorted and a.sum() == x.size - 2
