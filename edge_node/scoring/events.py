@@ -92,10 +92,10 @@ class EpisodeDetector:
         self._threshold = threshold
         self._has_contrib = contributions is not None
         f = np.asarray(flags, dtype=bool)
-        quiet = not f.any() and np.size(scores) == f.size
-        if quiet and self._pending is None and self._open is None:
+        flagged, matched = int(np.count_nonzero(f)), np.size(scores) == f.size
+        if not flagged and matched and self._pending is None and self._open is None:
             return []  # nothing flagged and nothing under way: no run statistics needed
-        if self._open is not None and f.size and f.all() and np.size(scores) == f.size:
+        if self._open is not None and f.size and flagged == f.size and matched:
             # An open episode flagged throughout the block: one run, added as a whole.
             self._quiet = 0
             self._open.add(*_whole_run(t0, period, scores, contributions, len(self._channels)))
