@@ -136,9 +136,6 @@ class _Binner:
         self._offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)[:, None]
         self._total = int(sum(sizes))
         self._splits = np.cumsum(sizes)[:-1]
-        # Edges at or below a value are counted in bytes when they fit (a profile has far
-        # fewer than 256 bins): a quarter of the memory traffic of the index's own type.
-        self._tally = np.uint8 if widest <= 256 else np.intp
         # Edges in order (a manifest's always are): a binary search per column instead.
         self._inner = [np.asarray(p.edges[1:-1], dtype=np.float64) for p in profiles]
         self._sorted = all(bool(np.all(np.diff(e) >= 0)) for e in self._inner)
@@ -155,12 +152,12 @@ class _Binner:
             for i, (inner, start) in enumerate(zip(self._inner, self._starts, strict=True)):
                 np.add(np.searchsorted(inner, x[i], side="right"), start, out=index[i])
         else:
-            below = np.zeros(x.shape, dtype=self._tally)
+            index = np.empty(x.shape, dtype=np.intp)
+            index[:] = self._offsets
             at_or_above = np.empty(x.shape, dtype=bool)
             for edge in self._edges:
                 np.greater_equal(x, edge, out=at_or_above)
-                np.add(below, at_or_above, out=below)
-            index = np.add(below, self._offsets, dtype=np.intp)
+                index += at_or_above
         if gaps:
             index[np.isnan(x)] = self._total  # a spare bin, dropped
         counts += np.bincount(index.ravel(), minlength=self._total + 1)[:-1]
