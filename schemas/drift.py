@@ -111,8 +111,7 @@ class Cusum:
         columns, n = z.shape
         step = np.empty((2, columns, n))
         np.subtract(z, self.k, out=step[0])
-        np.negative(z, out=step[1])
-        step[1] -= self.k
+        np.subtract(-self.k, z, out=step[1])  # -k - z is -z - k exactly
         # NaN (holds the sums) and infinities need bounding only when there are any: one test.
         if not np.isfinite(z).all():
             step = finite(step)
@@ -122,11 +121,12 @@ class Cusum:
         # A sum that never rises in the buffer (a healthy column: every reading within k) only
         # falls towards 0: its peak stays, its end is a plain sum. Running sums for the rest.
         rising = (steps > 0).any(axis=1)
-        falling = ~rising
-        if falling.any():
+        every = bool(rising.all())
+        if not every:
+            falling = ~rising
             state[falling] = np.maximum(state[falling] + steps[falling].sum(axis=1), 0.0)
-        if rising.any():
-            total = np.cumsum(steps[rising], axis=1)
+        if every or rising.any():
+            total = np.cumsum(steps if every else steps[rising], axis=1)
             lowest = np.minimum.accumulate(total, axis=1)
             np.minimum(lowest, -state[rising][:, None], out=lowest)
             s = np.subtract(total, lowest, out=total)

@@ -28,6 +28,20 @@ def normalise_channel(name: str) -> str:
     return _NON_ALNUM.sub("_", name.strip().lower()).strip("_")
 
 
+def median(values: NDArray[np.float64]) -> float:
+    """``np.median`` of 1-D float values, NaN if any is NaN (or there are none), without the
+    import of numpy.ma that np.median makes (16 ms and 1.4 MB when a node starts)."""
+    if values.size == 0:
+        return math.nan
+    ordered = np.sort(values)
+    middle = values.size // 2
+    if math.isnan(ordered[-1]):  # NaN sorts last
+        return math.nan
+    if values.size % 2:
+        return float(ordered[middle])
+    return float((ordered[middle - 1] + ordered[middle]) / 2.0)  # np.median's mean of two
+
+
 DATETIME_COLUMN = "datetime"
 LABEL_COLUMNS = frozenset({"anomaly", "changepoint"})
 DELIMITER = ";"
@@ -46,7 +60,7 @@ class CsvData:
         """Median spacing of the timestamps in seconds; CsvFormatError naming ``source`` if none."""
         if self.timestamps.size < 2:
             raise CsvFormatError(f"{source}: needs at least 2 readings to infer the period")
-        period = float(np.median(np.diff(self.timestamps)))
+        period = median(np.diff(self.timestamps))
         if not (math.isfinite(period) and period > 0):
             raise CsvFormatError(
                 f"{source}: datetime column does not increase (median step {period})"

@@ -64,3 +64,9 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi
+
+# The package's own modules compiled in place: the editable install imports them from the
+# checkout, where a service user cannot write (nor can anyone under PYTHONDONTWRITEBYTECODE),
+# and each `edge-node run` would otherwise compile every module again before its first reading.
+# Quick when nothing changed; run setup again after pulling.
+.venv/bin/python -m compileall -q edge_node schemas cloud_hub >/dev/null

@@ -6,6 +6,7 @@ Python step per run (long quiet or anomalous stretches are one step each).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -91,10 +92,10 @@ class EpisodeDetector:
         self._threshold = threshold
         self._has_contrib = contributions is not None
         f = np.asarray(flags, dtype=bool)
-        quiet = not f.any() and np.size(scores) == f.size
-        if quiet and self._pending is None and self._open is None:
+        flagged, matched = int(np.count_nonzero(f)), np.size(scores) == f.size
+        if not flagged and matched and self._pending is None and self._open is None:
             return []  # nothing flagged and nothing under way: no run statistics needed
-        if self._open is not None and f.size and f.all() and np.size(scores) == f.size:
+        if self._open is not None and f.size and flagged == f.size and matched:
             # An open episode flagged throughout the block: one run, added as a whole.
             self._quiet = 0
             self._open.add(*_whole_run(t0, period, scores, contributions, len(self._channels)))
@@ -225,10 +226,29 @@ def _whole_run(
 ) -> tuple[float, int, NDArray[np.float64], float]:
     """Peak score, count, contribution sums and last timestamp of a block that is one run
     (what ``_Block.run_stats`` gives for it, in fewer steps)."""
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    s = np.asarray(scores).reshape(-1)
     n = s.size
-    peak = float(np.where(np.isnan(s), -np.inf, s).max())
-    return peak, n, _contributions(contributions, n, channels).sum(axis=0), t0 + (n - 1) * period
+    # The largest score, NaN never setting it: max() gives NaN exactly when there is one.
+    peak = float(s.max())
+    if math.isnan(peak):
+        peak = float(np.where(np.isnan(s), -np.inf, s).max())
+    return peak, n, _contribution_sums(contributions, n, channels), t0 + (n - 1) * period
+
+
+def _contribution_sums(
+    contributions: ArrayLike | None, n: int, channels: int
+) -> NDArray[np.float64]:
+    """``_contributions(...).sum(axis=0)``; when every contribution is finite (the usual
+    block: their sums are then finite too) without the pass that zeroes the others."""
+    if contributions is None:
+        return np.zeros(channels, dtype=np.float64)
+    c = np.asarray(contributions)
+    if c.shape != (n, channels):
+        raise ValueError(f"contributions has shape {c.shape}, expected ({n}, {channels})")
+    sums: NDArray[np.float64] = np.abs(c, dtype=np.float64).sum(axis=0)
+    if not np.isfinite(sums).all():
+        sums = _contributions(c, n, channels).sum(axis=0)
+    return sums
 
 
 def _contributions(contributions: ArrayLike | None, n: int, channels: int) -> NDArray[np.float64]:

@@ -15,6 +15,7 @@ block it failed on is scored again by the previous model, which takes over again
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,7 +149,7 @@ class _Run:
     @property
     def observed(self) -> F32:
         """The readings as the sensors gave them, NaN where they failed the checks."""
-        if not self.checked.faulty.any():
+        if self.checked.clean or not self.checked.faulty.any():
             return self.values
         return np.where(self.checked.faulty, np.float32(np.nan), self.values)
 
@@ -199,7 +200,7 @@ class _Lane:
             error = f"inference failed: {type(exc).__name__}: {exc}"
         ms = (clock() - start) * 1000.0
         # All finite exactly when their float64 sum is (float32 scores cannot overflow it).
-        if not error and not np.isfinite(np.sum(scores, dtype=np.float64)):
+        if not error and not math.isfinite(np.add.reduce(scores, axis=None, dtype=np.float64)):
             error = "model produced NaN or infinite scores"
         return _Run(values, scores, contributions, ms, error, batch.complete, checked)
 
@@ -262,7 +263,7 @@ class Pipeline:
         # The model's alarm rule decides the flags. An unscored (NaN) reading is never flagged,
         # and a window still padded at start-up (the node's first readings) cannot raise one.
         exceed = run.complete & (run.scores > threshold)
-        if run.checked.in_window.any():  # a fault near some reading
+        if not run.checked.clean and run.checked.in_window.any():  # a fault near some reading
             exceed &= ~run.sensor_driven
         if run.error:  # some readings unscored (every score is finite otherwise)
             scored = np.isfinite(run.scores)

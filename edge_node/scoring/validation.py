@@ -67,6 +67,7 @@ class Checked:
     in_window: NDArray[np.bool_]  # [n, channels]: a faulty cell in the reading's model window
     changes: list[SensorChange] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)  # "channel:fault" -> readings
+    clean: bool = False  # known: no faulty cell in the block nor in any reading's window
 
 
 @dataclass
@@ -99,6 +100,8 @@ class Validator:
         # A cell inside both ranges is neither out of range nor beyond the reference.
         self._lower = np.maximum(self._low, self._spike_low)
         self._upper = np.minimum(self._high, self._spike_high)
+        # No bound on any channel (a model without sensor specs): only NaN can be faulty.
+        self._bounded = bool(np.isfinite(self._lower).any() or np.isfinite(self._upper).any())
         self._close_after_s = close_after_s
         self._window = manifest.input.window
         self._tail = np.zeros((self._window - 1, len(channels)), dtype=bool)
@@ -114,28 +117,33 @@ class Validator:
         """Check a block ``[n, channels]`` of readings taken every ``period`` s from ``t0``."""
         given = np.asarray(values, dtype=np.float32)
         stuck = self._stuck(given, period)
-        # NaN fails both comparisons, so one test finds every cell that may be faulty.
-        inside = (given >= self._lower) & (given <= self._upper)
         counts: Counter[str] = Counter()
-        if len(given) and inside.all() and not (self._checks_stuck and stuck.any()):
+        if len(given) and self._all_inside(given) and not (self._checks_stuck and stuck.any()):
             self._seen[:] = True
             if not self._open and not self._tail_faulty:
                 # The common case, in a few numpy calls: nothing to impute, mask or report.
                 self._last_good = given[-1].astype(np.float64)
-                return Checked(given, stuck, stuck, [], counts)
+                return Checked(given, stuck, stuck, [], counts, clean=True)
         x = given.astype(np.float64)
         masks = self._masks(x, stuck)
         faulty = masks[0] | masks[1] | masks[2] | masks[3]
         self._seen |= (~faulty).any(axis=0)
         if not faulty.any() and not self._open and not self._tail_faulty:
             self._last_good = x[-1].copy()
-            return Checked(given, faulty, faulty, [], counts)
+            return Checked(given, faulty, faulty, [], counts, clean=True)
         kinds = np.full(x.shape, -1, dtype=np.int64)
         for i in (3, 2, 1, 0):  # where faults coincide, the lower index (in KINDS) is named
             kinds[masks[i]] = i
         imputed = self._impute(x, faulty)
         changes = self._episodes_of(t0, period, kinds, counts)
         return Checked(imputed.astype(np.float32), faulty, self._windowed(faulty), changes, counts)
+
+    def _all_inside(self, given: NDArray[np.float32]) -> bool:
+        """Whether every cell is inside both ranges (NaN fails both comparisons; unbounded,
+        nothing else does)."""
+        if not self._bounded:
+            return not np.isnan(given).any()
+        return bool(((given >= self._lower) & (given <= self._upper)).all())
 
     @property
     def _tail_faulty(self) -> bool:

@@ -104,14 +104,16 @@ class RecentRows:
     """The last ``capacity`` raw readings of every channel, oldest first.
 
     A model switched in mid-stream is primed with them, so its first windows hold real history
-    rather than a repeated first reading.
+    rather than a repeated first reading. Kept in a ring: a block costs a copy of its rows only.
     """
 
     def __init__(self, capacity: int, channels: int) -> None:
         if capacity < 0 or channels < 1:
             raise ValueError(f"capacity must be >= 0 and channels >= 1, got {capacity}, {channels}")
         self._capacity = capacity
-        self._rows = np.empty((0, channels), dtype=np.float32)
+        self._ring = np.empty((capacity, channels), dtype=np.float32)
+        self._end = 0  # ring index after the newest row
+        self._size = 0  # rows held
 
     @property
     def capacity(self) -> int:
@@ -119,22 +121,41 @@ class RecentRows:
 
     def grow(self, capacity: int) -> None:
         """Keep at least ``capacity`` rows from now on (rows already forgotten stay gone)."""
-        self._capacity = max(self._capacity, capacity)
+        if capacity <= self._capacity:
+            return
+        rows = self.last(self._size)
+        self._capacity = capacity
+        self._ring = np.empty((capacity, self._ring.shape[1]), dtype=np.float32)
+        self._ring[: len(rows)] = rows
+        self._end, self._size = len(rows) % capacity, len(rows)
 
     def push(self, values: ArrayLike) -> None:
         """Append a block ``[n, C]``, forgetting the oldest rows beyond ``capacity``."""
         block = np.asarray(values, dtype=np.float32)
-        if block.ndim != 2 or block.shape[1] != self._rows.shape[1]:
+        if block.ndim != 2 or block.shape[1] != self._ring.shape[1]:
             raise ValueError(
-                f"values have shape {list(block.shape)}, expected [n, {self._rows.shape[1]}]"
+                f"values have shape {list(block.shape)}, expected [n, {self._ring.shape[1]}]"
             )
         keep = self._capacity
-        if block.shape[0] >= keep:
-            self._rows = block[block.shape[0] - keep :].copy()
-        else:
-            old = self._rows[max(len(self._rows) - (keep - block.shape[0]), 0) :]
-            self._rows = np.concatenate([old, block])
+        if keep == 0:
+            return
+        n = block.shape[0]
+        if n >= keep:
+            self._ring[:] = block[n - keep :]
+            self._end, self._size = 0, keep
+            return
+        end = self._end + n
+        if end <= keep:
+            self._ring[self._end : end] = block
+        else:  # wraps round
+            self._ring[self._end :] = block[: keep - self._end]
+            self._ring[: end - keep] = block[keep - self._end :]
+        self._end, self._size = end % keep, min(self._size + n, keep)
 
     def last(self, n: int) -> NDArray[np.float32]:
-        """The last ``n`` rows (fewer if fewer were seen), oldest first."""
-        return self._rows[max(len(self._rows) - n, 0) :] if n > 0 else self._rows[:0]
+        """The last ``n`` rows (fewer if fewer were seen), oldest first (a copy)."""
+        n = min(max(n, 0), self._size)
+        start = self._end - n
+        if start >= 0:
+            return self._ring[start : self._end].copy()
+        return np.concatenate([self._ring[start:], self._ring[: self._end]])

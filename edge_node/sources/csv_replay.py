@@ -16,7 +16,7 @@ from edge_node.sources.base import (
     SourceError,
     SourceStats,
 )
-from schemas.readings_csv import CsvData, CsvFormatError, read_csv
+from schemas.readings_csv import CsvData, CsvFormatError, median, read_csv
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class CsvReplay:
     def _warn_other_periods(self, paths: Sequence[Path], files: list[CsvData]) -> None:
         for path, data in zip(paths[1:], files[1:], strict=True):
             if data.timestamps.size >= 2:
-                other = float(np.median(np.diff(data.timestamps)))
+                other = median(np.diff(data.timestamps))
                 if not math.isclose(other, self._period, rel_tol=0.01):
                     log.warning(
                         "%s: period %.6gs differs from the first file's %.6gs; replaying at %.6gs",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, get_args
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 from edge_node.sources.base import (
@@ -121,16 +122,34 @@ def parse_fault(text: str) -> Fault:
 
 
 class _Lag:
-    """First-order recursion ``x[t] = a * x[t-1] + u[t]`` over a chunk, as one matrix product."""
+    """First-order recursion ``x[t] = a * x[t-1] + u[t]`` over a chunk, as one matrix product.
+
+    The matrix is Toeplitz (entry ``[i, j]`` is ``a ** (i - j)`` below the diagonal): only its
+    first column is kept, padded with zeros, and the matrix is laid out from it into
+    ``scratch`` for each product. Five of them held whole were 2.5 MB of a node's memory.
+    """
 
     def __init__(self, a: float) -> None:
         steps = np.subtract.outer(np.arange(CHUNK), np.arange(CHUNK))
         # The upper triangle is masked out; clamping its exponent avoids overflow for small a.
-        self._matrix = np.where(steps >= 0, a ** np.maximum(steps, 0).astype(np.float64), 0.0)
+        matrix = np.where(steps >= 0, a ** np.maximum(steps, 0).astype(np.float64), 0.0)
         self._carry = a ** np.arange(1, CHUNK + 1, dtype=np.float64)
+        # Row i of the matrix is column 0 read backwards from row i, zeros beyond its start.
+        column = np.concatenate([np.zeros(CHUNK - 1), matrix[:, 0]])
+        self._rows = sliding_window_view(column, CHUNK)[:, ::-1]
+        # Kept whole only if the layout were not the very same numbers (it always is).
+        self._matrix: NDArray[np.float64] | None = (
+            None if np.array_equal(self._rows, matrix) else matrix
+        )
 
-    def run(self, prev: float, drive: NDArray[np.float64]) -> NDArray[np.float64]:
-        return self._matrix @ drive + self._carry * prev
+    def run(
+        self, prev: float, drive: NDArray[np.float64], scratch: NDArray[np.float64]
+    ) -> NDArray[np.float64]:
+        matrix = self._matrix
+        if matrix is None:
+            matrix = scratch
+            np.copyto(matrix, self._rows)
+        return matrix @ drive + self._carry * prev
 
 
 def _decay(period: float, tau: float) -> float:
@@ -155,6 +174,7 @@ class _PumpModel:
         self._period = period
         self._a = {key: _decay(period, tau) for key, tau in self._TAUS.items()}
         self._lags = {key: _Lag(a) for key, a in self._a.items()}
+        self._scratch = np.empty((CHUNK, CHUNK))  # one lag's matrix at a time
         init = np.random.default_rng([seed, 2**32 - 1])
         self._phase = float(init.uniform(0, 2 * math.pi))
         start = init.standard_normal(4)
@@ -201,14 +221,16 @@ class _PumpModel:
     ) -> NDArray[np.float64]:
         """Ornstein-Uhlenbeck process with stationary std ``sd``."""
         a = self._a[tau]
-        x = self._lags[tau].run(self._state[state], math.sqrt(1 - a * a) * sd * shocks)
+        x = self._lags[tau].run(
+            self._state[state], math.sqrt(1 - a * a) * sd * shocks, self._scratch
+        )
         self._state[state] = float(x[-1])
         return x
 
     def _follow(self, state: str, target: NDArray[np.float64]) -> NDArray[np.float64]:
         """First-order lag towards ``target`` (thermal inertia)."""
         a = self._a[state]
-        x = self._lags[state].run(self._state[state], (1 - a) * target)
+        x = self._lags[state].run(self._state[state], (1 - a) * target, self._scratch)
         self._state[state] = float(x[-1])
         return x
 

@@ -11,6 +11,7 @@ from numpy.typing import NDArray
 from edge_node.scoring.drift import (
     DriftAccumulator,
     DriftReport,
+    _Binner,
     bin_counts,
     chi2_sf,
     effective_n,
@@ -361,3 +362,41 @@ def test_reports_are_identical_for_any_block_size_and_edge_order() -> None:
     # With edges out of order a value's bin is the number of inner edges at or below it.
     below = (np.asarray(unsorted.edges[1:-1])[None, :] <= values[:, :1]).sum(axis=1)
     assert reports[0].channels[0].counts == np.bincount(below, minlength=10).tolist()
+
+
+@pytest.mark.parametrize("shift", [0.0, 6.0, -6.0, 40.0])
+def test_columns_as_rows_give_the_same_sums_as_rows(shift: float) -> None:
+    # add_columns takes shortcuts (no running sums for a column that never rises, none of the
+    # bounding when every value is finite, all columns at once when all rise): the very same
+    # numbers as add, whichever columns rise.
+    rng = np.random.default_rng(21)
+    z = rng.normal(shift, 1.0, size=(300, 5))
+    z[:, 0] = rng.normal(0.0, 0.5, size=300)  # never beyond k either way
+    for gaps in (False, True):
+        if gaps:
+            z[4, 1], z[9, 2], z[20, 3] = np.nan, np.inf, -np.inf
+        rows, columns = Cusum(5, 3.0), Cusum(5, 3.0)
+        for start in range(0, 300, 100):
+            rows.add(z[start : start + 100], 0.1)
+            columns.add_columns(np.ascontiguousarray(z[start : start + 100].T), 0.1)
+        np.testing.assert_array_equal(columns.state, rows.state)
+        np.testing.assert_array_equal(columns.peak, rows.peak)
+
+
+def test_binary_search_bins_as_the_edge_count_does() -> None:
+    # Edges in order are searched, others counted one by one: the same bins either way,
+    # values on an edge, beyond the outer ones, infinite or missing included.
+    rng = np.random.default_rng(17)
+    sample = rng.normal(0.0, 1.0, 5_000)
+    profiles = [make_profile(sample, bins) for bins in (10, 4, 1)]
+    x = rng.normal(0.0, 1.5, size=(3, 700))
+    x[0, :9] = profiles[0].edges[1:-1]
+    x[1, :3] = [np.inf, -np.inf, np.nan]
+    x[2, 5] = np.nan
+    searched, counted = _Binner(profiles), _Binner(profiles)
+    counted._sorted = False
+    a, b = searched.zero(), counted.zero()
+    searched.add(x, a)
+    counted.add(x, b)
+    np.testing.assert_array_equal(a, b)
+    assert searched._sorted and a.sum() == x.size - 2

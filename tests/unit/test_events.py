@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from edge_node.scoring.events import EpisodeChange, EpisodeConfig, EpisodeDetector
+from edge_node.scoring.events import (
+    EpisodeChange,
+    EpisodeConfig,
+    EpisodeDetector,
+    _Block,
+    _whole_run,
+)
 
 CHANNELS = ["a", "b", "c", "d"]
 T0 = 1_000.0
@@ -148,3 +154,23 @@ def test_bad_input_is_refused() -> None:
         detector.update(T0, 1.0, [1, 1], [True] * 2, np.zeros((2, 3)), threshold=1.0)
     with pytest.raises(ValueError, match="open_after"):
         EpisodeConfig(open_after=0)
+
+
+def test_a_block_flagged_throughout_adds_what_its_runs_would() -> None:
+    # An open episode flagged for a whole block takes a shortcut (no run split, no zeroing
+    # pass when every contribution is finite): the same peak, count and sums as the runs.
+    rng = np.random.default_rng(5)
+    scores = rng.random(64).astype(np.float32)
+    contributions = rng.random((64, 3)).astype(np.float32)
+    for case in ("plain", "nan score", "bad contributions", "none"):
+        s, c = scores.copy(), contributions.copy()
+        if case == "nan score":
+            s[[0, 7]] = np.nan
+        if case == "bad contributions":
+            c[3, 1], c[9, 2], c[11, 0] = np.nan, np.inf, -np.inf
+        given = None if case == "none" else c
+        peak, n, sums, last = _whole_run(10.0, 0.5, s, given, 3)
+        block = _Block(10.0, 0.5, s, np.ones(64, bool), contributions=given, channels=3)
+        want = block.run_stats(0)
+        assert (peak, n, last) == (want[0], want[1], want[3])
+        np.testing.assert_array_equal(sums, want[2])

@@ -137,3 +137,25 @@ def test_a_drifting_process_is_the_machines_not_a_sensor_fault(model_dir: Path) 
     assert not [f for s in scored for f in s.sensors] and not counted
     opened = [c.change for s in scored for c in s.changes if c.change.state == "open"]
     assert opened and opened[0].channels[0][0] == "pressure"
+
+
+def test_a_model_without_sensor_specs_checks_dropouts_alone(model_dir: Path) -> None:
+    # No bounds on any channel: the quick test for a clean block looks for NaN alone, and
+    # gives what the comparisons against infinite bounds give, infinities included.
+    manifest = msgspec.structs.replace(
+        ModelRuntime.load(model_dir, sensors=list(CHANNELS)).manifest, sensors={}
+    )
+    values = readings(9, 1).read(40).values
+    for cells in ([], [(3, 1, np.inf)], [(3, 1, np.inf), (5, 2, -np.inf)], [(7, 0, np.nan)]):
+        block = values.copy()
+        for row, column, value in cells:
+            block[row, column] = value
+        quick, full = Validator(manifest), Validator(manifest)
+        full._bounded = True  # the comparisons against (infinite) bounds
+        for part in (block[:20], block[20:], block[:1]):
+            a, b = quick.check(0.0, 0.5, part), full.check(0.0, 0.5, part)
+            np.testing.assert_array_equal(a.values, b.values)
+            np.testing.assert_array_equal(a.faulty, b.faulty)
+            np.testing.assert_array_equal(a.in_window, b.in_window)
+            assert a.changes == b.changes and a.counts == b.counts
+        assert quick._bounded is False

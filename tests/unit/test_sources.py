@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
 
@@ -19,8 +20,8 @@ from edge_node.sources import (
     SourceError,
     parse_fault,
 )
-from edge_node.sources.simulator import CHUNK, NOMINAL_MEAN, NOMINAL_SD
-from schemas.readings_csv import CsvFormatError, normalise_channel, read_csv, write_csv
+from edge_node.sources.simulator import CHUNK, NOMINAL_MEAN, NOMINAL_SD, _Lag
+from schemas.readings_csv import CsvFormatError, median, normalise_channel, read_csv, write_csv
 from tests.skab import skab_file
 
 WALL = 1_700_000_000.0
@@ -344,3 +345,26 @@ def test_start_sets_pacing_origin_and_first_timestamp() -> None:
     assert first is not None and first.t0 == 2000.0 and first.n == 1
     later = sim.poll(50.35)
     assert later is not None and later.t0 == pytest.approx(2000.1) and later.n == 3
+
+
+@pytest.mark.parametrize("a", [0.999, 0.98, 0.5, 1e-3, 0.0])
+def test_a_lag_laid_out_from_its_first_column_gives_the_whole_matrixs_products(a: float) -> None:
+    # The simulator keeps one column of each lag's Toeplitz matrix: the readings must be the
+    # very numbers the matrix held whole gave.
+    steps = np.subtract.outer(np.arange(CHUNK), np.arange(CHUNK))
+    whole = np.where(steps >= 0, a ** np.maximum(steps, 0).astype(np.float64), 0.0)
+    carry = a ** np.arange(1, CHUNK + 1, dtype=np.float64)
+    drive = np.random.default_rng(2).standard_normal(CHUNK)
+    lag = _Lag(a)
+    assert lag._matrix is None
+    got = lag.run(0.25, drive, np.empty((CHUNK, CHUNK)))
+    np.testing.assert_array_equal(got, whole @ drive + carry * 0.25)
+
+
+def test_the_median_step_is_numpys_median() -> None:
+    rng = np.random.default_rng(8)
+    for n in (1, 2, 3, 10, 11, 3000):
+        steps = np.round(rng.random(n) * 4, 1) / 3  # ties, and means of two that round
+        assert median(steps) == float(np.median(steps))
+    with_nan = np.array([0.5, np.nan, 0.2])
+    assert math.isnan(median(with_nan)) and math.isnan(median(np.empty(0)))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from edge_node.scoring.window import Windower
+from edge_node.scoring.window import RecentRows, Windower
 
 F32 = NDArray[np.float32]
 
@@ -100,3 +100,21 @@ def test_windows_are_complete_once_a_whole_window_of_readings_was_seen() -> None
     blocks = [windower.push(np.arange(n, dtype=np.float32)[:, None]) for n in (2, 0, 3, 2)]
     complete = np.concatenate([b.complete for b in blocks])
     assert complete.tolist() == [False, False, False, True, True, True, True]
+
+
+def test_recent_rows_keep_the_last_rows_in_order_through_wraps_and_growth() -> None:
+    rng = np.random.default_rng(4)
+    recent, seen = RecentRows(5, 2), np.empty((0, 2), np.float32)
+    capacity = 5
+    for step, n in enumerate([0, 1, 3, 2, 4, 7, 1, 1, 5, 2, 9, 3]):
+        block = rng.random((n, 2)).astype(np.float32)
+        recent.push(block)
+        seen = np.concatenate([seen, block])[-capacity:]
+        if step == 6:  # rows already forgotten stay gone
+            recent.grow(8)
+            capacity = 8
+        for k in (0, 1, 3, capacity, capacity + 2):
+            np.testing.assert_array_equal(recent.last(k), seen[max(len(seen) - k, 0) :])
+    empty = RecentRows(0, 2)
+    empty.push(np.ones((3, 2)))
+    assert empty.last(4).shape == (0, 2)
