@@ -234,12 +234,14 @@ class HubApp:
             streams = self.ingest.deduper.take_dirty()
             if not (states or streams or self._unacked):
                 return
+            profiles = self.ingest.take_profiles()
             try:
-                self.registry.commit(states, streams, now, self.fleet.shadows)
+                self.registry.commit(states, streams, now, self.fleet.shadows, profiles)
             except StoreError as exc:
                 # Nothing is acked or confirmed; the next round tries again with all of it.
                 self.fleet.mark_dirty(states)
                 self.ingest.deduper.mark_dirty(streams)
+                self.ingest.mark_profiles(profiles)
                 self._commit_failures += 1
                 log.error("%s", exc)
                 return
@@ -268,7 +270,9 @@ class HubApp:
                         self._apply_shared(message, now)
                     streams = self.ingest.deduper.take_dirty()
                     dirty = self.fleet.take_dirty()
-                    self.registry.commit(dirty, streams, now, self.fleet.shadows)
+                    # Lost with a rollback: applying the messages again marks them again.
+                    profiles = self.ingest.take_profiles()
+                    self.registry.commit(dirty, streams, now, self.fleet.shadows, profiles)
                     due = self.ingest.deduper.take_due()
             except StoreError as exc:
                 # Rolled back: the next round reads the nodes again and applies it all again.

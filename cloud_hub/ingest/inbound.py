@@ -143,6 +143,19 @@ class Ingest:
         # The node timestamp of the message applied last: now minus it is the hub's lag while
         # it works through a backlog (node clocks permitting).
         self.last_applied_ts: float | None = None
+        self._profiles: set[str] = set()
+
+    def take_profiles(self) -> set[str]:
+        """Nodes changed since the last call beyond their live part (cloud_hub.store.rows:
+        last seen, counters, threshold, the newest boot's coverage): new nodes, and those
+        that got a status, telemetry, drift report, another model or a batch of another boot.
+        The store writes those whole, the others' live part only."""
+        profiles, self._profiles = self._profiles, set()
+        return profiles
+
+    def mark_profiles(self, nodes: set[str]) -> None:
+        """Report ``nodes`` again from the next ``take_profiles`` (their write failed)."""
+        self._profiles |= nodes
 
     @property
     def duplicates(self) -> int:
@@ -169,6 +182,9 @@ class Ingest:
         # One copy of a node's id and boot for every structure that keys on them (fleet,
         # dedupe, open episodes), rather than one per message kept: 10,000 nodes per hub.
         message.node, message.boot = self.fleet.shared_ids(message.node, message.boot)
+        state = self.fleet.node(message.node)
+        if state is None or not state.boot:
+            self._profiles.add(message.node)  # new: the store has no snapshot of it yet
         refusal = self._out_of_bounds(message, now)
         if refusal is not None:
             if refusal[0] == "bad_clock" and parsed.kind is not Kind.STATUS:
@@ -218,17 +234,20 @@ class Ingest:
         """Update state from a new, checked message; False for a stale status."""
         match message:
             case Status():
+                self._profiles.add(message.node)
                 return self.fleet.apply_status(message, now)
             case ResultBatch():
                 anomalous = count_flags(message.flags, message.n)
-                self.fleet.apply_result(message, anomalous, now)
+                self._apply_result(message, anomalous, now)
             case Event():
                 message.model = self.fleet.shared_model(message.model)
                 self.fleet.apply_event(message, now)
                 self.episodes.on_event(message, now)
             case Telemetry():
+                self._profiles.add(message.node)
                 self.fleet.apply_telemetry(message, now)
             case Drift():
+                self._profiles.add(message.node)
                 self.fleet.apply_drift(message, now)
             case Ack():
                 self.fleet.touch(message.node, message.boot, now)
@@ -243,6 +262,16 @@ class Ingest:
             case _:
                 raise TypeError(f"no handler for {type(message).__name__}")
         return True
+
+    def _apply_result(self, batch: ResultBatch, anomalous: int, now: float) -> None:
+        """Count a batch; its node's profile changed unless the batch is of the node's newest
+        boot and model (then only counters, last seen and that boot's coverage did)."""
+        state = self.fleet.node(batch.node)
+        model = state.model if state is not None else None
+        newest = next(reversed(state.coverage), None) if state is not None else None
+        self.fleet.apply_result(batch, anomalous, now)
+        if state is None or newest != batch.boot or state.model is not model:
+            self._profiles.add(batch.node)
 
     def _reject(self, topic: str, reason: str, kind: str, detail: str, node: str = "") -> Outcome:
         self.rejects[reason, kind] += 1

@@ -14,7 +14,7 @@ Two ports, small ``Protocol``s next to their consumer (``cloud_hub.app``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,9 +66,12 @@ class HubStore(Protocol):
         streams: dict[tuple[str, str], Coverage],
         now: float,
         shadows: Mapping[str, ShadowReport] | None = None,
+        profiles: Set[str] | None = None,
     ) -> None:
-        """Write changed nodes (registry row and snapshot), streams, and the newer shadow
-        reports of those nodes (from ``shadows``, the newest per node) in one transaction."""
+        """Write changed nodes, streams, and the newer shadow reports of those nodes (from
+        ``shadows``, the newest per node) in one transaction. Of a node in ``profiles`` (None:
+        every node) the registry row and whole snapshot; of the others only the live part
+        (cloud_hub.store.rows), which is all that changed of them."""
         ...
 
     def load_shadows(self) -> dict[str, ShadowReport]:
@@ -136,6 +139,13 @@ class ShadowRows:
                 raise StoreError(str(exc)) from None
         self.stored((node, r.ts) for node, r in out.items())
         return out
+
+
+def whole_of(states: list[NodeState], profiles: Set[str] | None) -> list[NodeState]:
+    """The nodes of ``states`` a commit writes whole: those in ``profiles`` (None: all)."""
+    if profiles is None:
+        return states
+    return [s for s in states if s.node in profiles]
 
 
 def is_postgres(url: str) -> bool:
