@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.events_store import EpisodeSink
-from cloud_hub.ingest.fleet import FleetState
+from cloud_hub.ingest.fleet import FleetState, NodeState
 from schemas.codec import DecodeError, decode
 from schemas.messages import (
     Ack,
@@ -104,9 +104,8 @@ class NullSink:
         """Ignore ``message``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What became of one inbound message."""
+class Outcome(NamedTuple):
+    """What became of one inbound message (a named tuple: one is made per message)."""
 
     status: OutcomeStatus
     kind: str = ""
@@ -185,7 +184,7 @@ class Ingest:
         state = self.fleet.node(message.node)
         if state is None or not state.boot:
             self._profiles.add(message.node)  # new: the store has no snapshot of it yet
-        refusal = self._out_of_bounds(message, now)
+        refusal = self._out_of_bounds(message, now, state)
         if refusal is not None:
             if refusal[0] == "bad_clock" and parsed.kind is not Kind.STATUS:
                 # Refused for good, and so confirmed: the node must not send it again forever.
@@ -198,11 +197,13 @@ class Ingest:
             return Outcome("duplicate", kind, parsed.node)
         self.messages[kind] += 1
         self.last_applied_ts = message.ts
-        applied = self._apply(message, now)
+        applied = self._apply(message, now, state)
         self._behaviour.observe(message, now)
         return Outcome("applied" if applied else "stale", kind, parsed.node)
 
-    def _out_of_bounds(self, message: Any, now: float) -> tuple[str, str] | None:
+    def _out_of_bounds(
+        self, message: Any, now: float, state: NodeState | None
+    ) -> tuple[str, str] | None:
         """(reason, detail) if ``message`` reaches implausibly far; None if it is fine."""
         b = self.bounds
         if not isinstance(message, Status):
@@ -214,7 +215,7 @@ class Ingest:
         if isinstance(message, _BY_TS) and not (message.ts <= now + b.clock_ahead_s):
             return "bad_clock", f"ts {message.ts} is over {b.clock_ahead_s:.0f} s ahead of {now}"
         if isinstance(message, ResultBatch):
-            readings = self.fleet.reading_coverage(message.node, message.boot)
+            readings = state.coverage.get(message.boot) if state is not None else None
             end = message.first + message.n
             if readings is not None and not readings.plausible(message.first, end, b.reading_jump):
                 return "implausible_index", (
@@ -230,15 +231,16 @@ class Ingest:
             kind = UNKNOWN_TYPE
         self.rejects["internal", kind] += 1
 
-    def _apply(self, message: Any, now: float) -> bool:
-        """Update state from a new, checked message; False for a stale status."""
+    def _apply(self, message: Any, now: float, state: NodeState | None) -> bool:
+        """Update state (``state``: the node's before, None if new) from a new, checked
+        message; False for a stale status."""
         match message:
             case Status():
                 self._profiles.add(message.node)
                 return self.fleet.apply_status(message, now)
             case ResultBatch():
                 anomalous = count_flags(message.flags, message.n)
-                self._apply_result(message, anomalous, now)
+                self._apply_result(message, anomalous, now, state)
             case Event():
                 message.model = self.fleet.shared_model(message.model)
                 self.fleet.apply_event(message, now)
@@ -263,10 +265,11 @@ class Ingest:
                 raise TypeError(f"no handler for {type(message).__name__}")
         return True
 
-    def _apply_result(self, batch: ResultBatch, anomalous: int, now: float) -> None:
+    def _apply_result(
+        self, batch: ResultBatch, anomalous: int, now: float, state: NodeState | None
+    ) -> None:
         """Count a batch; its node's profile changed unless the batch is of the node's newest
         boot and model (then only counters, last seen and that boot's coverage did)."""
-        state = self.fleet.node(batch.node)
         model = state.model if state is not None else None
         newest = next(reversed(state.coverage), None) if state is not None else None
         self.fleet.apply_result(batch, anomalous, now)

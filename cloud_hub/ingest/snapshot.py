@@ -57,8 +57,10 @@ _coverage_decoder = msgspec.msgpack.Decoder(StoredCoverage)
 
 
 def dump_coverage(coverage: Coverage) -> bytes:
-    """A stream's coverage as stored bytes."""
-    return _encoder.encode(StoredCoverage(coverage.intervals(), coverage.abandoned))
+    """A stream's coverage as stored bytes (a :class:`StoredCoverage`: an array_like struct
+    is a MessagePack array, so a tuple of its fields encodes to the same bytes, without the
+    struct made per stream and commit)."""
+    return _encoder.encode((coverage.intervals(), coverage.abandoned))
 
 
 def load_coverage(data: bytes, max_intervals: int = DEFAULT_MAX_INTERVALS) -> Coverage:
@@ -84,11 +86,7 @@ def dump_live(state: NodeState, now: float) -> tuple[object, ...]:
     coverage = state.coverage
     boot = next(reversed(coverage), "")
     current = coverage.get(boot)
-    data = (
-        None
-        if current is None
-        else _encoder.encode(StoredCoverage(current.intervals(), current.abandoned))
-    )
+    data = None if current is None else dump_coverage(current)
     return (
         state.node, state.last_seen, state.readings, state.anomalous, state.events_opened,
         state.events_closed, state.threshold, now, boot, data,
