@@ -42,6 +42,7 @@ from cloud_hub.store.rows import (
     row_from_values,
     row_of,
     row_params,
+    row_values,
 )
 from schemas.messages import ModelRef, ShadowReport
 
@@ -195,7 +196,7 @@ class Registry:
         snapshot are written when it is in ``profiles`` (None: every node), its live part
         always."""
         whole = whole_of(states, None if self._seeded else profiles)
-        rows = [row_params(row_of(s, now)) for s in whole]
+        rows = [row_values(s, now) for s in whole]
         snapshots = [(s.node, dump_node(s)) for s in whole]
         live = [dump_live(s, now) for s in states]
         seen = [(n, b, c.missing(), dump_coverage(c)) for (n, b), c in streams.items()]

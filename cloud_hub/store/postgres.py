@@ -44,8 +44,7 @@ from cloud_hub.store.rows import (
     NodeRow,
     live_table,
     row_from_values,
-    row_of,
-    row_params,
+    row_values,
 )
 from schemas.messages import ShadowReport
 
@@ -255,7 +254,7 @@ class PostgresStore:
         transaction (inside :meth:`locked`, in its transaction): the registry row and whole
         snapshot of the nodes in ``profiles`` (None: all), the live part of every node."""
         whole = whole_of(states, profiles)
-        rows = [row_params(row_of(s, now)) for s in whole]
+        rows = [row_values(s, now) for s in whole]
         snapshots = [(s.node, dump_node(s)) for s in whole]
         live = [dump_live(s, now) for s in states]
         seen = [(n, b, c.missing(), dump_coverage(c)) for (n, b), c in streams.items()]

@@ -71,6 +71,31 @@ def row_of(state: NodeState, updated_at: float) -> NodeRow:
     )
 
 
+def row_values(state: NodeState, updated_at: float) -> tuple[object, ...]:
+    """``row_params(row_of(state, updated_at))`` made directly: a commit makes one per node
+    it writes whole, and the capabilities go to JSON without a dict in between."""
+    caps = state.capabilities
+    model = state.model
+    telemetry = state.telemetry
+    return (
+        state.node,
+        None if state.online is None else int(state.online),
+        state.boot,
+        state.started_at,
+        state.last_seen,
+        model.name if model else None,
+        model.version if model else None,
+        msgspec.json.encode(caps).decode() if caps else None,
+        state.readings,
+        state.anomalous,
+        telemetry.latency_p99_ms if telemetry else None,
+        telemetry.outbox_depth if telemetry else None,
+        state.drift.psi_max if state.drift else None,
+        updated_at,
+        _drift_text(state),
+    )
+
+
 def _drift_text(state: NodeState) -> str | None:
     drift = state.drift.state if state.drift else None
     if drift is None:

@@ -15,7 +15,7 @@ from cloud_hub.ingest.fleet import FleetState, NodeState
 from cloud_hub.ingest.inbound import Ingest
 from cloud_hub.ingest.registry import STEPS, Registry
 from cloud_hub.ingest.snapshot import dump_node
-from cloud_hub.store.rows import row_of, row_params
+from cloud_hub.store.rows import row_of, row_params, row_values
 from schemas.messages import ModelRef
 from tests.unit.test_ingest import msg, result, send
 
@@ -181,3 +181,13 @@ def test_a_registry_seeded_from_rows_writes_every_node_whole(tmp_path: Path) -> 
     commit(ingest, registry)
     registry.close()
     assert restarted(path)["n1"].readings == 44
+
+
+def test_a_registry_row_is_made_directly_as_row_of_makes_it() -> None:
+    ingest = Ingest(FleetState(offline_after_s=60.0), Deduper())
+    for i, kind in enumerate(("status", "telemetry", "drift")):
+        send(ingest, msg(kind, "n1", seq=i))
+    send(ingest, result("n2", 0, FLAGS))  # no status: no capabilities, model of the batch
+    for state in ingest.fleet.nodes():
+        assert row_values(state, NOW) == row_params(row_of(state, NOW))
+    assert row_values(NodeState("n3"), NOW) == row_params(row_of(NodeState("n3"), NOW))
