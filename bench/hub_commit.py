@@ -55,8 +55,10 @@ class Hub:
     def commit(self, now: float) -> None:
         ingest = self.ingest
         states, streams = ingest.fleet.take_dirty(), ingest.deduper.take_dirty()
-        profiles = ingest.take_profiles()
-        self.store.commit(states, streams, now, ingest.fleet.shadows, profiles)
+        profiles, healths = ingest.take_profiles(), ingest.take_healths()
+        self.store.commit(
+            states, streams, now, ingest.fleet.shadows, profiles=profiles, healths=healths
+        )
         ingest.deduper.take_due()
 
 

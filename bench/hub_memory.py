@@ -92,6 +92,7 @@ def commit(ingest: Ingest) -> None:
     ingest.fleet.take_dirty()
     ingest.deduper.take_dirty()
     ingest.take_profiles()
+    ingest.take_healths()
     ingest.deduper.take_due()
 
 

@@ -143,18 +143,26 @@ class Ingest:
         # it works through a backlog (node clocks permitting).
         self.last_applied_ts: float | None = None
         self._profiles: set[str] = set()
+        self._healths: set[str] = set()
 
     def take_profiles(self) -> set[str]:
-        """Nodes changed since the last call beyond their live part (cloud_hub.store.rows:
-        last seen, counters, threshold, the newest boot's coverage): new nodes, and those
-        that got a status, telemetry, drift report, another model or a batch of another boot.
-        The store writes those whole, the others' live part only."""
+        """Nodes changed since the last call beyond their live part and telemetry
+        (cloud_hub.store.rows): new nodes, and those that got a status, drift report, another
+        model or a batch of another boot. The store writes those whole, the others' live
+        part (and telemetry, :meth:`take_healths`) only."""
         profiles, self._profiles = self._profiles, set()
         return profiles
 
-    def mark_profiles(self, nodes: set[str]) -> None:
-        """Report ``nodes`` again from the next ``take_profiles`` (their write failed)."""
-        self._profiles |= nodes
+    def take_healths(self) -> set[str]:
+        """Nodes whose telemetry changed since the last call (their ``node_health`` row)."""
+        healths, self._healths = self._healths, set()
+        return healths
+
+    def mark_profiles(self, profiles: set[str], healths: set[str]) -> None:
+        """Report nodes again from the next ``take_profiles`` and ``take_healths`` (their
+        write failed)."""
+        self._profiles |= profiles
+        self._healths |= healths
 
     @property
     def duplicates(self) -> int:
@@ -246,8 +254,12 @@ class Ingest:
                 self.fleet.apply_event(message, now)
                 self.episodes.on_event(message, now)
             case Telemetry():
-                self._profiles.add(message.node)
+                model = state.model if state is not None else None
                 self.fleet.apply_telemetry(message, now)
+                changed = self.fleet.node(message.node)
+                if changed is None or changed.model is not model:
+                    self._profiles.add(message.node)
+                self._healths.add(message.node)
             case Drift():
                 self._profiles.add(message.node)
                 self.fleet.apply_drift(message, now)

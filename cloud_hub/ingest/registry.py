@@ -2,11 +2,12 @@
 the hub's DB.
 
 ``nodes`` is the readable registry (``cloud-hub nodes``); ``node_state`` (a snapshot per node:
-totals, status, reading coverage) with ``node_live`` (its part that changes with nearly every
-message: cloud_hub.store.rows) and ``streams`` (the seqs seen per node and boot: the dedupe
-state) are what ``serve`` starts from again, with ``shadows`` (the newest shadow-run report per
-node, as its MessagePack). :meth:`Registry.commit` writes them in one transaction, and the hub
-acknowledges messages only after it returned.
+totals, status, reading coverage) with ``node_live`` and ``node_health`` (its parts that change
+with nearly every message, and its telemetry: cloud_hub.store.rows) and ``streams`` (the seqs
+seen per node and boot: the dedupe state) are what ``serve`` starts from again, with
+``shadows`` (the newest shadow-run report per node, as its MessagePack).
+:meth:`Registry.commit` writes them in one transaction, and the hub acknowledges messages only
+after it returned.
 
 WAL mode lets ``cloud-hub nodes`` read from another process while ``serve`` writes;
 ``synchronous=NORMAL`` is safe with WAL (a power cut may lose the last second of updates,
@@ -30,14 +31,16 @@ from cloud_hub.ingest.snapshot import (
     load_coverage,
     load_node,
 )
-from cloud_hub.store.base import ShadowRows, StoreError, whole_of
+from cloud_hub.store.base import ShadowRows, StoreError, health_rows, whole_of
 from cloud_hub.store.migrations import VERSION_TABLE, MigrationError, Step, latest, pending
 from cloud_hub.store.rows import (
     COLUMNS,
+    HEALTH_COLUMNS,
     LIVE_COLUMNS,
     SELECT_ROWS,
     SELECT_STATES,
     NodeRow,
+    health_table,
     live_table,
     row_from_values,
     row_of,
@@ -95,8 +98,11 @@ STEPS: Final = (
     ),
     Step(
         5,
-        "the part of node snapshots that changes with nearly every message",
-        (live_table("REAL", "INTEGER", "BLOB") + " WITHOUT ROWID",),
+        "the parts of node snapshots that change with nearly every message, and telemetry",
+        (
+            live_table("REAL", "INTEGER", "BLOB") + " WITHOUT ROWID",
+            health_table("INTEGER", "REAL", "BLOB") + " WITHOUT ROWID",
+        ),
     ),
 )
 SCHEMA_VERSION: Final = latest(STEPS)
@@ -110,6 +116,9 @@ _UPSERT: Final = (
     f"INSERT INTO nodes ({COLUMNS}) VALUES ({', '.join('?' * 15)}) "
     "ON CONFLICT(node) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[1:])
+)
+_WRITE_HEALTH: Final = (
+    f"INSERT OR REPLACE INTO node_health ({HEALTH_COLUMNS}) VALUES ({', '.join('?' * 6)})"
 )
 _WRITE_LIVE: Final = (
     f"INSERT OR REPLACE INTO node_live ({LIVE_COLUMNS}) VALUES ({', '.join('?' * 10)})"
@@ -189,16 +198,17 @@ class Registry:
         streams: dict[tuple[str, str], Coverage],
         now: float,
         shadows: Mapping[str, ShadowReport] | None = None,
+        *,
         profiles: Set[str] | None = None,
+        healths: Set[str] | None = None,
     ) -> None:
         """Write changed nodes, streams, and the newer shadow reports of those nodes (from
-        ``shadows``, the newest per node) in one transaction. A node's registry row and whole
-        snapshot are written when it is in ``profiles`` (None: every node), its live part
-        always."""
+        ``shadows``, the newest per node) in one transaction: see HubStore.commit."""
         whole = whole_of(states, None if self._seeded else profiles)
         rows = [row_values(s, now) for s in whole]
         snapshots = [(s.node, dump_node(s)) for s in whole]
         live = [dump_live(s, now) for s in states]
+        health = health_rows(states, whole, healths)
         seen = [(n, b, c.missing(), dump_coverage(c)) for (n, b), c in streams.items()]
         reports = self._shadows.newer(states, shadows)
         db = self._db
@@ -208,6 +218,8 @@ class Registry:
                     db.executemany(_UPSERT, rows)
                     db.executemany("INSERT OR REPLACE INTO node_state VALUES (?, ?)", snapshots)
                 db.executemany(_WRITE_LIVE, live)
+                if health:
+                    db.executemany(_WRITE_HEALTH, health)
                 db.executemany("INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?)", seen)
                 if reports:
                     db.executemany("INSERT OR REPLACE INTO shadows VALUES (?, ?, ?)", reports)
@@ -241,12 +253,13 @@ class Registry:
         return [_seed(row) for row in self.nodes()]
 
     def _read(self, sql: str, before_live: str) -> list[Any]:
-        """Rows of ``sql``; a read-only open of a store from before node_live (which it
-        cannot migrate) runs ``before_live`` instead."""
+        """Rows of ``sql``; a read-only open of a store from before node_live and node_health
+        (which it cannot migrate) runs ``before_live`` instead."""
         try:
             return self._db.execute(sql).fetchall()
         except sqlite3.OperationalError as exc:
-            if not (self._readonly and "no such table: node_live" in str(exc)):
+            missing = ("no such table: node_live", "no such table: node_health")
+            if not (self._readonly and str(exc).startswith(missing)):
                 raise
         return self._db.execute(before_live).fetchall()
 

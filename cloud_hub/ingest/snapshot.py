@@ -5,7 +5,8 @@ holds the seqs seen of one boot (the dedupe state). Both are MessagePack, versio
 msgspec evolution rules (new fields get defaults), so a newer hub reads an older store. The
 part of a snapshot that changes with nearly every message is also kept apart, as the values
 of a ``node_live`` row (:func:`dump_live`; see cloud_hub.store.rows), so that a result batch
-rewrites ~100 bytes of its node rather than the whole ~1 KB snapshot.
+rewrites ~100 bytes of its node rather than the whole ~1 KB snapshot; so is its telemetry
+(:func:`dump_health`, a ``node_health`` row), which changes every telemetry interval.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ _encoder = msgspec.msgpack.Encoder()
 _RENAMED = frozenset({"coverage", "telemetry", "health"})
 _node_decoder = msgspec.msgpack.Decoder(StoredNode)
 _coverage_decoder = msgspec.msgpack.Decoder(StoredCoverage)
+_health_decoder = msgspec.msgpack.Decoder(TelemetrySummary)
 
 
 def dump_coverage(coverage: Coverage) -> bytes:
@@ -93,20 +95,36 @@ def dump_live(state: NodeState, now: float) -> tuple[object, ...]:
     )  # fmt: skip
 
 
-def load_node(data: bytes, live: Sequence[Any] = ()) -> NodeState:
-    """The node state stored by :func:`dump_node`, with its newer live part when given:
-    ``live`` is (last seen, readings, anomalous, events opened, events closed, threshold,
-    boot, coverage) as read from its ``node_live`` row, all None when it has none."""
+def dump_health(state: NodeState) -> tuple[object, ...] | None:
+    """A node's telemetry and what its counters grew by, as the values of its ``node_health``
+    row (None before its first telemetry)."""
+    telemetry = state.telemetry
+    if telemetry is None:
+        return None
+    return (
+        state.node, _encoder.encode(telemetry), state.dropped_seen, state.errors_seen,
+        telemetry.latency_p99_ms, telemetry.outbox_depth,
+    )  # fmt: skip
+
+
+def load_node(data: bytes, parts: Sequence[Any] = ()) -> NodeState:
+    """The node state stored by :func:`dump_node`, with its newer parts when given: ``parts``
+    is (last seen, readings, anomalous, events opened, events closed, threshold, boot,
+    coverage) as read from its ``node_live`` row, then (telemetry, dropped seen, errors seen)
+    from its ``node_health`` row; each all None when the node has no such row."""
     state = _load_whole(data)
-    if live and live[1] is not None:
+    if parts and parts[1] is not None:
         (
             state.last_seen, state.readings, state.anomalous, state.events_opened,
             state.events_closed, state.threshold, boot, cov,
-        ) = live  # fmt: skip
+        ) = parts[:8]  # fmt: skip
         if cov is not None:
             # The newest boot stays the last one (the order fleet state keeps boots in).
             state.coverage.pop(boot, None)
             state.coverage[boot] = load_coverage(bytes(cov))
+    if len(parts) > 8 and parts[8] is not None:
+        state.telemetry = _health_decoder.decode(bytes(parts[8]))
+        state.dropped_seen, state.errors_seen = parts[9], parts[10]
     return state
 
 

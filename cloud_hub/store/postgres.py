@@ -34,14 +34,16 @@ from cloud_hub.ingest.snapshot import (
     load_coverage,
     load_node,
 )
-from cloud_hub.store.base import Locked, ShadowRows, StoreError, whole_of
+from cloud_hub.store.base import Locked, ShadowRows, StoreError, health_rows, whole_of
 from cloud_hub.store.migrations import VERSION_TABLE, MigrationError, Step, latest, pending
 from cloud_hub.store.rows import (
     COLUMNS,
+    HEALTH_COLUMNS,
     LIVE_COLUMNS,
     SELECT_ROWS,
     SELECT_STATES,
     NodeRow,
+    health_table,
     live_table,
     row_from_values,
     row_values,
@@ -92,8 +94,11 @@ STEPS: Final = (
     ),
     Step(
         3,
-        "the part of node snapshots that changes with nearly every message",
-        (live_table("DOUBLE PRECISION", "BIGINT", "BYTEA"),),
+        "the parts of node snapshots that change with nearly every message, and telemetry",
+        (
+            live_table("DOUBLE PRECISION", "BIGINT", "BYTEA"),
+            health_table("BIGINT", "DOUBLE PRECISION", "BYTEA"),
+        ),
     ),
 )
 SCHEMA_VERSION: Final = latest(STEPS)
@@ -121,6 +126,11 @@ _UPSERT_LIVE: Final = (
     f"INSERT INTO node_live ({LIVE_COLUMNS}) VALUES ({', '.join(['%s'] * 10)}) "
     "ON CONFLICT (node) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in LIVE_COLUMNS.split(", ")[1:])
+)
+_UPSERT_HEALTH: Final = (
+    f"INSERT INTO node_health ({HEALTH_COLUMNS}) VALUES ({', '.join(['%s'] * 6)}) "
+    "ON CONFLICT (node) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in HEALTH_COLUMNS.split(", ")[1:])
 )
 _UPSERT_STREAM: Final = (
     "INSERT INTO streams VALUES (%s, %s, %s, %s) ON CONFLICT (node, boot) "
@@ -248,15 +258,17 @@ class PostgresStore:
         streams: dict[tuple[str, str], Coverage],
         now: float,
         shadows: Mapping[str, ShadowReport] | None = None,
+        *,
         profiles: Set[str] | None = None,
+        healths: Set[str] | None = None,
     ) -> None:
         """Write changed nodes, streams and the newer shadow reports of those nodes in one
-        transaction (inside :meth:`locked`, in its transaction): the registry row and whole
-        snapshot of the nodes in ``profiles`` (None: all), the live part of every node."""
+        transaction (inside :meth:`locked`, in its transaction): see HubStore.commit."""
         whole = whole_of(states, profiles)
         rows = [row_values(s, now) for s in whole]
         snapshots = [(s.node, dump_node(s)) for s in whole]
         live = [dump_live(s, now) for s in states]
+        health = health_rows(states, whole, healths)
         seen = [(n, b, c.missing(), dump_coverage(c)) for (n, b), c in streams.items()]
         reports = self._shadows.newer(states, shadows)
         db = self._conn()
@@ -265,6 +277,7 @@ class PostgresStore:
                 (_UPSERT_ROW, rows),
                 (_UPSERT_STATE, snapshots),
                 (_UPSERT_LIVE, live),
+                (_UPSERT_HEALTH, health),
                 (_UPSERT_STREAM, seen),
                 (_UPSERT_SHADOW, reports),
             ):

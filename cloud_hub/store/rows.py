@@ -1,15 +1,19 @@
-"""The rows both stores keep per node: the readable registry row (``nodes``) and the part of
-a node's snapshot that changes with nearly every message (``node_live``); pure, no I/O.
+"""The rows both stores keep per node: the readable registry row (``nodes``), the part of a
+node's snapshot that changes with nearly every message (``node_live``) and its telemetry
+(``node_health``); pure, no I/O.
 
-A node's snapshot is stored in two parts. ``node_state`` holds the whole of it as MessagePack
-(cloud_hub.ingest.snapshot): status, capabilities, model, telemetry and drift summaries, the
-reading coverage of every boot. It is rewritten only when one of those changes (a status,
-telemetry or drift report, a model switch, a new boot: see ``Ingest.take_profiles``), with
-the registry row. ``node_live`` holds what a result batch or an event changes (last seen,
-counters, threshold, the coverage of the node's newest boot) as plain columns, written with
-every change of the node; read back, it overlays the older copies in ``node_state`` and in
-the registry row. A store written before ``node_live`` has no row there, and its snapshots
-are read whole, as they were written.
+A node's snapshot is stored in three parts. ``node_state`` holds the whole of it as
+MessagePack (cloud_hub.ingest.snapshot): status, capabilities, model, telemetry and drift
+summaries, the reading coverage of every boot. It is rewritten only when the node's profile
+changes (a status or drift report, a model switch, a new boot: see ``Ingest.take_profiles``),
+with the registry row. ``node_live`` holds what a result batch or an event changes (last
+seen, counters, threshold, the coverage of the node's newest boot) as plain columns, written
+with every change of the node; ``node_health`` the telemetry summary and what the node's
+counters grew by, written when a telemetry report changed them (``Ingest.take_healths``) and
+with the whole snapshot. Read back, both overlay the older copies in ``node_state`` and in
+the registry row. Rows are kept narrow because a commit of messages from many nodes dirties
+most pages of these tables: their size is what it writes. A store written before the split
+has no rows in the two tables, and its snapshots are read whole, as they were written.
 """
 
 from __future__ import annotations
@@ -154,22 +158,35 @@ LIVE_COLUMNS: Final = (
     "node, last_seen, readings, anomalies, events_opened, events_closed, threshold, updated_at, "
     "boot, coverage"
 )
-# The registry columns node_live holds newer copies of.
-_OVERLAID: Final = frozenset({"last_seen", "readings", "anomalies", "updated_at"})
+# node_health's columns, in the order of cloud_hub.ingest.snapshot.dump_health.
+HEALTH_COLUMNS: Final = "node, telemetry, dropped_seen, errors_seen, latency_p99_ms, outbox_depth"
+# The registry columns node_live (l) and node_health (h) hold newer copies of.
+_OVERLAID: Final = {
+    "last_seen": "l",
+    "readings": "l",
+    "anomalies": "l",
+    "updated_at": "l",
+    "latency_p99_ms": "h",
+    "outbox_depth": "h",
+}
 SELECT_ROWS: Final = (
     "SELECT "
     + ", ".join(
-        f"COALESCE(l.{c}, n.{c})" if c in _OVERLAID else f"n.{c}" for c in COLUMNS.split(", ")
+        f"COALESCE({_OVERLAID[c]}.{c}, n.{c})" if c in _OVERLAID else f"n.{c}"
+        for c in COLUMNS.split(", ")
     )
     + " FROM nodes AS n LEFT JOIN node_live AS l ON l.node = n.node"
+    " LEFT JOIN node_health AS h ON h.node = n.node"
 )
-"""Every registry row with its live part (``ORDER BY``, ``WHERE`` may follow)."""
+"""Every registry row with its live and health parts (``ORDER BY``, ``WHERE`` may follow)."""
 SELECT_STATES: Final = (
     "SELECT s.data, l.last_seen, l.readings, l.anomalies, l.events_opened, l.events_closed, "
-    "l.threshold, l.boot, l.coverage FROM node_state AS s "
-    "LEFT JOIN node_live AS l ON l.node = s.node"
+    "l.threshold, l.boot, l.coverage, h.telemetry, h.dropped_seen, h.errors_seen "
+    "FROM node_state AS s LEFT JOIN node_live AS l ON l.node = s.node "
+    "LEFT JOIN node_health AS h ON h.node = s.node"
 )
-"""Every stored snapshot with its live part, for cloud_hub.ingest.snapshot.load_node."""
+"""Every stored snapshot with its live and health parts, for
+cloud_hub.ingest.snapshot.load_node."""
 
 
 def live_table(real: str, integer: str, blob: str) -> str:
@@ -185,4 +202,16 @@ def live_table(real: str, integer: str, blob: str) -> str:
         updated_at      {real} NOT NULL,
         boot            TEXT NOT NULL,
         coverage        {blob}
+    )"""
+
+
+def health_table(integer: str, real: str, blob: str) -> str:
+    """node_health's DDL in a backend's types."""
+    return f"""CREATE TABLE IF NOT EXISTS node_health (
+        node            TEXT PRIMARY KEY,
+        telemetry       {blob} NOT NULL,
+        dropped_seen    {integer} NOT NULL,
+        errors_seen     {integer} NOT NULL,
+        latency_p99_ms  {real} NOT NULL,
+        outbox_depth    {integer} NOT NULL
     )"""

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from cloud_hub.ingest.dedupe import Coverage
-from cloud_hub.ingest.fleet import NodeState
+from cloud_hub.ingest.fleet import NodeState, TelemetrySummary
 from cloud_hub.ingest.snapshot import dump_node
 from cloud_hub.store.base import HubStore, SharedStore, open_store
 from schemas.messages import ModelRef
@@ -55,6 +55,17 @@ def later(state: NodeState) -> None:
     state.coverage["b2"].add(500, 756)
 
 
+def telemetry(state: NodeState, p99: float) -> None:
+    """What a telemetry report changes of a node: its health part only."""
+    state.telemetry = TelemetrySummary(
+        ts=NOW + p99, boot=state.boot, latency_p50_ms=1.0, latency_p95_ms=2.0,
+        latency_p99_ms=p99, rss_bytes=50_000_000, cpu_percent=3.0, power_w=2.9, outbox_depth=7,
+        outbox_bytes=700, dropped=2, rollbacks=0, errors=1,
+    )  # fmt: skip
+    state.dropped_seen += 2
+    state.errors_seen += 1
+
+
 def read_back(where: tuple[str, Path]) -> tuple[dict[str, NodeState], dict[str, int]]:
     """(states, readings of the registry rows) as a new process reads them."""
     again = open_store(*where)
@@ -81,6 +92,20 @@ def test_a_commit_of_live_parts_is_read_back_with_the_rest(
     if isinstance(store, SharedStore):  # a hub of a group reads it inside its transaction
         with store.locked(["n1"]) as held:
             assert [dump_node(s) for s in held.states] == [dump_node(states[0])]
+
+
+def test_a_commit_of_telemetry_is_read_back_with_the_rest(
+    store: HubStore, where: tuple[str, Path]
+) -> None:
+    states = [node("n1"), node("n2")]
+    telemetry(states[0], 8.0)
+    store.commit(states, {}, NOW)  # whole, with n1's first telemetry
+    telemetry(states[0], 9.5)
+    telemetry(states[1], 12.0)
+    store.commit(states, {}, NOW + 10, profiles=set(), healths={"n1", "n2"})
+    stored, _ = read_back(where)
+    assert {n: dump_node(s) for n, s in stored.items()} == {s.node: dump_node(s) for s in states}
+    assert [(r.latency_p99_ms, r.outbox_depth) for r in store.nodes()] == [(9.5, 7), (12.0, 7)]
 
 
 def make_old(where: tuple[str, Path]) -> None:

@@ -24,11 +24,12 @@ FLAGS = np.array([True, False, False, False])
 
 
 def commit(ingest: Ingest, registry: Registry, now: float = NOW) -> set[str]:
-    """Commit as the hub does; return the nodes written whole."""
-    profiles = ingest.take_profiles()
+    """Commit as the hub does; return the nodes written whole (and ``<node>:health`` for
+    those whose telemetry was written alone)."""
+    profiles, healths = ingest.take_profiles(), ingest.take_healths()
     states, streams = ingest.fleet.take_dirty(), ingest.deduper.take_dirty()
-    registry.commit(states, streams, now, ingest.fleet.shadows, profiles)
-    return profiles
+    registry.commit(states, streams, now, ingest.fleet.shadows, profiles=profiles, healths=healths)
+    return profiles | {f"{node}:health" for node in healths - profiles}
 
 
 def restarted(path: Path) -> dict[str, NodeState]:
@@ -44,14 +45,15 @@ def same(a: NodeState, b: NodeState) -> bool:
     return dump_node(a) == dump_node(b)
 
 
-def test_only_status_reports_new_nodes_and_other_boots_write_a_node_whole(
+def test_only_status_drift_new_nodes_models_and_other_boots_write_a_node_whole(
     tmp_path: Path,
 ) -> None:
     ingest = Ingest(FleetState(offline_after_s=60.0), Deduper())
     registry = Registry(tmp_path / "hub.db")
     send(ingest, msg("status", "n1", seq=0))
     send(ingest, result("n2", 0, FLAGS))  # a node first heard from by a result
-    assert commit(ingest, registry) == {"n1", "n2"}
+    send(ingest, msg("telemetry", "n3", seq=0))  # ... or by telemetry
+    assert commit(ingest, registry) == {"n1", "n2", "n3"}
     send(ingest, result("n1", 1, FLAGS))
     assert commit(ingest, registry) == {"n1"}  # its first boot with readings
     for seq in (2, 3):
@@ -61,7 +63,10 @@ def test_only_status_reports_new_nodes_and_other_boots_write_a_node_whole(
     assert commit(ingest, registry) == set()  # counters, last seen, the newest coverage
     send(ingest, msg("telemetry", "n1", seq=5))
     send(ingest, msg("drift", "n2", seq=2))
-    assert commit(ingest, registry) == {"n1", "n2"}
+    assert commit(ingest, registry) == {"n1:health", "n2"}
+    model = ModelRef("pump-pca", "8")
+    send(ingest, msg("telemetry", "n3", seq=1, ts=NOW + 1, model=model))  # another model
+    assert commit(ingest, registry) == {"n3"}
     send(ingest, result("n1", 0, FLAGS, boot="b2"))  # a new boot
     assert commit(ingest, registry) == {"n1"}
     send(ingest, result("n1", 6, FLAGS, first=40))  # a late batch of the older boot
@@ -71,7 +76,7 @@ def test_only_status_reports_new_nodes_and_other_boots_write_a_node_whole(
     assert commit(ingest, registry) == {"n2"}
     registry.close()
     stored = restarted(tmp_path / "hub.db")
-    for node in ("n1", "n2"):
+    for node in ("n1", "n2", "n3"):
         state = ingest.fleet.node(node)
         assert state is not None and same(stored[node], state)
 
