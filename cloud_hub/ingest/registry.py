@@ -279,7 +279,8 @@ class Registry:
         return load_coverage(row[0]) if row else None
 
     def upsert_many(self, states: Iterable[NodeState], now: float) -> int:
-        """Write several nodes in one transaction; return how many."""
+        """Write several nodes' registry rows in one transaction; return how many. Rows only
+        (for tools and tests): the live and health rows a commit wrote still overlay them."""
         return self.write([row_of(s, now) for s in states])
 
     def write(self, rows: list[NodeRow]) -> int:
