@@ -95,6 +95,8 @@ def commit(ingest: Ingest) -> None:
     store: the changed nodes and streams, and the receipts due."""
     ingest.fleet.take_dirty()
     ingest.deduper.take_dirty()
+    ingest.take_profiles()
+    ingest.take_healths()
     ingest.deduper.take_due()
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.ingest import READINGS, publish_backlog  # noqa: E402
 from cloud_hub.ingest.snapshot import load_node  # noqa: E402
+from cloud_hub.store.rows import SELECT_STATES  # noqa: E402
 from tests.broker import Broker  # noqa: E402
 from tests.chaos import make_model_and_csv  # noqa: E402
 from tests.integration.processes import Hub, wait_for  # noqa: E402
@@ -38,8 +39,8 @@ from tests.postgres import Postgres  # noqa: E402
 
 def _stored_readings(url: str) -> int:
     with psycopg.connect(url) as db:
-        rows = db.execute("SELECT data FROM node_state").fetchall()
-    return sum(load_node(data).readings for (data,) in rows)
+        rows = db.execute(SELECT_STATES).fetchall()
+    return sum(load_node(data, live).readings for (data, *live) in rows)
 
 
 def _hubs(broker: Broker, work: Path, count: int, env: dict[str, str], tag: str) -> list[Hub]:

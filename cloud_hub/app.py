@@ -234,12 +234,16 @@ class HubApp:
             streams = self.ingest.deduper.take_dirty()
             if not (states or streams or self._unacked):
                 return
+            profiles, healths = self.ingest.take_profiles(), self.ingest.take_healths()
             try:
-                self.registry.commit(states, streams, now, self.fleet.shadows)
+                self.registry.commit(
+                    states, streams, now, self.fleet.shadows, profiles=profiles, healths=healths
+                )
             except StoreError as exc:
                 # Nothing is acked or confirmed; the next round tries again with all of it.
                 self.fleet.mark_dirty(states)
                 self.ingest.deduper.mark_dirty(streams)
+                self.ingest.mark_profiles(profiles, healths)
                 self._commit_failures += 1
                 log.error("%s", exc)
                 return
@@ -268,7 +272,11 @@ class HubApp:
                         self._apply_shared(message, now)
                     streams = self.ingest.deduper.take_dirty()
                     dirty = self.fleet.take_dirty()
-                    self.registry.commit(dirty, streams, now, self.fleet.shadows)
+                    # Lost with a rollback: applying the messages again marks them again.
+                    profiles, healths = self.ingest.take_profiles(), self.ingest.take_healths()
+                    self.registry.commit(
+                        dirty, streams, now, self.fleet.shadows, profiles=profiles, healths=healths
+                    )
                     due = self.ingest.deduper.take_due()
             except StoreError as exc:
                 # Rolled back: the next round reads the nodes again and applies it all again.

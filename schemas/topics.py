@@ -7,8 +7,8 @@ Every node topic is ``edgeml/v1/{node}/{kind}``; model artifact chunks travel on
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import NamedTuple
 
 ROOT = "edgeml/v1"
 _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -71,10 +71,14 @@ def model_chunk_topic(name: str, version: str, chunk: int) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class NodeTopic:
+class NodeTopic(NamedTuple):
+    """A parsed node topic (a named tuple: the hub parses one per message it receives)."""
+
     node: str
     kind: Kind
+
+
+_KINDS = {kind.value: kind for kind in Kind}  # a dict lookup, not an Enum call per topic
 
 
 def parse_node_topic(topic: str) -> NodeTopic:
@@ -86,8 +90,7 @@ def parse_node_topic(topic: str) -> NodeTopic:
     if len(parts) != 2:
         raise TopicError(f"topic {topic!r} is not {ROOT}/<node>/<kind>")
     node, kind = parts
-    try:
-        parsed = Kind(kind)
-    except ValueError:
-        raise TopicError(f"topic {topic!r} has unknown kind {kind!r}") from None
+    parsed = _KINDS.get(kind)
+    if parsed is None:
+        raise TopicError(f"topic {topic!r} has unknown kind {kind!r}")
     return NodeTopic(check_id(node), parsed)

@@ -7,7 +7,7 @@ node starts, copies every row the node inserts into an ``audit`` table in the sa
 transaction. At the end every node has drained (some hub confirmed all it accepted):
 
 * produced: readings in the audited result messages, per node;
-* counted: the node's ``readings`` in the store (its snapshot in ``node_state``);
+* counted: the node's ``readings`` in the store (its snapshot: ``node_state``, ``node_live``);
 * lost: readings of audited messages whose (boot, seq) the store's streams lack;
 * double-counted: counted - (produced - lost).
 
@@ -28,6 +28,7 @@ import psycopg
 
 from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.snapshot import load_coverage, load_node
+from cloud_hub.store.rows import SELECT_STATES
 from edge_node.delivery.outbox import Outbox
 from tests.broker import Broker
 from tests.chaos import AUDIT, AuditedResult
@@ -141,9 +142,9 @@ class HubGroup:
         with psycopg.connect(self.url) as db:
             for name in self.names:
                 accepted = self._accepted(name)
-                row = db.execute("SELECT data FROM node_state WHERE node = %s", (name,))
+                row = db.execute(f"{SELECT_STATES} WHERE s.node = %s", (name,))
                 stored = row.fetchone()
-                counted = load_node(stored[0]).readings if stored else 0
+                counted = load_node(stored[0], stored[1:]).readings if stored else 0
                 streams = db.execute("SELECT boot, data FROM streams WHERE node = %s", (name,))
                 seen = {boot: load_coverage(data) for boot, data in streams.fetchall()}
                 produced = sum(r.n for r in accepted)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, NamedTuple, Protocol
 
 from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.events_store import EpisodeSink
-from cloud_hub.ingest.fleet import FleetState
+from cloud_hub.ingest.fleet import FleetState, NodeState
 from schemas.codec import DecodeError, decode
 from schemas.messages import (
     Ack,
@@ -104,9 +104,8 @@ class NullSink:
         """Ignore ``message``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What became of one inbound message."""
+class Outcome(NamedTuple):
+    """What became of one inbound message (a named tuple: one is made per message)."""
 
     status: OutcomeStatus
     kind: str = ""
@@ -143,6 +142,27 @@ class Ingest:
         # The node timestamp of the message applied last: now minus it is the hub's lag while
         # it works through a backlog (node clocks permitting).
         self.last_applied_ts: float | None = None
+        self._profiles: set[str] = set()
+        self._healths: set[str] = set()
+
+    def take_profiles(self) -> set[str]:
+        """Nodes changed since the last call beyond their live part and telemetry
+        (cloud_hub.store.rows): new nodes, and those that got a status, drift report, another
+        model or a batch of another boot. The store writes those whole, the others' live
+        part (and telemetry, :meth:`take_healths`) only."""
+        profiles, self._profiles = self._profiles, set()
+        return profiles
+
+    def take_healths(self) -> set[str]:
+        """Nodes whose telemetry changed since the last call (their ``node_health`` row)."""
+        healths, self._healths = self._healths, set()
+        return healths
+
+    def mark_profiles(self, profiles: set[str], healths: set[str]) -> None:
+        """Report nodes again from the next ``take_profiles`` and ``take_healths`` (their
+        write failed)."""
+        self._profiles |= profiles
+        self._healths |= healths
 
     @property
     def duplicates(self) -> int:
@@ -169,7 +189,10 @@ class Ingest:
         # One copy of a node's id and boot for every structure that keys on them (fleet,
         # dedupe, open episodes), rather than one per message kept: 10,000 nodes per hub.
         message.node, message.boot = self.fleet.shared_ids(message.node, message.boot)
-        refusal = self._out_of_bounds(message, now)
+        state = self.fleet.node(message.node)
+        if state is None or not state.boot:
+            self._profiles.add(message.node)  # new: the store has no snapshot of it yet
+        refusal = self._out_of_bounds(message, now, state)
         if refusal is not None:
             if refusal[0] == "bad_clock" and parsed.kind is not Kind.STATUS:
                 # Refused for good, and so confirmed: the node must not send it again forever.
@@ -182,11 +205,13 @@ class Ingest:
             return Outcome("duplicate", kind, parsed.node)
         self.messages[kind] += 1
         self.last_applied_ts = message.ts
-        applied = self._apply(message, now)
+        applied = self._apply(message, now, state)
         self._behaviour.observe(message, now)
         return Outcome("applied" if applied else "stale", kind, parsed.node)
 
-    def _out_of_bounds(self, message: Any, now: float) -> tuple[str, str] | None:
+    def _out_of_bounds(
+        self, message: Any, now: float, state: NodeState | None
+    ) -> tuple[str, str] | None:
         """(reason, detail) if ``message`` reaches implausibly far; None if it is fine."""
         b = self.bounds
         if not isinstance(message, Status):
@@ -198,7 +223,7 @@ class Ingest:
         if isinstance(message, _BY_TS) and not (message.ts <= now + b.clock_ahead_s):
             return "bad_clock", f"ts {message.ts} is over {b.clock_ahead_s:.0f} s ahead of {now}"
         if isinstance(message, ResultBatch):
-            readings = self.fleet.reading_coverage(message.node, message.boot)
+            readings = state.coverage.get(message.boot) if state is not None else None
             end = message.first + message.n
             if readings is not None and not readings.plausible(message.first, end, b.reading_jump):
                 return "implausible_index", (
@@ -214,21 +239,29 @@ class Ingest:
             kind = UNKNOWN_TYPE
         self.rejects["internal", kind] += 1
 
-    def _apply(self, message: Any, now: float) -> bool:
-        """Update state from a new, checked message; False for a stale status."""
+    def _apply(self, message: Any, now: float, state: NodeState | None) -> bool:
+        """Update state (``state``: the node's before, None if new) from a new, checked
+        message; False for a stale status."""
         match message:
             case Status():
+                self._profiles.add(message.node)
                 return self.fleet.apply_status(message, now)
             case ResultBatch():
                 anomalous = count_flags(message.flags, message.n)
-                self.fleet.apply_result(message, anomalous, now)
+                self._apply_result(message, anomalous, now, state)
             case Event():
                 message.model = self.fleet.shared_model(message.model)
                 self.fleet.apply_event(message, now)
                 self.episodes.on_event(message, now)
             case Telemetry():
+                model = state.model if state is not None else None
                 self.fleet.apply_telemetry(message, now)
+                changed = self.fleet.node(message.node)
+                if changed is None or changed.model is not model:
+                    self._profiles.add(message.node)
+                self._healths.add(message.node)
             case Drift():
+                self._profiles.add(message.node)
                 self.fleet.apply_drift(message, now)
             case Ack():
                 self.fleet.touch(message.node, message.boot, now)
@@ -243,6 +276,17 @@ class Ingest:
             case _:
                 raise TypeError(f"no handler for {type(message).__name__}")
         return True
+
+    def _apply_result(
+        self, batch: ResultBatch, anomalous: int, now: float, state: NodeState | None
+    ) -> None:
+        """Count a batch; its node's profile changed unless the batch is of the node's newest
+        boot and model (then only counters, last seen and that boot's coverage did)."""
+        model = state.model if state is not None else None
+        newest = next(reversed(state.coverage), None) if state is not None else None
+        self.fleet.apply_result(batch, anomalous, now)
+        if state is None or newest != batch.boot or state.model is not model:
+            self._profiles.add(batch.node)
 
     def _reject(self, topic: str, reason: str, kind: str, detail: str, node: str = "") -> Outcome:
         self.rejects[reason, kind] += 1

@@ -2,10 +2,12 @@
 the hub's DB.
 
 ``nodes`` is the readable registry (``cloud-hub nodes``); ``node_state`` (a snapshot per node:
-totals, status, reading coverage) and ``streams`` (the seqs seen per node and boot: the dedupe
-state) are what ``serve`` starts from again, with ``shadows`` (the newest shadow-run report per
-node, as its MessagePack). :meth:`Registry.commit` writes them in one transaction, and the hub
-acknowledges messages only after it returned.
+totals, status, reading coverage) with ``node_live`` and ``node_health`` (its parts that change
+with nearly every message, and its telemetry: cloud_hub.store.rows) and ``streams`` (the seqs
+seen per node and boot: the dedupe state) are what ``serve`` starts from again, with
+``shadows`` (the newest shadow-run report per node, as its MessagePack).
+:meth:`Registry.commit` writes them in one transaction, and the hub acknowledges messages only
+after it returned.
 
 WAL mode lets ``cloud-hub nodes`` read from another process while ``serve`` writes;
 ``synchronous=NORMAL`` is safe with WAL (a power cut may lose the last second of updates,
@@ -16,19 +18,38 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Set
 from pathlib import Path
 from typing import Any, Final
 
-import msgspec
-
 from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState
-from cloud_hub.ingest.snapshot import dump_coverage, dump_node, load_coverage, load_node
-from cloud_hub.store.base import ShadowRows, StoreError
+from cloud_hub.ingest.snapshot import (
+    dump_coverage,
+    dump_live,
+    dump_node,
+    load_coverage,
+    load_node,
+)
+from cloud_hub.store.base import ShadowRows, StoreError, health_rows, whole_of
 from cloud_hub.store.migrations import VERSION_TABLE, MigrationError, Step, latest, pending
+from cloud_hub.store.rows import (
+    COLUMNS,
+    HEALTH_COLUMNS,
+    LIVE_COLUMNS,
+    SELECT_ROWS,
+    SELECT_STATES,
+    NodeRow,
+    health_table,
+    live_table,
+    row_from_values,
+    row_of,
+    row_params,
+    row_values,
+)
 from schemas.messages import ModelRef, ShadowReport
+
+__all__ = ["SCHEMA_VERSION", "STEPS", "NodeRow", "Registry", "RegistryError", "row_of"]
 
 _NODES_V1: Final = """
 CREATE TABLE IF NOT EXISTS nodes (
@@ -75,6 +96,14 @@ STEPS: Final = (
             "(node TEXT PRIMARY KEY, ts REAL NOT NULL, data BLOB NOT NULL)",
         ),
     ),
+    Step(
+        5,
+        "the parts of node snapshots that change with nearly every message, and telemetry",
+        (
+            live_table("REAL", "INTEGER", "BLOB") + " WITHOUT ROWID",
+            health_table("INTEGER", "REAL", "BLOB") + " WITHOUT ROWID",
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = latest(STEPS)
 _VERSION_TABLE: Final = (
@@ -83,70 +112,21 @@ _VERSION_TABLE: Final = (
 )
 _RECORD: Final = f"INSERT INTO {VERSION_TABLE} VALUES (?, ?, ?)"
 
-COLUMNS: Final = (
-    "node, online, boot, started_at, last_seen, active_model, active_version, capabilities, "
-    "readings, anomalies, latency_p99_ms, outbox_depth, drift_psi_max, updated_at, drift"
-)
 _UPSERT: Final = (
     f"INSERT INTO nodes ({COLUMNS}) VALUES ({', '.join('?' * 15)}) "
     "ON CONFLICT(node) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[1:])
 )
+_WRITE_HEALTH: Final = (
+    f"INSERT OR REPLACE INTO node_health ({HEALTH_COLUMNS}) VALUES ({', '.join('?' * 6)})"
+)
+_WRITE_LIVE: Final = (
+    f"INSERT OR REPLACE INTO node_live ({LIVE_COLUMNS}) VALUES ({', '.join('?' * 10)})"
+)
 
 
 class RegistryError(StoreError):
     """The registry file cannot be opened or has an unexpected schema; names the file."""
-
-
-@dataclass(frozen=True, slots=True)
-class NodeRow:
-    """One node as last written by the hub; ``online`` is None before its first status."""
-
-    node: str
-    online: bool | None
-    boot: str
-    started_at: float | None
-    last_seen: float | None
-    active_model: str | None
-    active_version: str | None
-    capabilities: dict[str, object] | None
-    readings: int
-    anomalies: int
-    latency_p99_ms: float | None
-    outbox_depth: int | None
-    drift_psi_max: float | None
-    updated_at: float
-    drift: str | None = None  # "ok", or "watch: <channel>" / "drifting: <channel>"
-
-
-def row_of(state: NodeState, updated_at: float) -> NodeRow:
-    """The registry row for ``state``."""
-    caps = msgspec.to_builtins(state.capabilities) if state.capabilities else None
-    telemetry = state.telemetry
-    return NodeRow(
-        node=state.node,
-        online=state.online,
-        boot=state.boot,
-        started_at=state.started_at,
-        last_seen=state.last_seen,
-        active_model=state.model.name if state.model else None,
-        active_version=state.model.version if state.model else None,
-        capabilities=caps,
-        readings=state.readings,
-        anomalies=state.anomalous,
-        latency_p99_ms=telemetry.latency_p99_ms if telemetry else None,
-        outbox_depth=telemetry.outbox_depth if telemetry else None,
-        drift_psi_max=state.drift.psi_max if state.drift else None,
-        updated_at=updated_at,
-        drift=_drift_text(state),
-    )
-
-
-def _drift_text(state: NodeState) -> str | None:
-    drift = state.drift.state if state.drift else None
-    if drift is None:
-        return None
-    return drift.level if not drift.channel else f"{drift.level}: {drift.channel}"
 
 
 class Registry:
@@ -156,6 +136,9 @@ class Registry:
         self.path = Path(path)
         self._readonly = readonly
         self._shadows = ShadowRows()
+        # Seeded from the registry rows of a store from before node_state: those nodes have no
+        # snapshot yet, so every commit of this process writes them whole.
+        self._seeded = False
         try:
             self._db = self._connect()
         except sqlite3.Error as exc:
@@ -215,19 +198,31 @@ class Registry:
         streams: dict[tuple[str, str], Coverage],
         now: float,
         shadows: Mapping[str, ShadowReport] | None = None,
+        *,
+        profiles: Set[str] | None = None,
+        healths: Set[str] | None = None,
     ) -> None:
-        """Write changed nodes (registry row and snapshot), streams, and the newer shadow
-        reports of those nodes (from ``shadows``, the newest per node) in one transaction."""
-        rows = [row_params(row_of(s, now)) for s in states]
-        snapshots = [(s.node, dump_node(s)) for s in states]
+        """Write changed nodes, streams, and the newer shadow reports of those nodes (from
+        ``shadows``, the newest per node) in one transaction: see HubStore.commit."""
+        whole = whole_of(states, None if self._seeded else profiles)
+        rows = [row_values(s, now) for s in whole]
+        snapshots = [(s.node, dump_node(s)) for s in whole]
+        live = [dump_live(s, now) for s in states]
+        health = health_rows(states, whole, healths)
         seen = [(n, b, c.missing(), dump_coverage(c)) for (n, b), c in streams.items()]
         reports = self._shadows.newer(states, shadows)
+        db = self._db
         try:
-            with self._db:
-                self._db.executemany(_UPSERT, rows)
-                self._db.executemany("INSERT OR REPLACE INTO node_state VALUES (?, ?)", snapshots)
-                self._db.executemany("INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?)", seen)
-                self._db.executemany("INSERT OR REPLACE INTO shadows VALUES (?, ?, ?)", reports)
+            with db:
+                if whole:
+                    db.executemany(_UPSERT, rows)
+                    db.executemany("INSERT OR REPLACE INTO node_state VALUES (?, ?)", snapshots)
+                db.executemany(_WRITE_LIVE, live)
+                if health:
+                    db.executemany(_WRITE_HEALTH, health)
+                db.executemany("INSERT OR REPLACE INTO streams VALUES (?, ?, ?, ?)", seen)
+                if reports:
+                    db.executemany("INSERT OR REPLACE INTO shadows VALUES (?, ?, ?)", reports)
         except sqlite3.Error as exc:
             raise RegistryError(f"{self.path}: cannot commit ingest state: {exc}") from None
         self._shadows.stored((node, ts) for node, ts, _ in reports)
@@ -247,14 +242,26 @@ class Registry:
     def load_states(self) -> list[NodeState]:
         """Every node's stored state (empty for a new store)."""
         try:
-            rows = self._db.execute("SELECT data FROM node_state ORDER BY rowid").fetchall()
+            rows = self._read(f"{SELECT_STATES} ORDER BY s.rowid", "SELECT data FROM node_state")
         except sqlite3.Error as exc:
             raise RegistryError(f"{self.path}: cannot read the ingest state: {exc}") from None
         if rows:
-            return [load_node(data) for (data,) in rows]
+            return [load_node(data, live) for (data, *live) in rows]
         # A store written before the hub kept its state: start from the registry's totals
         # (the seqs seen then were never stored, so a replay of that time counts again).
+        self._seeded = True
         return [_seed(row) for row in self.nodes()]
+
+    def _read(self, sql: str, before_live: str) -> list[Any]:
+        """Rows of ``sql``; a read-only open of a store from before node_live and node_health
+        (which it cannot migrate) runs ``before_live`` instead."""
+        try:
+            return self._db.execute(sql).fetchall()
+        except sqlite3.OperationalError as exc:
+            missing = ("no such table: node_live", "no such table: node_health")
+            if not (self._readonly and str(exc).startswith(missing)):
+                raise
+        return self._db.execute(before_live).fetchall()
 
     def stream_gaps(self) -> dict[str, int]:
         """Per node, the seqs missing from its stored streams."""
@@ -272,7 +279,8 @@ class Registry:
         return load_coverage(row[0]) if row else None
 
     def upsert_many(self, states: Iterable[NodeState], now: float) -> int:
-        """Write several nodes in one transaction; return how many."""
+        """Write several nodes' registry rows in one transaction; return how many. Rows only
+        (for tools and tests): the live and health rows a commit wrote still overlay them."""
         return self.write([row_of(s, now) for s in states])
 
     def write(self, rows: list[NodeRow]) -> int:
@@ -289,8 +297,10 @@ class Registry:
     def nodes(self) -> list[NodeRow]:
         """Every node, sorted by id."""
         try:
-            cursor = self._db.execute(f"SELECT {COLUMNS} FROM nodes ORDER BY node")
-            return [row_from_values(r) for r in cursor.fetchall()]
+            rows = self._read(
+                f"{SELECT_ROWS} ORDER BY n.node", f"SELECT {COLUMNS} FROM nodes ORDER BY node"
+            )
+            return [row_from_values(r) for r in rows]
         except sqlite3.Error as exc:
             raise RegistryError(f"{self.path}: cannot read nodes: {exc}") from None
 
@@ -321,50 +331,4 @@ def _seed(row: NodeRow) -> NodeState:
         model=model,
         readings=row.readings,
         anomalous=row.anomalies,
-    )
-
-
-def row_params(row: NodeRow) -> tuple[object, ...]:
-    """The values of ``row`` in the order of the registry columns (both stores use them)."""
-    caps = msgspec.json.encode(row.capabilities).decode() if row.capabilities else None
-    online = None if row.online is None else int(row.online)
-    return (
-        row.node,
-        online,
-        row.boot,
-        row.started_at,
-        row.last_seen,
-        row.active_model,
-        row.active_version,
-        caps,
-        row.readings,
-        row.anomalies,
-        row.latency_p99_ms,
-        row.outbox_depth,
-        row.drift_psi_max,
-        row.updated_at,
-        row.drift,
-    )
-
-
-def row_from_values(values: tuple[Any, ...]) -> NodeRow:
-    """The row read back from the registry columns (the inverse of :func:`row_params`)."""
-    (node, online, boot, started, seen, model, version, caps, *rest) = values
-    readings, anomalies, p99, depth, psi, updated, drift = rest
-    return NodeRow(
-        node=node,
-        online=None if online is None else bool(online),
-        boot=boot,
-        started_at=started,
-        last_seen=seen,
-        active_model=model,
-        active_version=version,
-        capabilities=msgspec.json.decode(caps) if caps is not None else None,
-        readings=readings,
-        anomalies=anomalies,
-        latency_p99_ms=p99,
-        outbox_depth=depth,
-        drift_psi_max=psi,
-        updated_at=updated,
-        drift=drift,
     )

@@ -1,13 +1,19 @@
-"""What the hub keeps of its ingest state, as bytes for its store; pure, no I/O.
+"""What the hub keeps of its ingest state, as bytes and values for its store; pure, no I/O.
 
 A node's snapshot holds its totals, status, latest reports and reading coverage; a stream's
 holds the seqs seen of one boot (the dedupe state). Both are MessagePack, versioned by the
-msgspec evolution rules (new fields get defaults), so a newer hub reads an older store.
+msgspec evolution rules (new fields get defaults), so a newer hub reads an older store. The
+part of a snapshot that changes with nearly every message is also kept apart, as the values
+of a ``node_live`` row (:func:`dump_live`; see cloud_hub.store.rows), so that a result batch
+rewrites ~100 bytes of its node rather than the whole ~1 KB snapshot; so is its telemetry
+(:func:`dump_health`, a ``node_health`` row), which changes every telemetry interval.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -49,11 +55,14 @@ _encoder = msgspec.msgpack.Encoder()
 _RENAMED = frozenset({"coverage", "telemetry", "health"})
 _node_decoder = msgspec.msgpack.Decoder(StoredNode)
 _coverage_decoder = msgspec.msgpack.Decoder(StoredCoverage)
+_health_decoder = msgspec.msgpack.Decoder(TelemetrySummary)
 
 
 def dump_coverage(coverage: Coverage) -> bytes:
-    """A stream's coverage as stored bytes."""
-    return _encoder.encode(StoredCoverage(coverage.intervals(), coverage.abandoned))
+    """A stream's coverage as stored bytes (a :class:`StoredCoverage`: an array_like struct
+    is a MessagePack array, so a tuple of its fields encodes to the same bytes, without the
+    struct made per stream and commit)."""
+    return _encoder.encode((coverage.intervals(), coverage.abandoned))
 
 
 def load_coverage(data: bytes, max_intervals: int = DEFAULT_MAX_INTERVALS) -> Coverage:
@@ -71,8 +80,55 @@ def dump_node(state: NodeState) -> bytes:
     return _encoder.encode(StoredNode(**fields, coverage=coverage, health=state.telemetry))
 
 
-def load_node(data: bytes) -> NodeState:
-    """The node state stored by :func:`dump_node`."""
+def dump_live(state: NodeState, now: float) -> tuple[object, ...]:
+    """The part of a node's state that changes with nearly every message, as the values of
+    its ``node_live`` row: node, last seen, counters, threshold, ``now`` (the registry's
+    ``updated_at``), and the newest boot with its reading coverage (the others change only
+    when a late batch of an older boot arrives, and then the whole snapshot is written)."""
+    coverage = state.coverage
+    boot = next(reversed(coverage), "")
+    current = coverage.get(boot)
+    data = None if current is None else dump_coverage(current)
+    return (
+        state.node, state.last_seen, state.readings, state.anomalous, state.events_opened,
+        state.events_closed, state.threshold, now, boot, data,
+    )  # fmt: skip
+
+
+def dump_health(state: NodeState) -> tuple[object, ...] | None:
+    """A node's telemetry and what its counters grew by, as the values of its ``node_health``
+    row (None before its first telemetry)."""
+    telemetry = state.telemetry
+    if telemetry is None:
+        return None
+    return (
+        state.node, _encoder.encode(telemetry), state.dropped_seen, state.errors_seen,
+        telemetry.latency_p99_ms, telemetry.outbox_depth,
+    )  # fmt: skip
+
+
+def load_node(data: bytes, parts: Sequence[Any] = ()) -> NodeState:
+    """The node state stored by :func:`dump_node`, with its newer parts when given: ``parts``
+    is (last seen, readings, anomalous, events opened, events closed, threshold, boot,
+    coverage) as read from its ``node_live`` row, then (telemetry, dropped seen, errors seen)
+    from its ``node_health`` row; each all None when the node has no such row."""
+    state = _load_whole(data)
+    if parts and parts[1] is not None:
+        (
+            state.last_seen, state.readings, state.anomalous, state.events_opened,
+            state.events_closed, state.threshold, boot, cov,
+        ) = parts[:8]  # fmt: skip
+        if cov is not None:
+            # The newest boot stays the last one (the order fleet state keeps boots in).
+            state.coverage.pop(boot, None)
+            state.coverage[boot] = load_coverage(bytes(cov))
+    if len(parts) > 8 and parts[8] is not None:
+        state.telemetry = _health_decoder.decode(bytes(parts[8]))
+        state.dropped_seen, state.errors_seen = parts[9], parts[10]
+    return state
+
+
+def _load_whole(data: bytes) -> NodeState:
     stored = _node_decoder.decode(data)
     fields = {f: getattr(stored, f) for f in StoredNode.__struct_fields__ if f not in _RENAMED}
     health = stored.health

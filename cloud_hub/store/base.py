@@ -14,12 +14,13 @@ Two ports, small ``Protocol``s next to their consumer (``cloud_hub.app``):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from cloud_hub.ingest.snapshot import dump_health
 from schemas.codec import DecodeError, decode, encode
 from schemas.messages import ShadowReport
 from schemas.topics import TopicError, parse_node_topic
@@ -66,9 +67,14 @@ class HubStore(Protocol):
         streams: dict[tuple[str, str], Coverage],
         now: float,
         shadows: Mapping[str, ShadowReport] | None = None,
+        *,
+        profiles: Set[str] | None = None,
+        healths: Set[str] | None = None,
     ) -> None:
-        """Write changed nodes (registry row and snapshot), streams, and the newer shadow
-        reports of those nodes (from ``shadows``, the newest per node) in one transaction."""
+        """Write changed nodes, streams, and the newer shadow reports of those nodes (from
+        ``shadows``, the newest per node) in one transaction. Of every node its live part
+        (cloud_hub.store.rows); of a node in ``profiles`` (None: every node) the registry row
+        and whole snapshot too; of a node in ``healths`` (None: every node) its telemetry."""
         ...
 
     def load_shadows(self) -> dict[str, ShadowReport]:
@@ -136,6 +142,28 @@ class ShadowRows:
                 raise StoreError(str(exc)) from None
         self.stored((node, r.ts) for node, r in out.items())
         return out
+
+
+def whole_of(states: list[NodeState], profiles: Set[str] | None) -> list[NodeState]:
+    """The nodes of ``states`` a commit writes whole: those in ``profiles`` (None: all)."""
+    if profiles is None:
+        return states
+    return [s for s in states if s.node in profiles]
+
+
+def health_rows(
+    states: list[NodeState], whole: list[NodeState], healths: Set[str] | None
+) -> list[tuple[object, ...]]:
+    """The ``node_health`` rows a commit writes: of the nodes in ``healths`` (None: all) and
+    of those written whole (their snapshot holds the same telemetry), if they have any."""
+    if healths is None:
+        chosen = states
+    elif len(whole) == len(states):
+        chosen = whole
+    else:
+        named = {s.node for s in whole} | healths
+        chosen = [s for s in states if s.node in named]
+    return [row for s in chosen if (row := dump_health(s)) is not None]
 
 
 def is_postgres(url: str) -> bool:

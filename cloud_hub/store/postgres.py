@@ -1,7 +1,8 @@
 """The hub's store in PostgreSQL, shared by several hub processes; the only psycopg import.
 
-The tables are those of the SQLite registry (``nodes``, ``node_state``, ``streams``), so the
-snapshots are the same bytes (cloud_hub.ingest.snapshot). What differs is that several hubs
+The tables are those of the SQLite registry (``nodes``, ``node_state``, ``node_live``,
+``streams``), so the snapshots are the same bytes (cloud_hub.ingest.snapshot, with the rows of
+cloud_hub.store.rows). What differs is that several hubs
 write them at once: a hub applies a batch inside :meth:`PostgresStore.locked`, a transaction
 that first takes a transaction-scoped advisory lock per node (in one order, so two hubs
 cannot deadlock), then reads those nodes' stored state, and writes the result before it
@@ -17,7 +18,7 @@ hashes collide only share a lock (64-bit hashes: practically never).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence, Set
 from contextlib import contextmanager
 from typing import Any, Final
 
@@ -26,10 +27,27 @@ from psycopg.conninfo import conninfo_to_dict
 
 from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState
-from cloud_hub.ingest.registry import COLUMNS, NodeRow, row_from_values, row_of, row_params
-from cloud_hub.ingest.snapshot import dump_coverage, dump_node, load_coverage, load_node
-from cloud_hub.store.base import Locked, ShadowRows, StoreError
+from cloud_hub.ingest.snapshot import (
+    dump_coverage,
+    dump_live,
+    dump_node,
+    load_coverage,
+    load_node,
+)
+from cloud_hub.store.base import Locked, ShadowRows, StoreError, health_rows, whole_of
 from cloud_hub.store.migrations import VERSION_TABLE, MigrationError, Step, latest, pending
+from cloud_hub.store.rows import (
+    COLUMNS,
+    HEALTH_COLUMNS,
+    LIVE_COLUMNS,
+    SELECT_ROWS,
+    SELECT_STATES,
+    NodeRow,
+    health_table,
+    live_table,
+    row_from_values,
+    row_values,
+)
 from schemas.messages import ShadowReport
 
 log = logging.getLogger(__name__)
@@ -74,6 +92,14 @@ STEPS: Final = (
             "(node TEXT PRIMARY KEY, ts DOUBLE PRECISION NOT NULL, data BYTEA NOT NULL)",
         ),
     ),
+    Step(
+        3,
+        "the parts of node snapshots that change with nearly every message, and telemetry",
+        (
+            live_table("DOUBLE PRECISION", "BIGINT", "BYTEA"),
+            health_table("BIGINT", "DOUBLE PRECISION", "BYTEA"),
+        ),
+    ),
 )
 SCHEMA_VERSION: Final = latest(STEPS)
 # Held while migrating, so that hubs starting together run the steps once.
@@ -93,6 +119,18 @@ _UPSERT_ROW: Final = (
 )
 _UPSERT_STATE: Final = (
     "INSERT INTO node_state VALUES (%s, %s) ON CONFLICT (node) DO UPDATE SET data = excluded.data"
+)
+# The hub writing a node holds its lock and applied its messages to the stored state: what it
+# writes is the newest (like node_state's).
+_UPSERT_LIVE: Final = (
+    f"INSERT INTO node_live ({LIVE_COLUMNS}) VALUES ({', '.join(['%s'] * 10)}) "
+    "ON CONFLICT (node) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in LIVE_COLUMNS.split(", ")[1:])
+)
+_UPSERT_HEALTH: Final = (
+    f"INSERT INTO node_health ({HEALTH_COLUMNS}) VALUES ({', '.join(['%s'] * 6)}) "
+    "ON CONFLICT (node) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in HEALTH_COLUMNS.split(", ")[1:])
 )
 _UPSERT_STREAM: Final = (
     "INSERT INTO streams VALUES (%s, %s, %s, %s) ON CONFLICT (node, boot) "
@@ -188,8 +226,8 @@ class PostgresStore:
             self._holding = True
             names = list(nodes)
             db.execute(_LOCK_NODES, (names,))
-            rows = db.execute("SELECT data FROM node_state WHERE node = ANY(%s)", (names,))
-            states = [load_node(data) for (data,) in rows.fetchall()]
+            rows = db.execute(f"{SELECT_STATES} WHERE s.node = ANY(%s)", (names,))
+            states = [load_node(data, live) for (data, *live) in rows.fetchall()]
             gaps = db.execute(
                 "SELECT node, SUM(missing) FROM streams WHERE node = ANY(%s) GROUP BY node",
                 (names,),
@@ -220,11 +258,17 @@ class PostgresStore:
         streams: dict[tuple[str, str], Coverage],
         now: float,
         shadows: Mapping[str, ShadowReport] | None = None,
+        *,
+        profiles: Set[str] | None = None,
+        healths: Set[str] | None = None,
     ) -> None:
-        """Write changed nodes (registry row and snapshot), streams and the newer shadow
-        reports of those nodes in one transaction (inside :meth:`locked`, in its transaction)."""
-        rows = [row_params(row_of(s, now)) for s in states]
-        snapshots = [(s.node, dump_node(s)) for s in states]
+        """Write changed nodes, streams and the newer shadow reports of those nodes in one
+        transaction (inside :meth:`locked`, in its transaction): see HubStore.commit."""
+        whole = whole_of(states, profiles)
+        rows = [row_values(s, now) for s in whole]
+        snapshots = [(s.node, dump_node(s)) for s in whole]
+        live = [dump_live(s, now) for s in states]
+        health = health_rows(states, whole, healths)
         seen = [(n, b, c.missing(), dump_coverage(c)) for (n, b), c in streams.items()]
         reports = self._shadows.newer(states, shadows)
         db = self._conn()
@@ -232,6 +276,8 @@ class PostgresStore:
             for statement, params in (
                 (_UPSERT_ROW, rows),
                 (_UPSERT_STATE, snapshots),
+                (_UPSERT_LIVE, live),
+                (_UPSERT_HEALTH, health),
                 (_UPSERT_STREAM, seen),
                 (_UPSERT_SHADOW, reports),
             ):
@@ -248,8 +294,8 @@ class PostgresStore:
     def load_states(self) -> list[NodeState]:
         """Every node's stored state (empty for a new store)."""
         with self._errors("read the ingest state"):
-            rows = self._conn().execute("SELECT data FROM node_state ORDER BY node").fetchall()
-        return [load_node(data) for (data,) in rows]
+            rows = self._conn().execute(f"{SELECT_STATES} ORDER BY s.node").fetchall()
+        return [load_node(data, live) for (data, *live) in rows]
 
     def stream_gaps(self) -> dict[str, int]:
         """Per node, the seqs missing from its stored streams."""
@@ -273,7 +319,7 @@ class PostgresStore:
     def nodes(self) -> list[NodeRow]:
         """Every node's registry row, sorted by id."""
         with self._errors("read nodes"):
-            rows = self._conn().execute(f"SELECT {COLUMNS} FROM nodes ORDER BY node").fetchall()
+            rows = self._conn().execute(f"{SELECT_ROWS} ORDER BY n.node").fetchall()
         return [row_from_values(tuple(r)) for r in rows]
 
     def close(self) -> None:
