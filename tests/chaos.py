@@ -116,7 +116,12 @@ class Fleet:
         users = {n: secrets.token_urlsafe(12) for n in ("hub", *self.names)}
         self.broker = Broker(work / "mq", users)
         self.broker.start()
-        self.hub = Hub(self.broker, work / "hub", client_id="hub-chaos")
+        # Receipts six times as often as the nodes resend, as with the defaults (5 s and 30 s):
+        # else nodes send again what the hub holds but has not yet confirmed.
+        self.hub_env = (
+            {"CLOUD_HUB__INGEST__RECEIPT_INTERVAL_S": str(resend_s / 6)} if resend_s else {}
+        )
+        self.hub = Hub(self.broker, work / "hub", client_id="hub-chaos", env=self.hub_env)
         self.hub.wait_ready()
         self.configs: list[Path] = []
         for name in self.names:
@@ -152,7 +157,7 @@ class Fleet:
         """kill -9 of ``cloud-hub serve``; a new one starts from its store."""
         self.hub.kill()
         time.sleep(down_s)
-        self.hub = Hub(self.broker, self.work / "hub", client_id="hub-chaos")
+        self.hub = Hub(self.broker, self.work / "hub", client_id="hub-chaos", env=self.hub_env)
         self.hub.wait_ready()
 
     def kill_node(self, i: int, down_s: float = 0.5) -> None:

@@ -74,6 +74,8 @@ class HubGroup:
             "CLOUD_HUB__STORE__URL": store_url,
             "CLOUD_HUB__STORE__REFRESH_S": "0.5",
             "CLOUD_HUB__MQTT__SHARE_GROUP": group,
+            # Receipts six times as often as the nodes resend, as with the defaults.
+            "CLOUD_HUB__INGEST__RECEIPT_INTERVAL_S": str(resend_s / 6),
         }
         self.hubs = [self._hub(i) for i in range(hubs)]
         for hub in self.hubs:

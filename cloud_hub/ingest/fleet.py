@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from cloud_hub.ingest.boot_coverages import BootCoverages
 from cloud_hub.ingest.dedupe import DEFAULT_MAX_BOOTS, Coverage
 from cloud_hub.ingest.drift_state import DriftState, drift_state
 from schemas.messages import (
@@ -104,7 +105,7 @@ class NodeState:
     events_closed: int = 0
     telemetry: TelemetrySummary | None = None
     drift: DriftSummary | None = None
-    coverage: dict[str, Coverage] = field(default_factory=dict)
+    coverage: BootCoverages = field(default_factory=BootCoverages)
     retired_missing: int = 0
     dropped_seen: int = 0
     errors_seen: int = 0
@@ -180,6 +181,8 @@ class FleetState:
         self._models: dict[tuple[str, str], ModelRef] = {}
         self._channel_lists: dict[tuple[str, ...], list[str]] = {}
         self._shared_caps: dict[tuple[object, ...], Capabilities] = {}
+        # Floats most nodes share (a model's threshold, sample rates, memory sizes): 24 B each.
+        self._floats: dict[float, float] = {}
         self._drift_states: dict[tuple[str, str], DriftState] = {}
         self.model_counts = ModelCounts()
         """Readings per model version since the hub started (in memory: counters may reset)."""
@@ -248,10 +251,21 @@ class FleetState:
             ort_version=sys.intern(caps.ort_version),
             platform=sys.intern(caps.platform),
             group=sys.intern(caps.group),
+            sample_hz=self._float(caps.sample_hz),
+            memory_mb=self._float(caps.memory_mb),
         )
         if len(self._shared_caps) < MAX_SHARED:
             self._shared_caps[key] = kept
         return kept
+
+    def _float(self, value: float) -> float:
+        """The fleet's one float object equal to ``value`` (bounded; NaN is never equal)."""
+        kept = self._floats.get(value)
+        if kept is not None:
+            return kept
+        if len(self._floats) < MAX_SHARED:
+            self._floats[value] = value
+        return value
 
     def _drift_state(self, state: DriftState | None) -> DriftState | None:
         """One DriftState per (level, channel): the hub shows those two (the node's drift
@@ -344,7 +358,8 @@ class FleetState:
         model = state.model
         if model is None or model.name != batch.model.name or model.version != batch.model.version:
             state.model = self._model(batch.model)
-        state.threshold = batch.threshold
+        if state.threshold != batch.threshold:
+            state.threshold = self._float(batch.threshold)
         self.model_counts.add(batch.model.name, batch.model.version, batch.n, anomalous)
         coverage = state.coverage.get(batch.boot)
         if coverage is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from cloud_hub.ingest.boot_coverages import BootCoverages
 from cloud_hub.ingest.dedupe import DEFAULT_MAX_INTERVALS, Coverage
 from cloud_hub.ingest.fleet import DriftSummary, NodeState, TelemetrySummary, summarize_telemetry
 from schemas.messages import Capabilities, ModelRef, Range, Telemetry
@@ -135,8 +136,10 @@ def _load_whole(data: bytes) -> NodeState:
     if health is None and stored.telemetry is not None:
         health = summarize_telemetry(stored.telemetry)
     state = NodeState(**fields, telemetry=health)
-    state.coverage = {
-        boot: Coverage.of(c.intervals, c.abandoned, DEFAULT_MAX_INTERVALS)
-        for boot, c in stored.coverage.items()
-    }
+    state.coverage = BootCoverages(
+        {
+            boot: Coverage.of(c.intervals, c.abandoned, DEFAULT_MAX_INTERVALS)
+            for boot, c in stored.coverage.items()
+        }
+    )
     return state

@@ -58,7 +58,8 @@ class Proc:
         return code
 
     def output(self, tail: int = 60) -> str:
-        self._log.flush()
+        if not self._log.closed:  # a killed or exited process's log is closed, and complete
+            self._log.flush()
         lines = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(lines[-tail:])
 

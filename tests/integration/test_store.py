@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from cloud_hub.cli.main import main
+from cloud_hub.ingest.boot_coverages import BootCoverages
 from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.store.base import HubStore, SharedStore, StoreError, open_store
@@ -45,7 +46,7 @@ def store(where: tuple[str, Path]) -> Iterator[HubStore]:
 def node(name: str, readings: int, boot: str = "b1") -> NodeState:
     state = NodeState(name, online=True, boot=boot, last_seen=NOW, readings=readings)
     state.anomalous = readings // 10
-    state.coverage = {boot: Coverage.of([(0, readings)], 0, 100)}
+    state.coverage = BootCoverages({boot: Coverage.of([(0, readings)], 0, 100)})
     return state
 
 

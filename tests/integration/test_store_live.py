@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from cloud_hub.ingest.boot_coverages import BootCoverages
 from cloud_hub.ingest.dedupe import Coverage
 from cloud_hub.ingest.fleet import NodeState, TelemetrySummary
 from cloud_hub.ingest.snapshot import dump_node
@@ -41,7 +42,9 @@ def store(where: tuple[str, Path]) -> Iterator[HubStore]:
 def node(name: str) -> NodeState:
     state = NodeState(name, online=True, boot="b2", last_seen=NOW, readings=500, anomalous=5)
     state.model = ModelRef("pump-pca", "3")
-    state.coverage = {"b1": Coverage.of([(0, 100)], 0, 100), "b2": Coverage.of([(0, 400)], 0, 100)}
+    state.coverage = BootCoverages(
+        {"b1": Coverage.of([(0, 100)], 0, 100), "b2": Coverage.of([(0, 400)], 0, 100)}
+    )
     return state
 
 
