@@ -46,6 +46,7 @@ from cloud_hub.store.rows import (
     row_of,
     row_params,
     row_values,
+    upsert,
 )
 from schemas.messages import ModelRef, ShadowReport
 
@@ -112,11 +113,7 @@ _VERSION_TABLE: Final = (
 )
 _RECORD: Final = f"INSERT INTO {VERSION_TABLE} VALUES (?, ?, ?)"
 
-_UPSERT: Final = (
-    f"INSERT INTO nodes ({COLUMNS}) VALUES ({', '.join('?' * 15)}) "
-    "ON CONFLICT(node) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[1:])
-)
+_UPSERT: Final = upsert("nodes", COLUMNS, "?")
 _WRITE_HEALTH: Final = (
     f"INSERT OR REPLACE INTO node_health ({HEALTH_COLUMNS}) VALUES ({', '.join('?' * 6)})"
 )

@@ -47,6 +47,7 @@ from cloud_hub.store.rows import (
     live_table,
     row_from_values,
     row_values,
+    upsert,
 )
 from schemas.messages import ShadowReport
 
@@ -112,26 +113,14 @@ _LOCK_NODES: Final = (
     "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(n, 0) AS k "
     "FROM unnest(%s::text[]) AS n ORDER BY k) AS ordered"
 )
-_UPSERT_ROW: Final = (
-    f"INSERT INTO nodes ({COLUMNS}) VALUES ({', '.join(['%s'] * 15)}) "
-    "ON CONFLICT (node) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in COLUMNS.split(", ")[1:])
-)
+_UPSERT_ROW: Final = upsert("nodes", COLUMNS, "%s")
 _UPSERT_STATE: Final = (
     "INSERT INTO node_state VALUES (%s, %s) ON CONFLICT (node) DO UPDATE SET data = excluded.data"
 )
 # The hub writing a node holds its lock and applied its messages to the stored state: what it
 # writes is the newest (like node_state's).
-_UPSERT_LIVE: Final = (
-    f"INSERT INTO node_live ({LIVE_COLUMNS}) VALUES ({', '.join(['%s'] * 10)}) "
-    "ON CONFLICT (node) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in LIVE_COLUMNS.split(", ")[1:])
-)
-_UPSERT_HEALTH: Final = (
-    f"INSERT INTO node_health ({HEALTH_COLUMNS}) VALUES ({', '.join(['%s'] * 6)}) "
-    "ON CONFLICT (node) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in HEALTH_COLUMNS.split(", ")[1:])
-)
+_UPSERT_LIVE: Final = upsert("node_live", LIVE_COLUMNS, "%s")
+_UPSERT_HEALTH: Final = upsert("node_health", HEALTH_COLUMNS, "%s")
 _UPSERT_STREAM: Final = (
     "INSERT INTO streams VALUES (%s, %s, %s, %s) ON CONFLICT (node, boot) "
     "DO UPDATE SET missing = excluded.missing, data = excluded.data"

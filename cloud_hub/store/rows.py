@@ -215,3 +215,13 @@ def health_table(integer: str, real: str, blob: str) -> str:
         latency_p99_ms  {real} NOT NULL,
         outbox_depth    {integer} NOT NULL
     )"""
+
+
+def upsert(table: str, columns: str, mark: str) -> str:
+    """``INSERT`` of a row of ``columns`` (keyed by the first, ``node``) that replaces the
+    stored one's other columns; ``mark`` is the driver's placeholder (``?`` or ``%s``)."""
+    names = columns.split(", ")
+    return (
+        f"INSERT INTO {table} ({columns}) VALUES ({', '.join([mark] * len(names))}) "
+        "ON CONFLICT (node) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in names[1:])
+    )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud_hub.store.base import HubStore, open_store
 from tests.broker import INSTALL_HINT, Broker, find_mosquitto
 from tests.postgres import INSTALL_HINT as PG_INSTALL_HINT
 from tests.postgres import Postgres, find_bin
@@ -71,3 +72,20 @@ def postgres() -> Iterator[Postgres]:
 def pg_url(postgres: Postgres) -> str:
     """The URL of a fresh, empty database of the test's own."""
     return postgres.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Path]:
+    """(store.url, store.db) of a new store of each backend."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
+    return url, tmp_path / "hub.db"
+
+
+@pytest.fixture
+def store(where: tuple[str, Path]) -> Iterator[HubStore]:
+    """A hub store of each backend (``where``), closed after the test."""
+    opened = open_store(*where)
+    try:
+        yield opened
+    finally:
+        opened.close()

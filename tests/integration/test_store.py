@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -25,22 +24,6 @@ from schemas.messages import ShadowReport
 pytestmark = pytest.mark.integration
 
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Path]:
-    """(store.url, store.db) of a new store of each backend."""
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
-    return url, tmp_path / "hub.db"
-
-
-@pytest.fixture
-def store(where: tuple[str, Path]) -> Iterator[HubStore]:
-    opened = open_store(*where)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def node(name: str, readings: int, boot: str = "b1") -> NodeState:

@@ -5,7 +5,6 @@ written before the split is read whole, then migrated and written in two parts."
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -21,22 +20,6 @@ from schemas.messages import ModelRef
 pytestmark = pytest.mark.integration
 
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Path]:
-    """(store.url, store.db) of a new store of each backend."""
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else ""
-    return url, tmp_path / "hub.db"
-
-
-@pytest.fixture
-def store(where: tuple[str, Path]) -> Iterator[HubStore]:
-    opened = open_store(*where)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def node(name: str) -> NodeState:
