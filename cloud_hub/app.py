@@ -40,8 +40,9 @@ POLL_TIMEOUT_S = 0.2
 PUMP_INTERVAL_S = 0.02
 # How long a drain keeps gathering messages after the first one before it commits: a commit
 # (one SQLite transaction, one write of acks) per message or two is most of the hub's work when
-# 10,000 nodes trickle in ~11,000 messages a second; 20 ms is small next to the receipt interval.
-GATHER_S = 0.02
+# 10,000 nodes trickle in their messages, each dirtying its own pages of the store; 100 ms is
+# small next to the receipt interval, and the broker may have 1,000 deliveries unacked.
+GATHER_S = 0.1
 # Receipts handed to paho per round of the loop: about what its queue of outgoing messages
 # takes (transport.MAX_QUEUED); more would only be given back.
 RECEIPTS_PER_ROUND = 200

@@ -52,6 +52,27 @@ def test_a_limited_take_leaves_the_rest_due_for_the_next_round() -> None:
     assert pacer.pending == 0 and pacer.sent == 5
 
 
+def test_a_stream_waiting_for_its_interval_does_not_hold_back_the_others() -> None:
+    pacer = ReceiptPacer(interval_s=5.0)
+    pacer.offer({("a", "b"): [(0, 1)]})
+    assert pacer.take(0.0, limit=1) == [(("a", "b"), [(0, 1)])]
+    pacer.offer({("a", "b"): [(0, 2)]})  # offered first, but waits for its interval
+    pacer.offer({("c", "b"): [(0, 3)]})
+    assert pacer.take(1.0, limit=1) == [(("c", "b"), [(0, 3)])]
+    assert pacer.take(4.9) == []
+    assert pacer.take(5.0) == [(("a", "b"), [(0, 2)])]
+
+
+def test_a_receipt_given_back_goes_at_the_next_take() -> None:
+    pacer = ReceiptPacer(interval_s=5.0)
+    pacer.offer({("a", "b"): [(0, 1)]})
+    [(key, ranges)] = pacer.take(0.0)
+    pacer.give_back(key, ranges)  # the transport's queue was full
+    assert pacer.pending == 1 and pacer.sent == 0
+    assert pacer.take(0.1) == [(("a", "b"), [(0, 1)])]
+    assert pacer.sent == 1
+
+
 def test_resend_waits_for_the_head_then_doubles_its_wait() -> None:
     clock = ResendClock(base_s=10.0, max_s=25.0)
     assert not clock.due(oldest_id=1, last_handed=5, now=0.0)
