@@ -25,6 +25,7 @@ import msgspec
 from cloud_hub.ingest.boot_coverages import BootCoverages
 from cloud_hub.ingest.dedupe import DEFAULT_MAX_BOOTS, Coverage
 from cloud_hub.ingest.drift_state import DriftState, drift_state
+from cloud_hub.ingest.shared_values import SharedValues
 from schemas.messages import (
     Capabilities,
     Drift,
@@ -147,9 +148,6 @@ def summarize_drift(drift: Drift, model: ModelRef | None = None) -> DriftSummary
 
 # Model versions counted by name; beyond it (a misbehaving node inventing names) one "other".
 MAX_MODEL_KEYS = 256
-# Distinct capabilities, channel lists and drift states shared between nodes; beyond it each
-# node keeps its own.
-MAX_SHARED = 1024
 
 
 class ModelCounts:
@@ -177,13 +175,7 @@ class FleetState:
         self._nodes: dict[str, NodeState] = {}
         self._dirty: set[str] = set()
         self._max_boots = max_boots
-        # One ModelRef per (name, version) for the whole fleet, not one per node.
-        self._models: dict[tuple[str, str], ModelRef] = {}
-        self._channel_lists: dict[tuple[str, ...], list[str]] = {}
-        self._shared_caps: dict[tuple[object, ...], Capabilities] = {}
-        # Floats most nodes share (a model's threshold, sample rates, memory sizes): 24 B each.
-        self._floats: dict[float, float] = {}
-        self._drift_states: dict[tuple[str, str], DriftState] = {}
+        self._shared = SharedValues()
         self.model_counts = ModelCounts()
         """Readings per model version since the hub started (in memory: counters may reset)."""
         self.shadows: dict[str, ShadowReport] = {}
@@ -208,9 +200,9 @@ class FleetState:
     def _adopt(self, state: NodeState) -> None:
         """Hold a stored state, sharing what the fleet's nodes have in common."""
         if state.capabilities is not None:
-            state.capabilities = self._capabilities(state.capabilities)
+            state.capabilities = self._shared.capabilities(state.capabilities)
         if state.model is not None:
-            state.model = self._model(state.model)
+            state.model = self._shared.model(state.model)
         self._nodes[state.node] = state
 
     def reload(self, states: list[NodeState], nodes: Iterable[str] | None = None) -> None:
@@ -231,64 +223,9 @@ class FleetState:
             return node, boot
         return state.node, state.boot if boot == state.boot else boot
 
-    def _capabilities(self, caps: Capabilities) -> Capabilities:
-        """The fleet's one copy of ``caps``: nodes of the same kind announce the same (never
-        mutated: a birth replaces a node's capabilities); else ``caps`` with the strings and
-        channel list the fleet shares made shared."""
-        names = tuple(caps.channels)
-        key = (names, *msgspec.structs.astuple(caps)[1:])
-        kept = self._shared_caps.get(key)
-        if kept is not None:
-            return kept
-        channels = self._channel_lists.get(names)
-        if channels is None:
-            channels = [sys.intern(c) for c in names]
-            if len(self._channel_lists) < MAX_SHARED:
-                self._channel_lists[names] = channels
-        kept = msgspec.structs.replace(
-            caps,
-            channels=channels,
-            ort_version=sys.intern(caps.ort_version),
-            platform=sys.intern(caps.platform),
-            group=sys.intern(caps.group),
-            sample_hz=self._float(caps.sample_hz),
-            memory_mb=self._float(caps.memory_mb),
-        )
-        if len(self._shared_caps) < MAX_SHARED:
-            self._shared_caps[key] = kept
-        return kept
-
-    def _float(self, value: float) -> float:
-        """The fleet's one float object equal to ``value`` (bounded; NaN is never equal)."""
-        kept = self._floats.get(value)
-        if kept is not None:
-            return kept
-        if len(self._floats) < MAX_SHARED:
-            self._floats[value] = value
-        return value
-
-    def _drift_state(self, state: DriftState | None) -> DriftState | None:
-        """One DriftState per (level, channel): the hub shows those two (the node's drift
-        report has the figures behind them)."""
-        if state is None:
-            return None
-        key = (state.level, state.channel)
-        kept = self._drift_states.get(key)
-        if kept is None:
-            kept = DriftState(state.level, sys.intern(state.channel), "")
-            if len(self._drift_states) < MAX_SHARED:
-                self._drift_states[key] = kept
-        return kept
-
     def shared_model(self, ref: ModelRef) -> ModelRef:
         """The fleet's one copy of ``ref`` (kept, like every model reference of the state)."""
-        return self._model(ref)
-
-    def _model(self, ref: ModelRef) -> ModelRef:
-        kept = self._models.get((ref.name, ref.version))
-        if kept is None:
-            kept = self._models[ref.name, ref.version] = ref
-        return kept
+        return self._shared.model(ref)
 
     def reading_coverage(self, node: str, boot: str) -> Coverage | None:
         """The readings received of one boot of ``node`` (None if none)."""
@@ -345,9 +282,9 @@ class FleetState:
         state.boot = status.boot
         state.started_at = status.started_at
         if status.capabilities is not None:
-            state.capabilities = self._capabilities(status.capabilities)
+            state.capabilities = self._shared.capabilities(status.capabilities)
         if status.models:
-            state.model = self._model(status.models[0])
+            state.model = self._shared.model(status.models[0])
         return True
 
     def apply_result(self, batch: ResultBatch, anomalous: int, now: float) -> None:
@@ -357,9 +294,9 @@ class FleetState:
         state.anomalous += anomalous
         model = state.model
         if model is None or model.name != batch.model.name or model.version != batch.model.version:
-            state.model = self._model(batch.model)
+            state.model = self._shared.model(batch.model)
         if state.threshold != batch.threshold:
-            state.threshold = self._float(batch.threshold)
+            state.threshold = self._shared.number(batch.threshold)
         self.model_counts.add(batch.model.name, batch.model.version, batch.n, anomalous)
         coverage = state.coverage.get(batch.boot)
         if coverage is None:
@@ -391,14 +328,16 @@ class FleetState:
             state.errors_seen += summary.errors
         state.telemetry = summary
         if telemetry.model is not None:
-            state.model = self._model(telemetry.model)
+            state.model = self._shared.model(telemetry.model)
 
     def apply_drift(self, drift: Drift, now: float) -> None:
         """Keep the newest drift report (by ``ts``)."""
         state = self.touch(drift.node, drift.boot, now)
         if state.drift is None or drift.ts >= state.drift.ts:
-            summary = summarize_drift(drift, self._model(drift.model))
-            state.drift = msgspec.structs.replace(summary, state=self._drift_state(summary.state))
+            summary = summarize_drift(drift, self._shared.model(drift.model))
+            state.drift = msgspec.structs.replace(
+                summary, state=self._shared.drift_state(summary.state)
+            )
 
     def apply_shadow(self, report: ShadowReport, now: float) -> None:
         """Keep the newest shadow report (by ``ts``)."""
