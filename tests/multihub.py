@@ -26,7 +26,7 @@ from pathlib import Path
 import msgspec
 import psycopg
 
-from cloud_hub.ingest.dedupe import Coverage
+from cloud_hub.ingest.coverage import Coverage
 from cloud_hub.ingest.snapshot import load_coverage, load_node
 from cloud_hub.store.rows import SELECT_STATES
 from edge_node.delivery.outbox import Outbox

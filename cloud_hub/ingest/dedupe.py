@@ -20,162 +20,14 @@ Memory is bounded twice:
 
 from __future__ import annotations
 
-from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Iterable
 
-import msgspec
-
+from cloud_hub.ingest.coverage import DEFAULT_MAX_INTERVALS, BootCoverages, Coverage
 from schemas.messages import MAX_RECEIPT_RANGES, Range
 
-DEFAULT_MAX_INTERVALS = 10_000
 DEFAULT_MAX_BOOTS = 8
 # Seqs remembered per stream between two receipts, to confirm the ranges that hold them.
 RECEIPT_SAMPLES = 8
-
-
-class Coverage(msgspec.Struct, gc=False, eq=False):
-    """A set of integers kept as merged half-open intervals, with a bound on their number.
-
-    Kept small, as a hub holds two per node and boot in memory (its seqs and its readings):
-    one interval, the common case of a stream arriving in order, is two ints (``_lo``,
-    ``_hi``) and no list; more are a flat, ascending list of their bounds ``[start0, end0,
-    start1, end1, ...]`` (``_spans``), in which an integer is covered when ``bisect_right``
-    puts it at an odd index. ``_lo`` and ``_hi`` are always the lowest start and the highest
-    end (equal while empty), and ``_holes`` the integers between them not covered. A Struct
-    without garbage-collector tracking, 16 bytes less than a class with slots: it holds ints
-    and a list of ints, so it can be in no reference cycle. Create it with ``max_intervals``
-    only (or :meth:`of`); equality is identity."""
-
-    max_intervals: int = DEFAULT_MAX_INTERVALS
-    _lo: int = 0
-    _hi: int = 0
-    _spans: list[int] | None = None  # two intervals or more
-    _holes: int = 0
-    abandoned: int = 0
-
-    def __post_init__(self) -> None:
-        if self.max_intervals < 1:
-            raise ValueError(f"max_intervals must be >= 1, got {self.max_intervals}")
-
-    def add(self, start: int, end: int) -> int:
-        """Cover ``[start, end)``; return how many of its integers were not covered before."""
-        if end <= start:
-            return 0
-        hi = self._hi
-        if start >= hi and hi != self._lo:
-            # The common case, a stream arriving in order: extend or follow the last interval
-            # without bisecting (the hub's hot path, twice per message).
-            self._hi = end
-            spans = self._spans
-            if start == hi:
-                if spans is not None:
-                    spans[-1] = end
-            else:
-                if spans is None:
-                    self._spans = [self._lo, hi, start, end]
-                else:
-                    spans += (start, end)
-                self._holes += start - hi
-                self._enforce_bound()
-            return end - start
-        if hi == self._lo:
-            self._lo, self._hi = start, end
-            return end - start
-        spans = self._spans if self._spans is not None else [self._lo, hi]
-        covered = hi - self._lo - self._holes
-        # Intervals that overlap or touch [start, end) merge with it into one: bounds from
-        # index i0 to j0 (both even, so whole intervals) are replaced by its two.
-        i = bisect_left(spans, start)
-        j = bisect_right(spans, end)
-        i0, j0 = i - (i & 1), j + (j & 1)
-        new_start = spans[i0] if i & 1 else start
-        new_end = spans[j0 - 1] if j & 1 else end
-        before = sum(spans[k + 1] - spans[k] for k in range(i0, j0, 2))
-        spans[i0:j0] = (new_start, new_end)
-        added = new_end - new_start - before
-        self._lo, self._hi = spans[0], spans[-1]
-        self._holes = self._hi - self._lo - covered - added
-        self._spans = spans if len(spans) > 2 else None
-        self._enforce_bound()
-        return added
-
-    def holes(self) -> int:
-        """Integers between the lowest and highest covered one that are not covered."""
-        return self._holes
-
-    def missing(self) -> int:
-        """Holes plus the integers given up when the interval bound was hit."""
-        return self._holes + self.abandoned
-
-    def __len__(self) -> int:
-        if self._spans is not None:
-            return len(self._spans) // 2
-        return 0 if self._hi == self._lo else 1
-
-    def plausible(self, start: int, end: int, jump: int) -> bool:
-        """Whether ``[start, end)`` lies within ``jump`` of what is covered (always, when
-        nothing is): a hostile or broken sender cannot stretch the holes past that."""
-        if self._hi == self._lo:
-            return True
-        return start >= self._lo - jump and end <= self._hi + jump
-
-    def __contains__(self, value: int) -> bool:
-        if self._spans is None:
-            return self._lo <= value < self._hi
-        return bisect_right(self._spans, value) & 1 == 1
-
-    def highest(self) -> int | None:
-        """The highest covered integer (None when empty)."""
-        return None if self._hi == self._lo else self._hi - 1
-
-    def intervals(self) -> list[Range]:
-        """The covered intervals, ascending, half-open."""
-        spans = self._spans
-        if spans is None:
-            return [] if self._hi == self._lo else [(self._lo, self._hi)]
-        return list(zip(spans[0::2], spans[1::2], strict=True))
-
-    @classmethod
-    def of(cls, intervals: list[Range], abandoned: int, max_intervals: int) -> Coverage:
-        """A coverage of stored ``intervals`` (ascending, disjoint, as from ``intervals()``)."""
-        coverage = cls(max_intervals)
-        if intervals:
-            coverage._lo, coverage._hi = intervals[0][0], intervals[-1][1]
-            covered = sum(e - s for s, e in intervals)
-            coverage._holes = coverage._hi - coverage._lo - covered
-            if len(intervals) > 1:
-                coverage._spans = [b for interval in intervals for b in interval]
-        coverage.abandoned = abandoned
-        return coverage
-
-    def receipt_ranges(self, seqs: list[int], limit: int) -> list[Range]:
-        """At most ``limit`` intervals: the first, those holding ``seqs``, then the newest."""
-        spans = self._spans
-        if spans is None:
-            return [] if self._hi == self._lo else [(self._lo, self._hi)][:limit]
-        picked = {0}
-        for seq in seqs:
-            i = bisect_right(spans, seq)
-            if i & 1:
-                picked.add(i // 2)
-        for i in range(len(spans) // 2 - 1, -1, -1):
-            if len(picked) >= limit:
-                break
-            picked.add(i)
-        return [(spans[2 * i], spans[2 * i + 1]) for i in sorted(picked)[:limit]]
-
-    def _enforce_bound(self) -> None:
-        spans = self._spans
-        if spans is None or len(spans) <= 2 * self.max_intervals:
-            return
-        # The lowest holes are given up: their seqs stay missing, and count as covered.
-        excess = len(spans) // 2 - self.max_intervals
-        given_up = sum(spans[2 * k + 2] - spans[2 * k + 1] for k in range(excess))
-        del spans[1 : 2 * excess + 1]
-        self._holes -= given_up
-        self.abandoned += given_up
-        if len(spans) == 2:
-            self._spans = None
 
 
 StreamLoader = Callable[[str, str], Coverage | None]
@@ -185,59 +37,15 @@ def _no_store(node: str, boot: str) -> Coverage | None:
     return None
 
 
-class _NodeStreams(msgspec.Struct, gc=False, eq=False):
-    """A node's streams in memory: the most recently observed one (``newest``, ``current``)
-    and the others, least recently observed first, in a dict made only when the node shows a
-    second boot (most show one: 10,000 nodes per hub). Untracked by the garbage collector,
-    as Coverage: nothing in it refers back to it."""
+class _NodeStreams(BootCoverages):
+    """A node's streams in memory, least recently observed first (a stream observed again
+    is set again, so it becomes the newest), and the gaps of those evicted from memory."""
 
-    retired_gaps: int = 0
-    newest: str | None = None
-    current: Coverage | None = None
-    older: dict[str, Coverage] | None = None
+    __slots__ = ("retired_gaps",)
 
-    @property
-    def boots(self) -> dict[str, Coverage]:
-        """The streams in memory by boot, least recently observed first (a copy)."""
-        boots = dict(self.older) if self.older else {}
-        if self.newest is not None and self.current is not None:
-            boots[self.newest] = self.current
-        return boots
-
-    def __len__(self) -> int:
-        return (self.current is not None) + (len(self.older) if self.older else 0)
-
-    def get(self, boot: str) -> Coverage | None:
-        """The stream of ``boot`` if it is in memory."""
-        if boot == self.newest:
-            return self.current
-        return self.older.get(boot) if self.older else None
-
-    def pop_older(self, boot: str) -> Coverage | None:
-        """Take the stream of ``boot`` out of the older ones (None if it is not there)."""
-        if not self.older:
-            return None
-        coverage = self.older.pop(boot, None)
-        if not self.older:
-            self.older = None
-        return coverage
-
-    def make_newest(self, boot: str, coverage: Coverage) -> None:
-        """Hold ``coverage`` as the newest stream (``boot`` is not in memory)."""
-        if self.newest is not None and self.current is not None:
-            if self.older is None:
-                self.older = {}
-            self.older[self.newest] = self.current
-        self.newest, self.current = boot, coverage
-
-    def pop_oldest(self) -> tuple[str, Coverage]:
-        """Take out the least recently observed stream (there are two or more)."""
-        assert self.older
-        boot = next(iter(self.older))
-        coverage = self.older.pop(boot)
-        if not self.older:
-            self.older = None
-        return boot, coverage
+    def __init__(self, retired_gaps: int = 0) -> None:
+        super().__init__()
+        self.retired_gaps = retired_gaps
 
 
 class Deduper:
@@ -309,8 +117,8 @@ class Deduper:
         streams = self._streams(node)
         if boot == streams.newest:
             # Already the most recent: nothing to reorder (most messages, most of the time).
-            return streams.current
-        coverage = streams.pop_older(boot)
+            return streams[boot]
+        coverage = streams.pop(boot, None)
         if coverage is None:
             # Evicted before its change was committed: the uncommitted copy is the newest.
             coverage = self._dirty.get((node, boot)) or self._load(node, boot)
@@ -320,7 +128,7 @@ class Deduper:
                 return None
             else:
                 coverage = Coverage(self._max_intervals)
-        streams.make_newest(boot, coverage)
+        streams[boot] = coverage  # now the newest
         self._evict(node, streams)
         return coverage
 
@@ -330,11 +138,8 @@ class Deduper:
         if streams is None:
             return 0
         gaps = streams.retired_gaps
-        if streams.current is not None:
-            gaps += streams.current.missing()
-        if streams.older:
-            for stream in streams.older.values():  # a loop, not sum(): per node per scrape
-                gaps += stream.missing()
+        for stream in streams.values():  # a loop, not sum(): per node per scrape
+            gaps += stream.missing()
         return gaps
 
     def take_dirty(self) -> dict[tuple[str, str], Coverage]:
@@ -367,6 +172,7 @@ class Deduper:
         """Keep at most ``max_boots`` streams of a node in memory; the least recently
         observed goes (the store keeps it, and ``load`` brings it back)."""
         while len(streams) > self._max_boots:
-            oldest, coverage = streams.pop_oldest()
+            oldest = next(iter(streams))
+            coverage = streams.pop(oldest)
             streams.retired_gaps += coverage.missing()
             self._due.pop((node, oldest), None)

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from cloud_hub.ingest.boot_coverages import BootCoverages
-from cloud_hub.ingest.dedupe import DEFAULT_MAX_BOOTS, Coverage
+from cloud_hub.ingest.coverage import BootCoverages, Coverage
+from cloud_hub.ingest.dedupe import DEFAULT_MAX_BOOTS
 from cloud_hub.ingest.drift_state import DriftState, drift_state
 from cloud_hub.ingest.shared_values import SharedValues
 from schemas.messages import (

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Set
 from pathlib import Path
 from typing import Any, Final
 
-from cloud_hub.ingest.dedupe import Coverage
+from cloud_hub.ingest.coverage import Coverage
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.ingest.snapshot import (
     dump_coverage,

@@ -17,8 +17,7 @@ from typing import Any
 
 import msgspec
 
-from cloud_hub.ingest.boot_coverages import BootCoverages
-from cloud_hub.ingest.dedupe import DEFAULT_MAX_INTERVALS, Coverage
+from cloud_hub.ingest.coverage import DEFAULT_MAX_INTERVALS, BootCoverages, Coverage
 from cloud_hub.ingest.fleet import DriftSummary, NodeState, TelemetrySummary, summarize_telemetry
 from schemas.messages import Capabilities, ModelRef, Range, Telemetry
 

@@ -26,7 +26,7 @@ from schemas.messages import ShadowReport
 from schemas.topics import TopicError, parse_node_topic
 
 if TYPE_CHECKING:
-    from cloud_hub.ingest.dedupe import Coverage
+    from cloud_hub.ingest.coverage import Coverage
     from cloud_hub.ingest.fleet import NodeState
     from cloud_hub.ingest.registry import NodeRow
 

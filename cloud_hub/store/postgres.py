@@ -25,7 +25,7 @@ from typing import Any, Final
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from cloud_hub.ingest.dedupe import Coverage
+from cloud_hub.ingest.coverage import Coverage
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.ingest.snapshot import (
     dump_coverage,

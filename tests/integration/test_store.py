@@ -14,8 +14,7 @@ import psycopg
 import pytest
 
 from cloud_hub.cli.main import main
-from cloud_hub.ingest.boot_coverages import BootCoverages
-from cloud_hub.ingest.dedupe import Coverage
+from cloud_hub.ingest.coverage import BootCoverages, Coverage
 from cloud_hub.ingest.fleet import NodeState
 from cloud_hub.store.base import HubStore, SharedStore, StoreError, open_store
 from cloud_hub.store.postgres import PostgresStore

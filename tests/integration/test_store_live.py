@@ -10,8 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from cloud_hub.ingest.boot_coverages import BootCoverages
-from cloud_hub.ingest.dedupe import Coverage
+from cloud_hub.ingest.coverage import BootCoverages, Coverage
 from cloud_hub.ingest.fleet import NodeState, TelemetrySummary
 from cloud_hub.ingest.snapshot import dump_node
 from cloud_hub.store.base import HubStore, SharedStore, open_store

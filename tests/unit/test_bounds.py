@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloud_hub.ingest.dedupe import Coverage, Deduper
+from cloud_hub.ingest.coverage import Coverage
+from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Bounds, Ingest
 from tests.unit.test_ingest import NOW, msg, result, send
@@ -82,7 +83,7 @@ def test_replays_never_count_again_however_many_boots_a_node_shows() -> None:
                 "duplicate"
             )
     assert state.readings == 20 * 12
-    assert sum(len(s.boots) for s in deduper._nodes.values()) <= 2  # memory stays bounded
+    assert sum(len(s) for s in deduper._nodes.values()) <= 2  # memory stays bounded
 
 
 def test_a_stream_message_refused_for_its_clock_is_confirmed_so_it_is_not_sent_forever(

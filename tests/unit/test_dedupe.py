@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from cloud_hub.ingest.dedupe import Coverage, Deduper
+from cloud_hub.ingest.coverage import Coverage
+from cloud_hub.ingest.dedupe import Deduper
 
 
 def test_in_order_stream_is_all_new_and_has_no_gaps() -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from cloud_hub.ingest.dedupe import Coverage, Deduper
+from cloud_hub.ingest.coverage import Coverage
+from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.fleet import FleetState
 from cloud_hub.ingest.inbound import Ingest
 from schemas.topics import NODE_TO_HUB, node_topic

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cloud_hub.ingest.dedupe import Coverage, Deduper
+from cloud_hub.ingest.coverage import Coverage
+from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.receipts import ReceiptPacer
 from edge_node.delivery.resend import ResendClock
 

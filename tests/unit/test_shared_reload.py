@@ -3,7 +3,8 @@ the nodes it is about to apply are replaced by what is stored, not merged with w
 
 from __future__ import annotations
 
-from cloud_hub.ingest.dedupe import Coverage, Deduper
+from cloud_hub.ingest.coverage import Coverage
+from cloud_hub.ingest.dedupe import Deduper
 from cloud_hub.ingest.fleet import FleetState, NodeState
 
 
