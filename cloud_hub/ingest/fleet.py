@@ -117,6 +117,11 @@ class NodeState:
         """The group or site the node announced at birth ("" for none)."""
         return self.capabilities.group if self.capabilities is not None else ""
 
+    def shared_ids(self, boot: str) -> tuple[str, str]:
+        """The node's id, and ``boot`` as this state already holds it when it is the same (one
+        string each per node rather than one per message kept)."""
+        return self.node, self.boot if boot == self.boot else boot
+
     @property
     def errors_total(self) -> int:
         """Errors the node reported since its boot, all kinds together."""
@@ -214,14 +219,6 @@ class FleetState:
         self._dirty -= names
         for state in states:
             self._adopt(state)
-
-    def shared_ids(self, node: str, boot: str) -> tuple[str, str]:
-        """``node`` and ``boot`` as the state already holds them, when it does (one string
-        each per node instead of one per message kept)."""
-        state = self._nodes.get(node)
-        if state is None:
-            return node, boot
-        return state.node, state.boot if boot == state.boot else boot
 
     def shared_model(self, ref: ModelRef) -> ModelRef:
         """The fleet's one copy of ``ref`` (kept, like every model reference of the state)."""

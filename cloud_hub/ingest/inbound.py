@@ -188,8 +188,9 @@ class Ingest:
             return self._reject(topic, "node_mismatch", kind, detail, parsed.node)
         # One copy of a node's id and boot for every structure that keys on them (fleet,
         # dedupe, open episodes), rather than one per message kept: 10,000 nodes per hub.
-        message.node, message.boot = self.fleet.shared_ids(message.node, message.boot)
         state = self.fleet.node(message.node)
+        if state is not None:
+            message.node, message.boot = state.shared_ids(message.boot)
         if state is None or not state.boot:
             self._profiles.add(message.node)  # new: the store has no snapshot of it yet
         refusal = self._out_of_bounds(message, now, state)
