@@ -205,7 +205,10 @@ def test_a_restarted_serve_resumes_and_a_node_offline_in_its_wave_is_not_waited_
     fleet.nodes[gone].stop()
     wait_for(lambda: _offline(fleet, gone), 15, f"{gone} offline", fleet.hub)
     try:
-        rollout_id = fleet.start("4", "--all", "--waves", "1,100%", "--bake", BAKE)
+        # A longer bake than the other tests': the restarted hub judges the wave on what it saw
+        # since its start, and 1.5 s of one node's scores put the histogram distance near
+        # the gate's 0.25 by chance alone (seen once in many runs: 0.2538, the same model).
+        rollout_id = fleet.start("4", "--all", "--waves", "1,100%", "--bake", "4s")
         wait_for(
             lambda: fleet.rollout(rollout_id).updated() >= 1, 30, "the first switch", fleet.hub
         )
